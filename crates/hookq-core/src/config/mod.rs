@@ -1,0 +1,975 @@
+//! Configuration: Sockudo's `config.json` shape, read with every default,
+//! environment overrides, and validation that reports every problem at once.
+//!
+//! Loading goes text → [`crate::jsonc::strip`] (comments, trailing commas) →
+//! `serde_json::Value` → [`apply_env`] (the `HOOKQ_*` variables) → a walk over
+//! the value that builds a [`Config`] and collects [`Problem`]s, each with its
+//! JSON path. Any error refuses the whole file; unknown keys only warn.
+//! docs/configuration.md lists every key.
+
+mod reader;
+
+use crate::channel::ChannelTypeFilter;
+use crate::endpoint::{Endpoint, EndpointTarget, Filter, InvocationType, LambdaTarget};
+use crate::event::EventName;
+use crate::retry::RetryPolicy;
+use crate::sign::SigningSecret;
+use reader::Obj;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One problem found in a config, at a JSON path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where, e.g. `app_manager.array.apps[0].webhooks[1].url`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Errors and warnings collected while reading a config.
+#[derive(Debug, Default, Clone)]
+pub struct Diagnostics {
+    /// Problems that refuse the config.
+    pub errors: Vec<Problem>,
+    /// Things worth knowing that do not (unknown keys).
+    pub warnings: Vec<Problem>,
+}
+
+impl Diagnostics {
+    fn error(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(Problem {
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The text is not JSON (even allowing comments and trailing commas).
+    #[error("not valid JSON: {0}")]
+    Syntax(#[from] serde_json::Error),
+    /// The JSON was read but has problems; every one is listed.
+    #[error("{} problem(s) in the config:\n{}", .0.len(), .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// Batching of events per (app, endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// `webhooks.batching.enabled`: when off every event is sent alone (still in an envelope).
+    pub enabled: bool,
+    /// `webhooks.batching.duration`: how long a batch stays open after its first event.
+    pub duration: Duration,
+    /// `webhooks.batching.size`: most events in one batch.
+    pub size: usize,
+    /// `webhooks.batching.max_bytes`: most bytes of one request body.
+    pub max_bytes: usize,
+}
+
+/// Global webhook settings (`webhooks`).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Batching.
+    pub batching: Batching,
+    /// `webhooks.event_ids`: add hookq's per-event `id` to each event sent.
+    pub event_ids: bool,
+    /// `webhooks.request_timeout_ms`: the default for each endpoint.
+    pub request_timeout: Duration,
+    /// `webhooks.connect_timeout_ms`.
+    pub connect_timeout: Duration,
+    /// `webhooks.retry`: the default for each endpoint.
+    pub retry: RetryPolicy,
+}
+
+/// Which queue the producer and workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueDriverKind {
+    /// In-process; the embedded default.
+    Memory,
+    /// Redis lists.
+    Redis,
+    /// Amazon SQS.
+    Sqs,
+}
+
+impl QueueDriverKind {
+    /// The config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Redis => "redis",
+            Self::Sqs => "sqs",
+        }
+    }
+}
+
+/// `queue.memory`.
+#[derive(Debug, Clone)]
+pub struct MemoryQueueSettings {
+    /// Most jobs held (ready, delayed and leased together); a push beyond it fails.
+    pub capacity: usize,
+    /// How long a received job stays hidden before it returns to the queue.
+    pub lease: Duration,
+}
+
+/// `queue.redis`.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// Connection URL.
+    pub url: String,
+    /// Key prefix; every key is `{prefix}:…`, one hash tag for Redis Cluster.
+    pub prefix: String,
+    /// Jobs claimed per receive.
+    pub concurrency: usize,
+    /// How long a claimed job stays leased before any worker may reclaim it.
+    pub lease: Duration,
+    /// Pooled connections.
+    pub pool_size: usize,
+}
+
+/// `queue.sqs`.
+#[derive(Debug, Clone)]
+pub struct SqsSettings {
+    /// The queue's URL; resolved from `queue_name` when absent.
+    pub queue_url: Option<String>,
+    /// The queue's name, resolved (or created) at start.
+    pub queue_name: String,
+    /// Sockudo's `queue_url_prefix`: the URL is `{prefix}/{queue_name}`.
+    pub queue_url_prefix: Option<String>,
+    /// Region.
+    pub region: String,
+    /// A custom endpoint (an emulator).
+    pub endpoint_url: Option<String>,
+    /// Seconds a received message stays hidden.
+    pub visibility_timeout: Duration,
+    /// Long-poll wait, seconds (0–20).
+    pub wait_time_seconds: u32,
+    /// Messages per receive (1–10).
+    pub max_messages: u32,
+    /// Concurrent receive loops.
+    pub concurrency: usize,
+    /// The dead-letter queue's URL; `{queue_name}-dlq` is resolved or created when absent.
+    pub dead_letter_queue_url: Option<String>,
+    /// A FIFO queue (name ends in `.fifo`).
+    pub fifo: bool,
+    /// FIFO group id; the app id when absent.
+    pub message_group_id: Option<String>,
+    /// Receives after which SQS moves a message to the DLQ.
+    pub max_receive_count: u32,
+}
+
+/// `queue`.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// `queue.driver`.
+    pub driver: QueueDriverKind,
+    /// `queue.memory`.
+    pub memory: MemoryQueueSettings,
+    /// `queue.redis`.
+    pub redis: RedisSettings,
+    /// `queue.sqs`.
+    pub sqs: SqsSettings,
+}
+
+/// `worker`.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Address of `/metrics`, `/health` and `/ready`.
+    pub admin_addr: String,
+    /// Most jobs held at once; above it the worker stops receiving until deliveries settle.
+    pub max_held_jobs: usize,
+    /// Default most requests in flight per endpoint.
+    pub endpoint_concurrency: usize,
+    /// Most open batches; past it the oldest is closed early.
+    pub max_open_batches: usize,
+    /// How long SIGTERM waits for in-flight deliveries.
+    pub shutdown_timeout: Duration,
+}
+
+/// An app and its endpoints.
+#[derive(Clone)]
+pub struct App {
+    /// `id`.
+    pub id: String,
+    /// `key`, sent as `X-Pusher-Key`.
+    pub key: String,
+    /// `secret`, signing `X-Pusher-Signature`. Never logged.
+    pub secret: String,
+    /// `enabled`; a disabled app's jobs are dead-lettered.
+    pub enabled: bool,
+    /// `webhooks`, compiled.
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl fmt::Debug for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("App")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("secret", &"<redacted>")
+            .field("enabled", &self.enabled)
+            .field("endpoints", &self.endpoints)
+            .finish()
+    }
+}
+
+impl App {
+    /// The endpoint with this id.
+    pub fn endpoint(&self, id: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.id == id)
+    }
+}
+
+/// A loaded, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `app_manager.array.apps`.
+    pub apps: Vec<Arc<App>>,
+    by_id: HashMap<String, Arc<App>>,
+    /// `webhooks`.
+    pub webhooks: WebhookSettings,
+    /// `queue`.
+    pub queue: QueueSettings,
+    /// `worker`.
+    pub worker: WorkerSettings,
+}
+
+/// Environment variables that override config keys: (variable, JSON path, is a string).
+pub const ENV_OVERRIDES: &[(&str, &str, bool)] = &[
+    ("HOOKQ_QUEUE_DRIVER", "queue.driver", true),
+    ("HOOKQ_REDIS_URL", "queue.redis.url", true),
+    ("HOOKQ_REDIS_PREFIX", "queue.redis.prefix", true),
+    ("HOOKQ_SQS_QUEUE_URL", "queue.sqs.queue_url", true),
+    ("HOOKQ_SQS_QUEUE_NAME", "queue.sqs.queue_name", true),
+    ("HOOKQ_SQS_REGION", "queue.sqs.region", true),
+    ("HOOKQ_SQS_ENDPOINT_URL", "queue.sqs.endpoint_url", true),
+    ("HOOKQ_BATCHING_ENABLED", "webhooks.batching.enabled", false),
+    ("HOOKQ_BATCHING_DURATION", "webhooks.batching.duration", false),
+    ("HOOKQ_ADMIN_ADDR", "worker.admin_addr", true),
+];
+
+/// Sets the keys named by [`ENV_OVERRIDES`] from `env`; returns the variables applied.
+pub fn apply_env(root: &mut Value, env: impl Fn(&str) -> Option<String>) -> Vec<&'static str> {
+    let mut applied = Vec::new();
+    for &(var, path, is_string) in ENV_OVERRIDES {
+        let Some(raw) = env(var) else { continue };
+        let value = if is_string {
+            Value::String(raw)
+        } else {
+            serde_json::from_str(&raw).unwrap_or(Value::String(raw))
+        };
+        let mut node = &mut *root;
+        for part in path.split('.') {
+            if !node.is_object() {
+                *node = Value::Object(Default::default());
+            }
+            let Value::Object(map) = node else { break };
+            node = map.entry(part).or_insert(Value::Null);
+        }
+        *node = value;
+        applied.push(var);
+    }
+    applied
+}
+
+impl Config {
+    /// Reads a config from text, with the process environment's overrides.
+    pub fn from_str_with_env(text: &str) -> Result<(Config, Diagnostics), ConfigError> {
+        Self::parse(text, |k| std::env::var(k).ok())
+    }
+
+    /// Reads a config from text, with overrides from `env`. Warnings come back beside the config.
+    pub fn parse(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Config, Diagnostics), ConfigError> {
+        let mut root: Value = serde_json::from_str(&crate::jsonc::strip(text))?;
+        let applied = apply_env(&mut root, env);
+        let mut d = Diagnostics::default();
+        let config = read_root(&root, &mut d);
+        for p in &mut d.errors {
+            if let Some((var, _, _)) = ENV_OVERRIDES
+                .iter()
+                .find(|(v, path, _)| *path == p.path && applied.contains(v))
+            {
+                p.message.push_str(&format!(" (set by {var})"));
+            }
+        }
+        match config {
+            Some(c) if d.errors.is_empty() => Ok((c, d)),
+            _ => Err(ConfigError::Invalid(d.errors)),
+        }
+    }
+
+    /// A config with these apps and every other setting at its default (for tests and embedding).
+    pub fn with_apps(apps: Vec<App>) -> Config {
+        let mut d = Diagnostics::default();
+        let mut c = read_root(&Value::Object(Default::default()), &mut d)
+            .unwrap_or_else(|| unreachable!("the empty config is valid"));
+        c.set_apps(apps.into_iter().map(Arc::new).collect());
+        c
+    }
+
+    fn set_apps(&mut self, apps: Vec<Arc<App>>) {
+        self.by_id = apps.iter().map(|a| (a.id.clone(), a.clone())).collect();
+        self.apps = apps;
+    }
+
+    /// The app with this id.
+    pub fn app(&self, id: &str) -> Option<&Arc<App>> {
+        self.by_id.get(id)
+    }
+
+    /// The longest request timeout of any endpoint (or the default when there are none).
+    pub fn longest_request_timeout(&self) -> Duration {
+        self.apps
+            .iter()
+            .flat_map(|a| a.endpoints.iter().map(|e| e.request_timeout))
+            .max()
+            .unwrap_or(self.webhooks.request_timeout)
+            .max(self.webhooks.request_timeout)
+    }
+}
+
+/// Top-level sections of Sockudo's config that hookq reads nothing from.
+const SOCKUDO_SECTIONS: &[&str] = &[
+    "activity_timeout",
+    "adapter",
+    "cache",
+    "channel_limits",
+    "cluster",
+    "cors",
+    "database_pooling",
+    "debug",
+    "event_limits",
+    "host",
+    "http_api",
+    "instance",
+    "logging",
+    "metrics",
+    "mode",
+    "path_prefix",
+    "port",
+    "presence",
+    "rate_limiter",
+    "shutdown_grace_period",
+    "ssl",
+    "unix_socket",
+    "user_authentication_timeout",
+    "websocket_max_payload_kb",
+    "cleanup",
+];
+
+/// App settings of Sockudo that concern the WebSocket server, not webhooks.
+const SOCKUDO_APP_KEYS: &[&str] = &[
+    "max_connections",
+    "enable_client_messages",
+    "max_backend_events_per_second",
+    "max_client_events_per_second",
+    "max_read_requests_per_second",
+    "max_presence_members_per_channel",
+    "max_presence_member_size_in_kb",
+    "max_channel_name_length",
+    "max_event_channels_at_once",
+    "max_event_name_length",
+    "max_event_payload_in_kb",
+    "max_event_batch_size",
+    "enable_user_authentication",
+    "enable_watchlist_events",
+    "allowed_origins",
+    "channel_delta_compression",
+];
+
+fn read_root(root: &Value, d: &mut Diagnostics) -> Option<Config> {
+    let mut top = Obj::new(String::new(), Some(root), d);
+    if !matches!(root, Value::Object(_)) {
+        return None;
+    }
+    top.ignore(SOCKUDO_SECTIONS);
+    let webhooks = read_webhooks(&mut top.obj("webhooks", d), d);
+    let worker = read_worker(&mut top.obj("worker", d), d);
+    let apps = read_app_manager(&mut top.obj("app_manager", d), &webhooks, &worker, d);
+    let longest_request = apps
+        .iter()
+        .flat_map(|a| a.endpoints.iter().map(|e| e.request_timeout))
+        .fold(webhooks.request_timeout, Duration::max);
+    let mut database = top.obj("database", d);
+    let queue = read_queue(
+        &mut top.obj("queue", d),
+        &mut database,
+        longest_request + webhooks.batching.duration,
+        d,
+    );
+    database.ignore(&["postgres", "mysql", "dynamodb", "mongodb", "surrealdb", "scylladb"]);
+    database.finish(d);
+    top.finish(d);
+    let mut config = Config {
+        apps: Vec::new(),
+        by_id: HashMap::new(),
+        webhooks,
+        queue,
+        worker,
+    };
+    config.set_apps(apps);
+    check_lease(&config, d);
+    Some(config)
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn read_retry(o: &mut Obj, base: &RetryPolicy, d: &mut Diagnostics) -> RetryPolicy {
+    let p = RetryPolicy {
+        enabled: o.bool("enabled", base.enabled, d),
+        max_attempts: o
+            .opt_u64("max_attempts", 1, d)
+            .map(|n| n.min(u32::MAX as u64) as u32)
+            .or(base.max_attempts),
+        max_elapsed: o
+            .opt_u64("max_elapsed_time_ms", 1, d)
+            .map_or(base.max_elapsed, ms),
+        initial_backoff: o
+            .opt_u64("initial_backoff_ms", 1, d)
+            .map_or(base.initial_backoff, ms),
+        max_backoff: o
+            .opt_u64("max_backoff_ms", 1, d)
+            .map_or(base.max_backoff, ms),
+    };
+    if p.initial_backoff > p.max_backoff {
+        d.error(
+            &o.at("initial_backoff_ms"),
+            format!(
+                "{} ms is more than max_backoff_ms ({} ms)",
+                p.initial_backoff.as_millis(),
+                p.max_backoff.as_millis()
+            ),
+        );
+    }
+    p
+}
+
+fn read_webhooks(o: &mut Obj, d: &mut Diagnostics) -> WebhookSettings {
+    let mut b = o.obj("batching", d);
+    let batching = Batching {
+        enabled: b.bool("enabled", true, d),
+        duration: ms(b.u64("duration", 50, 1, d)),
+        size: b.u64("size", 100, 1, d) as usize,
+        max_bytes: b.u64("max_bytes", 256 * 1024, 1024, d) as usize,
+    };
+    b.finish(d);
+    let mut r = o.obj("retry", d);
+    let retry = read_retry(&mut r, &RetryPolicy::default(), d);
+    r.finish(d);
+    let settings = WebhookSettings {
+        batching,
+        event_ids: o.bool("event_ids", false, d),
+        request_timeout: ms(o.u64("request_timeout_ms", 10_000, 1, d)),
+        connect_timeout: ms(o.u64("connect_timeout_ms", 5_000, 1, d)),
+        retry,
+    };
+    o.ignore(&["enabled"]);
+    settings
+}
+
+fn read_queue(
+    o: &mut Obj,
+    database: &mut Obj,
+    busiest_hold: Duration,
+    d: &mut Diagnostics,
+) -> QueueSettings {
+    let driver = match o.str("driver", d).as_deref() {
+        None | Some("memory") => QueueDriverKind::Memory,
+        Some("redis") => QueueDriverKind::Redis,
+        Some("sqs") => QueueDriverKind::Sqs,
+        Some(other) => {
+            d.error(
+                &o.at("driver"),
+                format!("unknown queue driver {other:?}; use \"memory\", \"redis\" or \"sqs\""),
+            );
+            QueueDriverKind::Memory
+        }
+    };
+    // A hold must outlive the longest request plus the batching window, or a
+    // job is reclaimed while its delivery is still running and sent twice.
+    let default_lease = busiest_hold.max(Duration::from_secs(30)) + Duration::from_secs(30);
+
+    let mut m = o.obj("memory", d);
+    let memory = MemoryQueueSettings {
+        capacity: m.u64("capacity", 1_000_000, 1, d) as usize,
+        lease: m.opt_u64("lease_ms", 1, d).map_or(default_lease, ms),
+    };
+    m.finish(d);
+
+    let mut r = o.obj("redis", d);
+    let mut db = database.obj("redis", d);
+    let db_url = {
+        let host = db.str("host", d);
+        let port = db.opt_u64("port", 1, d);
+        let password = db.str("password", d);
+        let username = db.str("username", d);
+        let db_index = db.opt_u64("db", 0, d);
+        db.ignore(&["key_prefix", "cluster_nodes", "sentinels", "name", "cluster"]);
+        host.map(|host| {
+            let auth = match (username, password) {
+                (Some(u), Some(p)) => format!("{u}:{p}@"),
+                (None, Some(p)) => format!(":{p}@"),
+                _ => String::new(),
+            };
+            format!(
+                "redis://{auth}{host}:{}/{}",
+                port.unwrap_or(6379),
+                db_index.unwrap_or(0)
+            )
+        })
+    };
+    db.finish(d);
+    let url = r
+        .str("url", d)
+        .or(r.str("url_override", d))
+        .or(db_url)
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+        d.error(&r.at("url"), "must start with redis:// or rediss://");
+    }
+    let redis = RedisSettings {
+        url,
+        prefix: r
+            .nonempty_str("prefix", d)
+            .unwrap_or_else(|| "hookq".into()),
+        concurrency: r.u64("concurrency", 100, 1, d) as usize,
+        lease: r.opt_u64("lease_ms", 1, d).map_or(default_lease, ms),
+        pool_size: r.u64("pool_size", 8, 1, d) as usize,
+    };
+    r.ignore(&["cluster_mode"]);
+    r.finish(d);
+
+    let mut s = o.obj("sqs", d);
+    let secs = |n: u64| Duration::from_secs(n);
+    let sqs = SqsSettings {
+        queue_url: s.nonempty_str("queue_url", d),
+        queue_name: s
+            .nonempty_str("queue_name", d)
+            .unwrap_or_else(|| "hookq".into()),
+        queue_url_prefix: s.nonempty_str("queue_url_prefix", d),
+        region: s
+            .nonempty_str("region", d)
+            .unwrap_or_else(|| "us-east-1".into()),
+        endpoint_url: s.nonempty_str("endpoint_url", d),
+        visibility_timeout: s
+            .opt_u64("visibility_timeout", 1, d)
+            .map_or(Duration::from_secs(default_lease.as_secs_f64().ceil() as u64), secs),
+        wait_time_seconds: s.u64("wait_time_seconds", 20, 0, d) as u32,
+        max_messages: s.u64("max_messages", 10, 1, d) as u32,
+        concurrency: s.u64("concurrency", 4, 1, d) as usize,
+        dead_letter_queue_url: s.nonempty_str("dead_letter_queue_url", d),
+        fifo: s.bool("fifo", false, d),
+        message_group_id: s.nonempty_str("message_group_id", d),
+        max_receive_count: s.u64("max_receive_count", 10, 1, d) as u32,
+    };
+    if sqs.wait_time_seconds > 20 {
+        d.error(&s.at("wait_time_seconds"), "must be 20 or less (SQS's limit)");
+    }
+    if sqs.max_messages > 10 {
+        d.error(&s.at("max_messages"), "must be 10 or less (SQS's limit)");
+    }
+    if sqs.visibility_timeout > Duration::from_secs(43_200) {
+        d.error(&s.at("visibility_timeout"), "must be 43200 seconds or less (SQS's limit)");
+    }
+    s.finish(d);
+    QueueSettings {
+        driver,
+        memory,
+        redis,
+        sqs,
+    }
+}
+
+fn check_lease(c: &Config, d: &mut Diagnostics) {
+    let (lease, path) = match c.queue.driver {
+        QueueDriverKind::Memory => (c.queue.memory.lease, "queue.memory.lease_ms"),
+        QueueDriverKind::Redis => (c.queue.redis.lease, "queue.redis.lease_ms"),
+        QueueDriverKind::Sqs => (c.queue.sqs.visibility_timeout, "queue.sqs.visibility_timeout"),
+    };
+    let need = c.longest_request_timeout() + c.webhooks.batching.duration;
+    if lease <= need {
+        d.error(
+            path,
+            format!(
+                "the hold ({} ms) must be longer than the longest request timeout plus the batching window ({} ms), or jobs are delivered twice",
+                lease.as_millis(),
+                need.as_millis()
+            ),
+        );
+    }
+}
+
+fn read_worker(o: &mut Obj, d: &mut Diagnostics) -> WorkerSettings {
+    let admin_addr = o
+        .nonempty_str("admin_addr", d)
+        .unwrap_or_else(|| "0.0.0.0:9090".into());
+    if admin_addr.parse::<std::net::SocketAddr>().is_err() {
+        d.error(&o.at("admin_addr"), format!("{admin_addr:?} is not an ip:port address"));
+    }
+    let w = WorkerSettings {
+        admin_addr,
+        max_held_jobs: o.u64("max_held_jobs", 20_000, 1, d) as usize,
+        endpoint_concurrency: o.u64("endpoint_concurrency", 32, 1, d) as usize,
+        max_open_batches: o.u64("max_open_batches", 10_000, 1, d) as usize,
+        shutdown_timeout: ms(o.u64("shutdown_timeout_ms", 25_000, 0, d)),
+    };
+    o.finish(d);
+    w
+}
+
+fn read_app_manager(
+    o: &mut Obj,
+    webhooks: &WebhookSettings,
+    worker: &WorkerSettings,
+    d: &mut Diagnostics,
+) -> Vec<Arc<App>> {
+    match o.str("driver", d).as_deref() {
+        None | Some("memory") => {}
+        Some(other) => d.error(
+            &o.at("driver"),
+            format!("app manager {other:?} is not supported yet; use \"memory\" with app_manager.array.apps"),
+        ),
+    }
+    o.ignore(&["cache"]);
+    let mut array = o.obj("array", d);
+    let mut apps = Vec::new();
+    let mut ids = HashSet::new();
+    let mut keys = HashSet::new();
+    for (path, value) in array.array("apps", d) {
+        let mut a = Obj::new(path, Some(value), d);
+        let Some(app) = read_app(&mut a, webhooks, worker, d) else {
+            continue;
+        };
+        if !ids.insert(app.id.clone()) {
+            d.error(&a.at("id"), format!("duplicate app id {:?}", app.id));
+        }
+        if !keys.insert(app.key.clone()) {
+            d.error(&a.at("key"), format!("duplicate app key {:?}", app.key));
+        }
+        a.finish(d);
+        apps.push(Arc::new(app));
+    }
+    array.finish(d);
+    o.finish(d);
+    apps
+}
+
+fn read_app(
+    a: &mut Obj,
+    webhooks: &WebhookSettings,
+    worker: &WorkerSettings,
+    d: &mut Diagnostics,
+) -> Option<App> {
+    let id = a.nonempty_str("id", d);
+    let key = a.nonempty_str("key", d);
+    let secret = a.nonempty_str("secret", d);
+    for (field, v) in [("id", &id), ("key", &key), ("secret", &secret)] {
+        if v.is_none() && a.present() && a.get(field).is_none() {
+            d.error(&a.at(field), "missing");
+        }
+    }
+    a.ignore(SOCKUDO_APP_KEYS);
+    let enabled = a.bool("enabled", true, d);
+    let app_secrets = read_signing_secrets(a, d);
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    for (index, (path, value)) in a.array("webhooks", d).into_iter().enumerate() {
+        let mut w = Obj::new(path, Some(value), d);
+        if let Some(mut e) = read_endpoint(&mut w, index, webhooks, worker, d) {
+            if e.signing_secrets.is_empty() {
+                e.signing_secrets = app_secrets.clone();
+            }
+            if endpoints.iter().any(|other| other.id == e.id) {
+                d.error(&w.at("id"), format!("duplicate endpoint id {:?} in this app", e.id));
+            }
+            endpoints.push(e);
+        }
+        w.finish(d);
+    }
+    Some(App {
+        id: id?,
+        key: key?,
+        secret: secret?,
+        enabled,
+        endpoints,
+    })
+}
+
+fn read_signing_secrets(o: &mut Obj, d: &mut Diagnostics) -> Vec<SigningSecret> {
+    let path = o.at("signing_secret");
+    o.strings("signing_secret", d)
+        .iter()
+        .filter_map(|s| {
+            SigningSecret::parse(s)
+                .map_err(|e| d.error(&path, format!("Standard Webhooks secret {e}")))
+                .ok()
+        })
+        .collect()
+}
+
+fn read_endpoint(
+    w: &mut Obj,
+    index: usize,
+    webhooks: &WebhookSettings,
+    worker: &WorkerSettings,
+    d: &mut Diagnostics,
+) -> Option<Endpoint> {
+    if !w.present() {
+        return None;
+    }
+    let url = w.str("url", d);
+    let lambda_function = w.nonempty_str("lambda_function", d);
+    let mut l = w.obj("lambda", d);
+    let lambda = if l.present() {
+        let function_name = l.nonempty_str("function_name", d);
+        if function_name.is_none() && l.get("function_name").is_none() {
+            d.error(&l.at("function_name"), "missing");
+        }
+        let invocation_type = match l.str("invocation_type", d).as_deref() {
+            None | Some("Event") => InvocationType::Event,
+            Some("RequestResponse") => InvocationType::RequestResponse,
+            Some(other) => {
+                d.error(
+                    &l.at("invocation_type"),
+                    format!("{other:?} is not \"Event\" or \"RequestResponse\""),
+                );
+                InvocationType::Event
+            }
+        };
+        let target = LambdaTarget {
+            function_name: function_name.unwrap_or_default(),
+            invocation_type,
+            qualifier: l.nonempty_str("qualifier", d),
+            region: l.nonempty_str("region", d),
+            endpoint_url: l.nonempty_str("endpoint_url", d),
+        };
+        if let Some(u) = &target.endpoint_url {
+            check_http_url(u, &l.at("endpoint_url"), d);
+        }
+        Some(target)
+    } else {
+        None
+    };
+    l.finish(d);
+    let targets = [url.is_some(), lambda_function.is_some(), lambda.is_some()];
+    let target = match (url, lambda_function, lambda) {
+        (Some(u), None, None) => check_http_url(&u, &w.at("url"), d).map(EndpointTarget::Http),
+        (None, Some(f), None) => Some(EndpointTarget::Lambda(LambdaTarget {
+            function_name: f,
+            invocation_type: InvocationType::Event,
+            qualifier: None,
+            region: None,
+            endpoint_url: None,
+        })),
+        (None, None, Some(l)) => Some(EndpointTarget::Lambda(l)),
+        _ => {
+            let n = targets.iter().filter(|t| **t).count();
+            d.error(
+                &w.path,
+                format!("needs exactly one of url, lambda, lambda_function (found {n})"),
+            );
+            None
+        }
+    };
+
+    let mut event_types = 0u8;
+    let types_path = w.at("event_types");
+    match w.get("event_types") {
+        None => d.error(&types_path, "missing; list the events this webhook wants"),
+        Some(Value::Array(items)) if items.is_empty() => {
+            d.error(&types_path, "is empty; list the events this webhook wants")
+        }
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str().map(str::parse::<EventName>) {
+                    Some(Ok(n)) => event_types |= n.bit(),
+                    _ => d.error(
+                        &format!("{types_path}[{i}]"),
+                        format!(
+                            "unknown event type {item}; known: {}",
+                            EventName::ALL.map(EventName::as_str).join(", ")
+                        ),
+                    ),
+                }
+            }
+        }
+        Some(_) => d.error(&types_path, "expected an array of event names"),
+    }
+
+    let mut f = w.obj("filter", d);
+    let filter = Filter {
+        channel_type: f.str("channel_type", d).and_then(|t| {
+            let parsed = ChannelTypeFilter::parse(&t);
+            if parsed.is_none() {
+                d.error(
+                    &f.at("channel_type"),
+                    format!(
+                        "unknown channel type {t:?}; known: {}",
+                        ChannelTypeFilter::NAMES.join(", ")
+                    ),
+                );
+            }
+            parsed
+        }),
+        channel_prefix: f.str("channel_prefix", d),
+        channel_suffix: f.str("channel_suffix", d),
+        channel_pattern: f.str("channel_pattern", d).and_then(|p| {
+            regex::Regex::new(&p)
+                .map_err(|e| d.error(&f.at("channel_pattern"), format!("invalid regex: {e}")))
+                .ok()
+        }),
+    };
+    f.finish(d);
+
+    let headers_path = w.at("headers");
+    let mut headers = Vec::new();
+    for (name, value) in w.string_map("headers", d) {
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !valid_name {
+            d.error(&reader::join(&headers_path, &name), "is not a valid header name");
+        } else if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+            d.error(&reader::join(&headers_path, &name), "header values cannot hold line breaks");
+        } else {
+            headers.push((name, value));
+        }
+    }
+
+    let mut r = w.obj("retry", d);
+    let retry = read_retry(&mut r, &webhooks.retry, d);
+    r.finish(d);
+    let request_timeout = w
+        .opt_u64("request_timeout_ms", 1, d)
+        .map_or(webhooks.request_timeout, ms);
+    let max_concurrency = w.u64("max_concurrency", worker.endpoint_concurrency as u64, 1, d) as usize;
+    let signing_secrets = read_signing_secrets(w, d);
+    let explicit_id = w.nonempty_str("id", d);
+    let target = target?;
+    Some(Endpoint {
+        id: explicit_id.unwrap_or_else(|| Endpoint::derived_id(index, &target)),
+        target,
+        event_types,
+        filter,
+        headers,
+        retry,
+        request_timeout,
+        signing_secrets,
+        max_concurrency,
+    })
+}
+
+fn check_http_url(u: &str, path: &str, d: &mut Diagnostics) -> Option<url::Url> {
+    match url::Url::parse(u) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
+        Ok(_) => {
+            d.error(path, format!("{u:?} is not an absolute http(s) URL"));
+            None
+        }
+        Err(e) => {
+            d.error(path, format!("{u:?} is not an absolute http(s) URL ({e})"));
+            None
+        }
+    }
+}
+
+impl fmt::Display for Config {
+    /// The summary `hookq check-config` prints.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.webhooks.batching;
+        writeln!(f, "queue: {}", self.queue.driver.as_str())?;
+        match self.queue.driver {
+            QueueDriverKind::Memory => {}
+            QueueDriverKind::Redis => writeln!(
+                f,
+                "  redis prefix {:?}, lease {} ms",
+                self.queue.redis.prefix,
+                self.queue.redis.lease.as_millis()
+            )?,
+            QueueDriverKind::Sqs => writeln!(
+                f,
+                "  sqs {} in {}, visibility {} s",
+                self.queue
+                    .sqs
+                    .queue_url
+                    .as_deref()
+                    .unwrap_or(&self.queue.sqs.queue_name),
+                self.queue.sqs.region,
+                self.queue.sqs.visibility_timeout.as_secs()
+            )?,
+        }
+        if b.enabled {
+            writeln!(
+                f,
+                "batching: on, window {} ms, up to {} events / {} bytes",
+                b.duration.as_millis(),
+                b.size,
+                b.max_bytes
+            )?;
+        } else {
+            writeln!(f, "batching: off (one event per request)")?;
+        }
+        let r = &self.webhooks.retry;
+        writeln!(
+            f,
+            "retry: {}, backoff {}..{} ms, budget {} ms, attempts {}",
+            if r.enabled { "on" } else { "off" },
+            r.initial_backoff.as_millis(),
+            r.max_backoff.as_millis(),
+            r.max_elapsed.as_millis(),
+            r.max_attempts.map_or("unlimited".to_string(), |n| n.to_string())
+        )?;
+        writeln!(f, "apps: {}", self.apps.len())?;
+        for app in &self.apps {
+            let state = if app.enabled { "" } else { " (disabled)" };
+            writeln!(f, "  {} (key {}){state}: {} endpoint(s)", app.id, app.key, app.endpoints.len())?;
+            for e in &app.endpoints {
+                writeln!(f, "    [{}] {}", e.id, e.target.describe())?;
+                let names: Vec<_> = e.event_names().iter().map(|n| n.as_str()).collect();
+                writeln!(f, "      events: {}", names.join(", "))?;
+                let ft = &e.filter;
+                if !ft.is_empty() {
+                    let mut parts = Vec::new();
+                    if let Some(t) = ft.channel_type {
+                        parts.push(format!("type {}", t.name()));
+                    }
+                    if let Some(p) = &ft.channel_prefix {
+                        parts.push(format!("prefix {p:?}"));
+                    }
+                    if let Some(s) = &ft.channel_suffix {
+                        parts.push(format!("suffix {s:?}"));
+                    }
+                    if let Some(p) = &ft.channel_pattern {
+                        parts.push(format!("pattern {:?}", p.as_str()));
+                    }
+                    writeln!(f, "      filter: {}", parts.join(", "))?;
+                }
+                if !e.headers.is_empty() {
+                    let names: Vec<_> = e.headers.iter().map(|(k, _)| k.as_str()).collect();
+                    writeln!(f, "      headers: {}", names.join(", "))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

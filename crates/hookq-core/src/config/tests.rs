@@ -1,0 +1,172 @@
+use super::*;
+use crate::event::Event;
+use std::path::PathBuf;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/config")
+}
+
+fn load(text: &str) -> Result<(Config, Diagnostics), ConfigError> {
+    Config::parse(text, |_| None)
+}
+
+#[test]
+fn reference_examples_load_as_printed() {
+    let text = std::fs::read_to_string(fixtures().join("reference-batching.json")).unwrap();
+    let (c, d) = load(&text).unwrap();
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    assert!(c.webhooks.batching.enabled);
+    assert_eq!(c.webhooks.batching.duration, Duration::from_millis(100));
+
+    let text = std::fs::read_to_string(fixtures().join("reference-apps.json")).unwrap();
+    let (c, d) = load(&text).unwrap();
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    assert_eq!(c.webhooks.batching.duration, Duration::from_millis(75));
+    let app = c.app("my-app-with-webhooks").unwrap();
+    assert_eq!((app.key.as_str(), app.secret.as_str()), ("app-key-wh", "app-secret-wh"));
+    let [http, lambda] = &app.endpoints[..] else {
+        panic!("two endpoints expected")
+    };
+    assert_eq!(
+        http.target,
+        EndpointTarget::Http("https://api.example.com/sockudo/events".parse().unwrap())
+    );
+    assert_eq!(http.headers, [("X-Custom-Auth".to_string(), "mysecrettoken".to_string())]);
+    assert!(http.wants(&Event::channel_occupied("room")));
+    assert!(!http.wants(&Event::member_added("presence-room", "u")));
+    let EndpointTarget::Lambda(l) = &lambda.target else {
+        panic!("lambda expected")
+    };
+    assert_eq!(l.function_name, "sockudoPresenceHandler");
+    assert_eq!(l.region.as_deref(), Some("us-east-1"));
+    assert_eq!(l.invocation_type, InvocationType::Event);
+    assert!(lambda.wants(&Event::member_added("presence-room", "u")));
+    assert!(!lambda.wants(&Event::member_added("private-room", "u")));
+}
+
+#[test]
+fn defaults_match_the_reference() {
+    let (c, _) = load("{}").unwrap();
+    let b = c.webhooks.batching;
+    assert!(b.enabled);
+    assert_eq!(b.duration, Duration::from_millis(50));
+    assert_eq!(b.size, 100);
+    assert_eq!(c.webhooks.request_timeout, Duration::from_secs(10));
+    assert_eq!(c.webhooks.retry, RetryPolicy::default());
+    assert_eq!(c.queue.driver, QueueDriverKind::Memory);
+    assert!(c.queue.redis.lease > c.webhooks.request_timeout + b.duration);
+    assert!(!c.webhooks.event_ids);
+}
+
+#[test]
+fn broken_fixtures_name_every_problem() {
+    let dir = fixtures().join("bad");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expected: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("// expect: "))
+            .collect();
+        assert!(!expected.is_empty(), "{} has no expectations", path.display());
+        let err = load(&text).expect_err(&path.display().to_string()).to_string();
+        for want in expected {
+            assert!(err.contains(want), "{}: want {want:?} in:\n{err}", path.display());
+        }
+        checked += 1;
+    }
+    assert!(checked >= 6, "only {checked} fixtures found in {}", dir.display());
+}
+
+#[test]
+fn unknown_keys_warn_but_load() {
+    let (_, d) = load(r#"{"webhooks": {"batching": {"duraton": 5}}, "port": 6001, "colour": 1}"#).unwrap();
+    let paths: Vec<_> = d.warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(paths, ["webhooks.batching.duraton", "colour"]);
+}
+
+#[test]
+fn environment_overrides_common_keys() {
+    let env = |k: &str| match k {
+        "HOOKQ_QUEUE_DRIVER" => Some("redis".to_string()),
+        "HOOKQ_REDIS_URL" => Some("redis://10.0.0.1:6380/2".to_string()),
+        "HOOKQ_BATCHING_ENABLED" => Some("false".to_string()),
+        "HOOKQ_BATCHING_DURATION" => Some("250".to_string()),
+        "HOOKQ_ADMIN_ADDR" => Some("127.0.0.1:9999".to_string()),
+        _ => None,
+    };
+    let (c, _) = Config::parse(r#"{"queue": {"driver": "memory"}}"#, env).unwrap();
+    assert_eq!(c.queue.driver, QueueDriverKind::Redis);
+    assert_eq!(c.queue.redis.url, "redis://10.0.0.1:6380/2");
+    assert!(!c.webhooks.batching.enabled);
+    assert_eq!(c.webhooks.batching.duration, Duration::from_millis(250));
+    assert_eq!(c.worker.admin_addr, "127.0.0.1:9999");
+
+    let bad = |k: &str| (k == "HOOKQ_BATCHING_DURATION").then(|| "soon".to_string());
+    let err = Config::parse("{}", bad).unwrap_err().to_string();
+    assert!(err.contains("webhooks.batching.duration: expected a whole number, found a string (set by HOOKQ_BATCHING_DURATION)"), "{err}");
+}
+
+#[test]
+fn sockudo_redis_settings_build_the_url() {
+    let (c, _) = load(
+        r#"{"database": {"redis": {"host": "redis.internal", "port": 6380, "password": "pw", "db": 3}},
+            "queue": {"driver": "redis", "redis": {"prefix": "sockudo", "concurrency": 5}}}"#,
+    )
+    .unwrap();
+    assert_eq!(c.queue.redis.url, "redis://:pw@redis.internal:6380/3");
+    assert_eq!(c.queue.redis.prefix, "sockudo");
+    let (c, _) = load(r#"{"queue": {"redis": {"url_override": "redis://h:1/0"}}}"#).unwrap();
+    assert_eq!(c.queue.redis.url, "redis://h:1/0");
+}
+
+#[test]
+fn endpoints_get_stable_ids_and_overrides() {
+    let text = r#"{
+      "webhooks": {"retry": {"max_attempts": 4}},
+      "app_manager": {"array": {"apps": [{
+        "id": "a", "key": "k", "secret": "s",
+        "signing_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "webhooks": [
+          {"url": "http://127.0.0.1:1/h", "event_types": ["cache_miss"]},
+          {"url": "http://127.0.0.1:1/h", "event_types": ["cache_miss"], "id": "mine",
+           "retry": {"enabled": false}, "request_timeout_ms": 1500, "max_concurrency": 2,
+           "filter": {"channel_type": "cache", "channel_suffix": "-x"}}
+        ]}]}}
+    }"#;
+    let (c, _) = load(text).unwrap();
+    let app = c.app("a").unwrap();
+    let (a, b) = (&app.endpoints[0], &app.endpoints[1]);
+    assert_ne!(a.id, b.id);
+    assert_eq!(b.id, "mine");
+    assert_eq!(a.retry.max_attempts, Some(4));
+    assert!(!b.retry.enabled && b.retry.max_attempts == Some(4));
+    assert_eq!(b.request_timeout, Duration::from_millis(1500));
+    assert_eq!(b.max_concurrency, 2);
+    assert_eq!(a.signing_secrets.len(), 1, "app secret inherited");
+    assert!(b.wants(&Event::cache_miss("private-cache-room-x")));
+    assert!(!b.wants(&Event::cache_miss("private-room-x")));
+    let (again, _) = load(text).unwrap();
+    assert_eq!(again.app("a").unwrap().endpoints[0].id, a.id);
+}
+
+#[test]
+fn summary_lists_apps_endpoints_and_settings() {
+    let text = std::fs::read_to_string(fixtures().join("reference-apps.json")).unwrap();
+    let (c, _) = load(&text).unwrap();
+    let s = c.to_string();
+    for want in [
+        "queue: memory",
+        "batching: on, window 75 ms",
+        "my-app-with-webhooks (key app-key-wh): 2 endpoint(s)",
+        "https://api.example.com/sockudo/events",
+        "events: channel_occupied, channel_vacated",
+        "lambda:sockudoPresenceHandler",
+        "filter: prefix \"presence-\"",
+        "headers: X-Custom-Auth",
+    ] {
+        assert!(s.contains(want), "{want:?} missing from:\n{s}");
+    }
+    assert!(!s.contains("app-secret-wh"), "the summary must not show secrets");
+}

@@ -1,1 +1,167 @@
-//! placeholder
+//! The queue between producers and workers: the [`QueueDriver`] trait and its drivers.
+//!
+//! A job's life in any driver: [`QueueDriver::push`] makes it *ready* (or
+//! *delayed* until its delay passes); [`QueueDriver::receive`] moves it to
+//! *held* under a [`Handle`] for the driver's hold time (a lease, a visibility
+//! timeout); the worker either [`QueueDriver::ack`]s it once its outcome is
+//! durable, or dies, and then the hold expires and the job is ready again for
+//! any worker. [`QueueDriver::extend`] renews a hold that is still being worked
+//! on. What cannot be delivered goes to the dead-letter queue with a reason.
+//!
+//! Delivery is at least once and ordering is not guaranteed. Drivers:
+//! [`memory`] (always), `redis` and `sqs` behind the features of those names.
+
+pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(feature = "sqs")]
+pub mod sqs;
+
+use async_trait::async_trait;
+use hookq_core::DeadLetter;
+use std::time::Duration;
+
+pub use memory::MemoryQueue;
+
+/// A message to push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The job's id (SQS FIFO uses it to de-duplicate).
+    pub id: String,
+    /// The job's app (SQS FIFO groups by it).
+    pub app_id: String,
+    /// The job's JSON text.
+    pub body: String,
+    /// How long to keep it out of reach; zero for at once.
+    pub delay: Duration,
+}
+
+impl Outgoing {
+    /// A message ready at once.
+    pub fn now(id: impl Into<String>, app_id: impl Into<String>, body: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            app_id: app_id.into(),
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// The same message, delayed.
+    pub fn delayed(self, delay: Duration) -> Self {
+        Self { delay, ..self }
+    }
+}
+
+/// Identifies one hold of a received message; acking or extending goes through it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Handle(pub String);
+
+/// A received message, held until acked or until its hold expires.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The hold.
+    pub handle: Handle,
+    /// The message text.
+    pub body: String,
+    /// How many times it was received, this time included.
+    pub receive_count: u32,
+}
+
+/// How many messages are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Depth {
+    /// Ready to be received.
+    pub ready: u64,
+    /// Waiting for their delay.
+    pub delayed: u64,
+    /// Received and not yet acked.
+    pub held: u64,
+    /// In the dead-letter queue.
+    pub dead: u64,
+}
+
+/// Which dead-letter entries a DLQ command touches.
+#[derive(Debug, Clone, Default)]
+pub struct DlqFilter {
+    /// Only this app's entries.
+    pub app_id: Option<String>,
+    /// At most this many entries (`None`: all).
+    pub limit: Option<usize>,
+}
+
+impl DlqFilter {
+    /// Whether an entry passes the app condition.
+    pub fn matches(&self, entry: &DeadLetter) -> bool {
+        self.app_id
+            .as_deref()
+            .is_none_or(|app| entry.app_id.as_deref() == Some(app))
+    }
+
+    fn limit(&self) -> usize {
+        self.limit.unwrap_or(usize::MAX)
+    }
+}
+
+/// What went wrong talking to a queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The backend cannot be reached (connection refused, timed out, reset).
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    /// The queue is full (memory driver's capacity).
+    #[error("queue full: {0}")]
+    Full(String),
+    /// The backend answered with an error.
+    #[error("queue error: {0}")]
+    Backend(String),
+}
+
+impl QueueError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Full(_))
+    }
+}
+
+/// A queue hookq can run on: memory, Redis or SQS. See the crate docs for a job's life.
+#[async_trait]
+pub trait QueueDriver: Send + Sync + 'static {
+    /// The driver's name, for logs and metrics.
+    fn name(&self) -> &'static str;
+
+    /// Pushes messages, each ready after its delay; all in as few round trips as the backend allows.
+    async fn push(&self, messages: Vec<Outgoing>) -> Result<(), QueueError>;
+
+    /// Takes up to `max` ready messages and holds them; waits up to `wait` for the first one.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, QueueError>;
+
+    /// Removes held messages for good. A handle whose hold already expired is ignored.
+    async fn ack(&self, handles: &[Handle]) -> Result<(), QueueError>;
+
+    /// Renews holds to the driver's full hold time.
+    async fn extend(&self, handles: &[Handle]) -> Result<(), QueueError>;
+
+    /// Adds entries to the dead-letter queue.
+    async fn dead_letter(&self, entries: Vec<DeadLetter>) -> Result<(), QueueError>;
+
+    /// Dead-letter entries, oldest first.
+    async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DeadLetter>, QueueError>;
+
+    /// Pushes the entries' jobs back onto the queue and removes the entries; returns how many.
+    async fn dlq_replay(&self, filter: &DlqFilter) -> Result<usize, QueueError>;
+
+    /// Deletes entries; returns how many.
+    async fn dlq_purge(&self, filter: &DlqFilter) -> Result<usize, QueueError>;
+
+    /// Messages per state.
+    async fn depth(&self) -> Result<Depth, QueueError>;
+
+    /// Checks that the backend answers.
+    async fn ping(&self) -> Result<(), QueueError>;
+
+    /// The longest delay one push can carry; longer delays are re-delayed on receipt.
+    fn max_delay(&self) -> Duration {
+        Duration::MAX
+    }
+}

@@ -1,0 +1,276 @@
+//! The in-process queue: the embedded default, for tests, the demo and
+//! single-process use.
+//!
+//! One mutex guards four collections: `ready` (a deque), `delayed` (ordered
+//! by due time), `held` (by hold token, with its deadline mirrored in an
+//! ordered index) and `dead`. Every call first promotes due delayed messages
+//! and returns expired holds to `ready`, so a hold behaves like an SQS
+//! visibility timeout without a background task. Receivers wait on a
+//! [`Notify`] that every push wakes, and sleep no longer than the next due
+//! time. The queue is bounded: a push that would exceed the capacity fails as
+//! a whole.
+
+use crate::{Depth, DlqFilter, Handle, Outgoing, QueueDriver, QueueError, Received};
+use async_trait::async_trait;
+use hookq_core::DeadLetter;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+struct Message {
+    body: String,
+    receive_count: u32,
+}
+
+#[derive(Default)]
+struct State {
+    ready: VecDeque<Message>,
+    delayed: BTreeMap<(Instant, u64), Message>,
+    held: HashMap<u64, (Message, Instant)>,
+    hold_deadlines: BTreeMap<(Instant, u64), ()>,
+    dead: VecDeque<DeadLetter>,
+    seq: u64,
+}
+
+impl State {
+    fn len(&self) -> usize {
+        self.ready.len() + self.delayed.len() + self.held.len()
+    }
+
+    /// Moves due delayed messages and expired holds to `ready`.
+    fn promote(&mut self, now: Instant) {
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            self.ready.push_back(entry.remove());
+        }
+        while let Some(entry) = self.hold_deadlines.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let (_, token) = entry.remove_entry().0;
+            if let Some((msg, _)) = self.held.remove(&token) {
+                // An expired hold goes to the front: it has waited longest.
+                self.ready.push_front(msg);
+            }
+        }
+    }
+
+    /// The next time something becomes ready by itself.
+    fn next_due(&self) -> Option<Instant> {
+        let delayed = self.delayed.keys().next().map(|k| k.0);
+        let hold = self.hold_deadlines.keys().next().map(|k| k.0);
+        delayed.into_iter().chain(hold).min()
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+}
+
+/// The in-memory [`QueueDriver`].
+pub struct MemoryQueue {
+    state: Mutex<State>,
+    pushed: Notify,
+    capacity: usize,
+    hold: Duration,
+}
+
+impl MemoryQueue {
+    /// A queue of at most `capacity` messages whose holds last `hold`.
+    pub fn new(capacity: usize, hold: Duration) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            pushed: Notify::new(),
+            capacity,
+            hold,
+        }
+    }
+
+    /// A queue with the settings of `queue.memory`.
+    pub fn from_settings(s: &hookq_core::config::MemoryQueueSettings) -> Self {
+        Self::new(s.capacity, s.lease)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain collections in a usable state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self, max: usize) -> (Vec<Received>, Option<Instant>) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        s.promote(now);
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(mut msg) = s.ready.pop_front() else { break };
+            msg.receive_count += 1;
+            let token = s.next_seq();
+            let deadline = now + self.hold;
+            out.push(Received {
+                handle: Handle(token.to_string()),
+                body: msg.body.clone(),
+                receive_count: msg.receive_count,
+            });
+            s.hold_deadlines.insert((deadline, token), ());
+            s.held.insert(token, (msg, deadline));
+        }
+        (out, s.next_due())
+    }
+}
+
+fn token(h: &Handle) -> Option<u64> {
+    h.0.parse().ok()
+}
+
+#[async_trait]
+impl QueueDriver for MemoryQueue {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn push(&self, messages: Vec<Outgoing>) -> Result<(), QueueError> {
+        {
+            let now = Instant::now();
+            let mut s = self.lock();
+            if s.len() + messages.len() > self.capacity {
+                return Err(QueueError::Full(format!(
+                    "{} messages held, capacity {}",
+                    s.len(),
+                    self.capacity
+                )));
+            }
+            for m in messages {
+                let msg = Message {
+                    body: m.body,
+                    receive_count: 0,
+                };
+                if m.delay.is_zero() {
+                    s.ready.push_back(msg);
+                } else {
+                    let seq = s.next_seq();
+                    s.delayed.insert((now + m.delay, seq), msg);
+                }
+            }
+        }
+        self.pushed.notify_waiters();
+        Ok(())
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, QueueError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            // Register for a wake-up before looking, so a push in between is not missed.
+            let pushed = self.pushed.notified();
+            tokio::pin!(pushed);
+            pushed.as_mut().enable();
+            let (got, next_due) = self.take(max.max(1));
+            if !got.is_empty() || Instant::now() >= deadline {
+                return Ok(got);
+            }
+            let wake = next_due.map_or(deadline, |due| due.min(deadline));
+            tokio::select! {
+                _ = pushed => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, handles: &[Handle]) -> Result<(), QueueError> {
+        let mut s = self.lock();
+        for t in handles.iter().filter_map(token) {
+            if let Some((_, deadline)) = s.held.remove(&t) {
+                s.hold_deadlines.remove(&(deadline, t));
+            }
+        }
+        Ok(())
+    }
+
+    async fn extend(&self, handles: &[Handle]) -> Result<(), QueueError> {
+        let new_deadline = Instant::now() + self.hold;
+        let mut s = self.lock();
+        for t in handles.iter().filter_map(token) {
+            let Some((_, deadline)) = s.held.get_mut(&t) else { continue };
+            let old = std::mem::replace(deadline, new_deadline);
+            s.hold_deadlines.remove(&(old, t));
+            s.hold_deadlines.insert((new_deadline, t), ());
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, entries: Vec<DeadLetter>) -> Result<(), QueueError> {
+        self.lock().dead.extend(entries);
+        Ok(())
+    }
+
+    async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DeadLetter>, QueueError> {
+        let s = self.lock();
+        Ok(s.dead
+            .iter()
+            .filter(|e| filter.matches(e))
+            .take(filter.limit())
+            .cloned()
+            .collect())
+    }
+
+    async fn dlq_replay(&self, filter: &DlqFilter) -> Result<usize, QueueError> {
+        let taken = {
+            let mut s = self.lock();
+            let taken = drain_matching(&mut s.dead, filter);
+            if s.len() + taken.len() > self.capacity {
+                // Put them back where they were: replay is all or nothing.
+                for e in taken.into_iter().rev() {
+                    s.dead.push_front(e);
+                }
+                return Err(QueueError::Full("no room to replay".into()));
+            }
+            for e in &taken {
+                s.ready.push_back(Message {
+                    body: e.job.clone(),
+                    receive_count: 0,
+                });
+            }
+            taken
+        };
+        self.pushed.notify_waiters();
+        Ok(taken.len())
+    }
+
+    async fn dlq_purge(&self, filter: &DlqFilter) -> Result<usize, QueueError> {
+        Ok(drain_matching(&mut self.lock().dead, filter).len())
+    }
+
+    async fn depth(&self) -> Result<Depth, QueueError> {
+        let mut s = self.lock();
+        s.promote(Instant::now());
+        Ok(Depth {
+            ready: s.ready.len() as u64,
+            delayed: s.delayed.len() as u64,
+            held: s.held.len() as u64,
+            dead: s.dead.len() as u64,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+}
+
+/// Removes up to the filter's limit of matching entries, oldest first.
+fn drain_matching(dead: &mut VecDeque<DeadLetter>, filter: &DlqFilter) -> Vec<DeadLetter> {
+    let mut taken = Vec::new();
+    let mut kept = VecDeque::with_capacity(dead.len());
+    for e in dead.drain(..) {
+        if taken.len() < filter.limit() && filter.matches(&e) {
+            taken.push(e);
+        } else {
+            kept.push_back(e);
+        }
+    }
+    *dead = kept;
+    taken
+}

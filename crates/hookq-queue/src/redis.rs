@@ -1,0 +1,1 @@
+//! Redis driver (being written).

@@ -1,0 +1,1 @@
+//! SQS driver (being written).

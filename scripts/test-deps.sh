@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs when it is missing: redis-server (Debian
+# package) and the SQS emulator (moto's server, from PyPI into .venv).
+# Idempotent and quiet when everything is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "test-deps: installing redis-server (Debian package)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+if [ ! -x .venv/bin/moto_server ]; then
+  echo "test-deps: installing the SQS emulator (moto[server]) into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check 'moto[server]>=5,<6'
+fi

@@ -1,0 +1,216 @@
+//! The conformance suite every [`QueueDriver`] must pass.
+//!
+//! Each case takes a fresh driver whose hold time is [`HOLD`] (so expiry is
+//! quick to observe) and asserts what a worker relies on. Ordering is not
+//! assumed. [`conformance_suite!`] stamps the cases out as tests for one driver.
+
+use hookq_core::DeadLetter;
+use hookq_queue::{DlqFilter, Handle, Outgoing, QueueDriver};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The hold time drivers under test are configured with.
+pub const HOLD: Duration = Duration::from_secs(2);
+
+fn msg(i: usize) -> Outgoing {
+    Outgoing::now(format!("job-{i}"), format!("app-{}", i % 2), format!("{{\"n\":{i}}}"))
+}
+
+/// Receives until `n` messages came or `limit` passed.
+async fn receive_n(q: &dyn QueueDriver, n: usize, limit: Duration) -> Vec<hookq_queue::Received> {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < n && start.elapsed() < limit {
+        got.extend(q.receive(n - got.len(), Duration::from_millis(500)).await.unwrap());
+    }
+    got
+}
+
+pub async fn push_receive_ack(q: Arc<dyn QueueDriver>) {
+    q.push((0..25).map(msg).collect()).await.unwrap();
+    let got = receive_n(&*q, 25, Duration::from_secs(10)).await;
+    let mut bodies: Vec<_> = got.iter().map(|r| r.body.clone()).collect();
+    bodies.sort();
+    let mut want: Vec<_> = (0..25).map(|i| msg(i).body).collect();
+    want.sort();
+    assert_eq!(bodies, want, "every pushed message is received once");
+    assert!(got.iter().all(|r| r.receive_count == 1));
+    assert_eq!(q.depth().await.unwrap().held, 25);
+    let handles: Vec<Handle> = got.into_iter().map(|r| r.handle).collect();
+    q.ack(&handles).await.unwrap();
+    tokio::time::sleep(HOLD + Duration::from_millis(500)).await;
+    let again = q.receive(10, Duration::from_millis(500)).await.unwrap();
+    assert!(again.is_empty(), "acked messages came back: {again:?}");
+    let d = q.depth().await.unwrap();
+    assert_eq!((d.ready, d.held, d.delayed), (0, 0, 0));
+}
+
+pub async fn expired_hold_returns(q: Arc<dyn QueueDriver>) {
+    q.push(vec![msg(1)]).await.unwrap();
+    let first = receive_n(&*q, 1, Duration::from_secs(5)).await;
+    assert_eq!(first.len(), 1);
+    let second = receive_n(&*q, 1, HOLD * 4).await;
+    assert_eq!(second.len(), 1, "a message whose hold expired must come back");
+    assert_eq!(second[0].body, msg(1).body);
+    assert_eq!(second[0].receive_count, 2);
+    q.ack(&[second[0].handle.clone()]).await.unwrap();
+}
+
+pub async fn extend_keeps_the_hold(q: Arc<dyn QueueDriver>) {
+    q.push(vec![msg(1)]).await.unwrap();
+    let got = receive_n(&*q, 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    let start = Instant::now();
+    while start.elapsed() < HOLD * 2 {
+        q.extend(&[got[0].handle.clone()]).await.unwrap();
+        let stolen = q.receive(1, HOLD / 4).await.unwrap();
+        assert!(stolen.is_empty(), "an extended hold was given away");
+    }
+    q.ack(&[got[0].handle.clone()]).await.unwrap();
+}
+
+pub async fn delayed_not_before_its_time(q: Arc<dyn QueueDriver>) {
+    let delay = Duration::from_secs(2);
+    let pushed_at = Instant::now();
+    q.push(vec![msg(7).delayed(delay), msg(8)]).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 && pushed_at.elapsed() < Duration::from_secs(10) {
+        for r in q.receive(2, Duration::from_millis(200)).await.unwrap() {
+            q.ack(&[r.handle]).await.unwrap();
+            seen.push((r.body, pushed_at.elapsed()));
+        }
+    }
+    assert_eq!(seen.len(), 2, "both messages arrive: {seen:?}");
+    assert_eq!(seen[0].0, msg(8).body, "the undelayed message comes first");
+    assert_eq!(seen[1].0, msg(7).body);
+    assert!(seen[1].1 >= delay, "delayed message received after {:?}", seen[1].1);
+}
+
+pub async fn delayed_is_invisible_until_due(q: Arc<dyn QueueDriver>) {
+    q.push(vec![msg(3).delayed(Duration::from_secs(3))]).await.unwrap();
+    let early = q.receive(10, Duration::from_secs(1)).await.unwrap();
+    assert!(early.is_empty(), "delayed message received early");
+    let later = receive_n(&*q, 1, Duration::from_secs(10)).await;
+    assert_eq!(later.len(), 1);
+    q.ack(&[later[0].handle.clone()]).await.unwrap();
+}
+
+fn entry(app: &str, n: usize) -> DeadLetter {
+    DeadLetter {
+        job: format!("{{\"dead\":{n}}}"),
+        reason: format!("HTTP 400 #{n}"),
+        failed_at_ms: 1_700_000_000_000 + n as u64,
+        app_id: Some(app.to_string()),
+        endpoint: Some("0-abc".into()),
+        attempts: 1,
+        last_status: Some(400),
+        body_excerpt: Some("bad".into()),
+    }
+}
+
+pub async fn dlq_round_trip(q: Arc<dyn QueueDriver>) {
+    let entries = vec![entry("a", 1), entry("b", 2), entry("a", 3)];
+    q.dead_letter(entries.clone()).await.unwrap();
+    let all = q.dlq_list(&DlqFilter::default()).await.unwrap();
+    let mut reasons: Vec<_> = all.iter().map(|e| e.reason.clone()).collect();
+    reasons.sort();
+    assert_eq!(reasons, ["HTTP 400 #1", "HTTP 400 #2", "HTTP 400 #3"]);
+    assert!(all.contains(&entries[0]), "entries keep every field");
+    let only_a = DlqFilter {
+        app_id: Some("a".into()),
+        limit: None,
+    };
+    assert_eq!(q.dlq_list(&only_a).await.unwrap().len(), 2);
+    assert_eq!(q.dlq_replay(&only_a).await.unwrap(), 2);
+    let replayed = receive_n(&*q, 2, Duration::from_secs(10)).await;
+    let mut bodies: Vec<_> = replayed.iter().map(|r| r.body.clone()).collect();
+    bodies.sort();
+    assert_eq!(bodies, ["{\"dead\":1}", "{\"dead\":3}"]);
+    let handles: Vec<_> = replayed.iter().map(|r| r.handle.clone()).collect();
+    q.ack(&handles).await.unwrap();
+    assert_eq!(q.depth().await.unwrap().dead, 1);
+    assert_eq!(q.dlq_purge(&DlqFilter::default()).await.unwrap(), 1);
+    assert!(q.dlq_list(&DlqFilter::default()).await.unwrap().is_empty());
+}
+
+pub async fn concurrent_consumers_never_share(q: Arc<dyn QueueDriver>) {
+    const N: usize = 120;
+    for chunk in (0..N).collect::<Vec<_>>().chunks(10) {
+        q.push(chunk.iter().map(|&i| msg(i)).collect()).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let q = q.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let start = Instant::now();
+            let mut empty_rounds = 0;
+            while empty_rounds < 3 && start.elapsed() < Duration::from_secs(30) {
+                let got = q.receive(7, Duration::from_millis(300)).await.unwrap();
+                if got.is_empty() {
+                    empty_rounds += 1;
+                    continue;
+                }
+                empty_rounds = 0;
+                let handles: Vec<_> = got.iter().map(|r| r.handle.clone()).collect();
+                seen.extend(got.into_iter().map(|r| r.body));
+                q.ack(&handles).await.unwrap();
+            }
+            seen
+        }));
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for t in tasks {
+        for body in t.await.unwrap() {
+            *counts.entry(body).or_default() += 1;
+        }
+    }
+    assert_eq!(counts.len(), N, "every message received");
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "held by two consumers: {twice:?}");
+}
+
+pub async fn depth_counts_each_state(q: Arc<dyn QueueDriver>) {
+    q.push(vec![msg(1), msg(2), msg(3).delayed(Duration::from_secs(60))])
+        .await
+        .unwrap();
+    q.dead_letter(vec![entry("a", 1)]).await.unwrap();
+    let got = receive_n(&*q, 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    let d = q.depth().await.unwrap();
+    assert_eq!((d.ready, d.delayed, d.held, d.dead), (1, 1, 1, 1), "{d:?}");
+}
+
+/// Acking a handle whose hold expired (and was taken by another worker) must
+/// not remove the message from its new holder. Not for SQS, whose stale
+/// receipt handles may still delete.
+pub async fn stale_ack_is_harmless(q: Arc<dyn QueueDriver>) {
+    q.push(vec![msg(1)]).await.unwrap();
+    let first = receive_n(&*q, 1, Duration::from_secs(5)).await;
+    let second = receive_n(&*q, 1, HOLD * 4).await;
+    assert_eq!(second.len(), 1);
+    q.ack(&[first[0].handle.clone()]).await.unwrap();
+    assert_eq!(q.depth().await.unwrap().held, 1, "a stale ack removed the new hold");
+    q.ack(&[second[0].handle.clone()]).await.unwrap();
+    assert_eq!(q.depth().await.unwrap().held, 0);
+}
+
+/// Stamps out the suite as `#[tokio::test]`s for a driver; `$make` is an async
+/// expression giving an `Arc<dyn QueueDriver>` with hold time [`HOLD`].
+macro_rules! conformance_suite {
+    ($make:expr) => {
+        conformance_suite!($make; push_receive_ack, expired_hold_returns, extend_keeps_the_hold,
+            delayed_not_before_its_time, delayed_is_invisible_until_due, dlq_round_trip,
+            concurrent_consumers_never_share, depth_counts_each_state);
+    };
+    ($make:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::conformance::$case($make).await
+            }
+        )+
+    };
+}
+pub(crate) use conformance_suite;

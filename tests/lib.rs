@@ -1,0 +1,1 @@
+//! The end-to-end suite lives in `it/`; this library is empty.

@@ -1,1 +1,188 @@
-//! placeholder
+//! The library a realtime server embeds to hand its webhooks to hookq.
+//!
+//! [`Producer::publish`] checks an event, drops it when no endpoint of the app
+//! wants it (a busy server must not flood the queue with events nobody asked
+//! for), wraps it in a job and pushes it; [`Producer::publish_batch`] does the
+//! same for many events in one round trip. Delivery, batching and retries are
+//! the workers' business: the producer only enqueues.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use hookq_core::{Config, Event};
+//! use hookq_producer::Producer;
+//! use hookq_queue::{MemoryQueue, QueueDriver};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (config, _warnings) = Config::parse(r#"{
+//!   "app_manager": {"array": {"apps": [{
+//!     "id": "app-1", "key": "key-1", "secret": "secret-1",
+//!     "webhooks": [{"url": "https://example.com/hooks", "event_types": ["member_added"]}]
+//!   }]}}
+//! }"#, |_| None)?;
+//! let queue: Arc<dyn QueueDriver> = Arc::new(MemoryQueue::from_settings(&config.queue.memory));
+//! let producer = Producer::new(queue.clone(), Arc::new(config));
+//!
+//! // Inside the server, where a user joins a presence channel:
+//! let sent = producer.publish("app-1", Event::member_added("presence-lobby", "user-42")).await?;
+//! assert_eq!(sent.enqueued, 1);
+//! // Nobody subscribed to channel_occupied: nothing is queued.
+//! let sent = producer.publish("app-1", Event::channel_occupied("presence-lobby")).await?;
+//! assert_eq!(sent.skipped, 1);
+//! assert_eq!(queue.depth().await?.ready, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+use hookq_core::job::{EventJob, Job};
+use hookq_core::{Config, Event, EventError};
+use hookq_queue::{Outgoing, QueueDriver, QueueError};
+use std::sync::Arc;
+
+/// Why events could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The app id is not in the config.
+    #[error("unknown app {0:?}")]
+    UnknownApp(String),
+    /// An event lacks what its name requires; nothing of the batch was queued.
+    #[error("event {index}: {source}")]
+    InvalidEvent {
+        /// Its position in the batch (0 for `publish`).
+        index: usize,
+        /// What is wrong.
+        source: EventError,
+    },
+    /// The queue refused or could not be reached; nothing of the batch was queued.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Jobs pushed.
+    pub enqueued: usize,
+    /// Events no endpoint wanted (or whose app is disabled).
+    pub skipped: usize,
+    /// The pushed jobs' ids, in order.
+    pub job_ids: Vec<String>,
+}
+
+/// Publishes webhook events for apps onto a queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Producer {
+    queue: Arc<dyn QueueDriver>,
+    config: Arc<Config>,
+}
+
+impl Producer {
+    /// A producer over `queue`, routing with the apps of `config`.
+    pub fn new(queue: Arc<dyn QueueDriver>, config: Arc<Config>) -> Self {
+        Self { queue, config }
+    }
+
+    /// Publishes one event for an app.
+    pub async fn publish(&self, app_id: &str, event: Event) -> Result<Published, PublishError> {
+        self.publish_batch(app_id, vec![event]).await
+    }
+
+    /// Publishes events for an app in one round trip; all are checked before any is queued.
+    pub async fn publish_batch(
+        &self,
+        app_id: &str,
+        events: Vec<Event>,
+    ) -> Result<Published, PublishError> {
+        let app = self
+            .config
+            .app(app_id)
+            .ok_or_else(|| PublishError::UnknownApp(app_id.to_string()))?;
+        for (index, e) in events.iter().enumerate() {
+            e.validate()
+                .map_err(|source| PublishError::InvalidEvent { index, source })?;
+        }
+        let total = events.len();
+        let mut published = Published::default();
+        let messages: Vec<Outgoing> = events
+            .into_iter()
+            .filter(|e| app.enabled && app.endpoints.iter().any(|ep| ep.wants(e)))
+            .map(|event| {
+                let job = EventJob::new(app_id, event);
+                published.job_ids.push(job.id.clone());
+                let id = job.id.clone();
+                Outgoing::now(id, app_id, Job::Event(job).encode())
+            })
+            .collect();
+        published.enqueued = messages.len();
+        published.skipped = total - messages.len();
+        if !messages.is_empty() {
+            self.queue.push(messages).await?;
+        }
+        Ok(published)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hookq_core::job::Job;
+    use hookq_queue::MemoryQueue;
+    use std::time::Duration;
+
+    fn setup() -> (Producer, Arc<MemoryQueue>) {
+        let (config, _) = Config::parse(
+            r#"{"app_manager": {"array": {"apps": [
+                {"id": "a", "key": "ka", "secret": "sa", "webhooks": [
+                  {"url": "http://127.0.0.1:9/x", "event_types": ["member_added", "client_event"],
+                   "filter": {"channel_prefix": "presence-"}}]},
+                {"id": "off", "key": "ko", "secret": "so", "enabled": false, "webhooks": [
+                  {"url": "http://127.0.0.1:9/x", "event_types": ["member_added"]}]}
+            ]}}}"#,
+            |_| None,
+        )
+        .unwrap();
+        let queue = Arc::new(MemoryQueue::new(100, Duration::from_secs(30)));
+        (Producer::new(queue.clone(), Arc::new(config)), queue)
+    }
+
+    #[tokio::test]
+    async fn queues_wanted_events_as_decodable_jobs() {
+        let (p, q) = setup();
+        let out = p
+            .publish_batch(
+                "a",
+                vec![
+                    Event::member_added("presence-x", "u1"),
+                    Event::member_added("private-x", "u1"),
+                    Event::channel_vacated("presence-x"),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!((out.enqueued, out.skipped), (1, 2));
+        let got = q.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), 1);
+        let Job::Event(job) = Job::decode(&got[0].body).unwrap() else {
+            panic!("event job expected")
+        };
+        assert_eq!(job.app_id, "a");
+        assert_eq!(job.id, out.job_ids[0]);
+        assert_eq!(job.event.user_id.as_deref(), Some("u1"));
+    }
+
+    #[tokio::test]
+    async fn refuses_invalid_events_and_unknown_apps_without_queueing() {
+        let (p, q) = setup();
+        let bad = Event::new(hookq_core::EventName::MemberAdded, "presence-x");
+        let err = p
+            .publish_batch("a", vec![Event::member_added("presence-x", "u"), bad])
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "event 1: member_added: missing field `user_id`");
+        let err = p.publish("nope", Event::cache_miss("c")).await.unwrap_err();
+        assert!(matches!(err, PublishError::UnknownApp(_)));
+        let out = p.publish("off", Event::member_added("x", "u")).await.unwrap();
+        assert_eq!(out.skipped, 1, "a disabled app's events are not queued");
+        assert_eq!(q.depth().await.unwrap().ready, 0);
+    }
+}

@@ -1,1 +1,24 @@
-//! placeholder
+//! hookq's worker: takes webhook jobs off the queue, batches them per app and
+//! endpoint, delivers them over HTTP (Pusher-signed) or to AWS Lambda, retries
+//! with durable backoff, and dead-letters what cannot be delivered.
+//!
+//! Start at [`worker`] for the pipeline; [`batch`] forms batches, [`deliver`]
+//! sends them ([`http`], and `lambda` behind the feature of that name),
+//! [`outcome`] classifies answers, [`settle`] tracks jobs until they are
+//! acked. [`admin`] serves metrics and probes; [`demo`] is `hookq demo`.
+
+pub mod admin;
+pub mod batch;
+pub mod demo;
+pub mod deliver;
+pub mod http;
+#[cfg(feature = "lambda")]
+pub mod lambda;
+pub mod metrics;
+pub mod outcome;
+pub mod queue;
+pub mod settle;
+pub mod worker;
+
+pub use metrics::Metrics;
+pub use worker::Worker;

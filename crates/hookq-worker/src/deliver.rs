@@ -1,0 +1,42 @@
+//! Sending a batch to its endpoint's target: HTTP, or Lambda when built with
+//! the `lambda` feature. Each target's deliverer maps its own errors into an
+//! [`Outcome`].
+
+use crate::batch::Batch;
+use crate::http::{HttpDeliverer, build_request};
+use crate::outcome::Outcome;
+#[cfg(not(feature = "lambda"))]
+use crate::outcome::Failure;
+use hookq_core::endpoint::EndpointTarget;
+
+/// Every kind of deliverer, chosen per endpoint.
+#[derive(Clone)]
+pub struct Deliverer {
+    http: HttpDeliverer,
+    #[cfg(feature = "lambda")]
+    lambda: crate::lambda::LambdaDeliverer,
+}
+
+impl Deliverer {
+    /// Deliverers configured from the webhook settings.
+    pub fn new(settings: &hookq_core::config::WebhookSettings) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: HttpDeliverer::new(settings.connect_timeout)?,
+            #[cfg(feature = "lambda")]
+            lambda: crate::lambda::LambdaDeliverer::new(),
+        })
+    }
+
+    /// One attempt of `batch`, stamped `time_ms`.
+    pub async fn deliver(&self, batch: &Batch, time_ms: u64) -> Outcome {
+        match &batch.endpoint().target {
+            EndpointTarget::Http(url) => self.http.send(build_request(batch, url, time_ms)).await,
+            #[cfg(feature = "lambda")]
+            EndpointTarget::Lambda(target) => self.lambda.deliver(target, batch, time_ms).await,
+            #[cfg(not(feature = "lambda"))]
+            EndpointTarget::Lambda(_) => Outcome::Reject {
+                failure: Failure::new("this hookq was built without the `lambda` feature"),
+            },
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! HTTP delivery: building a signed request from a batch, and sending it.
+//!
+//! [`build_request`] is pure (no network): the envelope with this attempt's
+//! `time_ms`, hookq's headers (signatures, ids, `User-Agent`), then the
+//! endpoint's custom headers minus any that would replace ours. [`HttpDeliverer`]
+//! sends with one pooled keep-alive client and maps the answer (or the error)
+//! to an [`Outcome`]. Redirects are not followed: a webhook URL that moved is
+//! a configuration to fix, and the 3xx is dead-lettered with its status.
+
+use crate::batch::Batch;
+use crate::outcome::{EXCERPT_LEN, Failure, Outcome, classify_status};
+use hookq_core::envelope::{self, Signer};
+use std::time::Duration;
+
+/// A request ready to send: method POST, to `url`, these headers and this body.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Where.
+    pub url: url::Url,
+    /// Headers in sending order: hookq's, then the endpoint's custom ones.
+    pub headers: Vec<(String, String)>,
+    /// The exact bytes signed.
+    pub body: Vec<u8>,
+    /// Time allowed.
+    pub timeout: Duration,
+}
+
+/// The signed request for one attempt of `batch` at `time_ms`.
+pub fn build_request(batch: &Batch, url: &url::Url, time_ms: u64) -> Request {
+    let app = &batch.app;
+    let ep = batch.endpoint();
+    let body = envelope::body(time_ms, batch.events.iter().map(|e| e.json.as_slice()));
+    let signer = Signer {
+        app_key: &app.key,
+        app_secret: &app.secret,
+        signing_secrets: &ep.signing_secrets,
+        webhook_id: &batch.webhook_id,
+        time_ms,
+    };
+    let mut headers: Vec<(String, String)> = signer
+        .headers(&body)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    headers.extend(
+        ep.headers
+            .iter()
+            .filter(|(k, _)| !envelope::is_reserved(k))
+            .cloned(),
+    );
+    Request {
+        url: url.clone(),
+        headers,
+        body,
+        timeout: ep.request_timeout,
+    }
+}
+
+/// Sends requests with one pooled client.
+#[derive(Clone)]
+pub struct HttpDeliverer {
+    client: reqwest::Client,
+}
+
+impl HttpDeliverer {
+    /// A deliverer whose connections time out after `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Self { client })
+    }
+
+    /// Sends one request and classifies the answer.
+    pub async fn send(&self, req: Request) -> Outcome {
+        let timeout_ms = req.timeout.as_millis();
+        let mut builder = self
+            .client
+            .post(req.url)
+            .timeout(req.timeout)
+            .body(req.body);
+        for (k, v) in &req.headers {
+            builder = builder.header(k, v);
+        }
+        let mut resp = match builder.send().await {
+            Ok(resp) => resp,
+            Err(e) => return classify_error(&e, timeout_ms),
+        };
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        // Read a little of the body for diagnosis; a success's body is drained
+        // so the connection can be reused.
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            if body.len() < EXCERPT_LEN {
+                body.extend_from_slice(&chunk[..chunk.len().min(EXCERPT_LEN - body.len())]);
+            } else if !(200..300).contains(&status) {
+                break;
+            }
+        }
+        classify_status(status, retry_after.as_deref(), &body)
+    }
+}
+
+fn classify_error(e: &reqwest::Error, timeout_ms: u128) -> Outcome {
+    if e.is_builder() {
+        return Outcome::Reject {
+            failure: Failure::new(format!("request could not be built: {e}")),
+        };
+    }
+    let reason = if e.is_timeout() {
+        format!("timed out after {timeout_ms} ms")
+    } else if e.is_connect() {
+        format!("connection failed: {}", root_cause(e))
+    } else {
+        format!("request failed: {}", root_cause(e))
+    };
+    Outcome::Retry {
+        failure: Failure::new(reason),
+        after: None,
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Encoded;
+    use crate::settle::tests::ticket;
+    use hookq_core::{Config, Event, sign};
+
+    #[test]
+    fn request_is_signed_and_custom_headers_cannot_override() {
+        let (config, _) = Config::parse(
+            r#"{"app_manager": {"array": {"apps": [{"id": "a", "key": "the-key", "secret": "the-secret",
+                "webhooks": [{"url": "http://127.0.0.1:9/hook", "event_types": ["member_added"],
+                  "headers": {"X-Pusher-Signature": "forged", "x-custom": "yes", "Content-Type": "text/plain"}}]}]}}}"#,
+            |_| None,
+        )
+        .unwrap();
+        let app = config.apps[0].clone();
+        let mut batch = Batch::new(app, 0);
+        batch.add(Encoded::new(Event::member_added("presence-a", "u1"), false), &ticket(1));
+        let url = url::Url::parse("http://127.0.0.1:9/hook").unwrap();
+        let req = build_request(&batch, &url, 1_700_000_000_000);
+        assert_eq!(
+            String::from_utf8(req.body.clone()).unwrap(),
+            r#"{"time_ms":1700000000000,"events":[{"name":"member_added","channel":"presence-a","user_id":"u1"}]}"#
+        );
+        let values = |name: &str| -> Vec<&str> {
+            req.headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(values("x-pusher-signature"), [sign::pusher_signature("the-secret", &req.body)]);
+        assert_eq!(values("content-type"), ["application/json"]);
+        assert_eq!(values("x-pusher-key"), ["the-key"]);
+        assert_eq!(values("x-custom"), ["yes"]);
+        assert_eq!(values("webhook-id"), [batch.webhook_id.as_str()]);
+        assert_eq!(values("webhook-timestamp"), ["1700000000"]);
+        assert!(values("webhook-signature").is_empty());
+    }
+}

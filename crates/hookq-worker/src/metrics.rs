@@ -1,0 +1,109 @@
+//! Prometheus metrics of a worker, served at `/metrics` by [`crate::admin`].
+//!
+//! Counters move as work happens; the gauges of held jobs and queue depth are
+//! read when scraped, so an idle worker issues no queue command for them
+//! between scrapes.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Label = [(&'static str, &'static str); 1];
+
+/// Every metric a worker exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Jobs received from the queue.
+    pub jobs_received: Counter,
+    /// Events delivered (counted per endpoint).
+    pub events_delivered: Counter,
+    /// Delivery attempts by outcome (`delivered`, `retry`, `reject`).
+    pub requests: Family<Label, Counter>,
+    /// Retry jobs pushed.
+    pub retries_scheduled: Counter,
+    /// Dead-letter entries written, by reason.
+    pub dead_lettered: Family<Label, Counter>,
+    /// Events received that no endpoint wanted.
+    pub events_skipped: Counter,
+    /// Events per request.
+    pub batch_size: Histogram,
+    /// Seconds per delivery attempt.
+    pub delivery_seconds: Histogram,
+    /// Seconds from enqueue to delivery, per event job delivered.
+    pub end_to_end_seconds: Histogram,
+    /// Jobs held by this worker (read at scrape).
+    pub jobs_held: Gauge,
+    /// Messages in the queue by state (read at scrape).
+    pub queue_depth: Family<Label, Gauge>,
+}
+
+impl Metrics {
+    /// A fresh set, registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("hookq");
+        let m = Self {
+            jobs_received: Counter::default(),
+            events_delivered: Counter::default(),
+            requests: Family::default(),
+            retries_scheduled: Counter::default(),
+            dead_lettered: Family::default(),
+            events_skipped: Counter::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            delivery_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            end_to_end_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+            jobs_held: Gauge::default(),
+            queue_depth: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("jobs_received", "Jobs received from the queue", m.jobs_received.clone());
+        registry.register("events_delivered", "Events delivered, counted per endpoint", m.events_delivered.clone());
+        registry.register("requests", "Delivery attempts by outcome", m.requests.clone());
+        registry.register("retries_scheduled", "Retry jobs pushed", m.retries_scheduled.clone());
+        registry.register("dead_lettered", "Dead-letter entries written, by reason", m.dead_lettered.clone());
+        registry.register("events_skipped", "Events no endpoint wanted", m.events_skipped.clone());
+        registry.register("batch_size", "Events per request", m.batch_size.clone());
+        registry.register("delivery_seconds", "Seconds per delivery attempt", m.delivery_seconds.clone());
+        registry.register(
+            "end_to_end_seconds",
+            "Seconds from enqueue to delivery of an event job",
+            m.end_to_end_seconds.clone(),
+        );
+        registry.register("jobs_held", "Jobs held by this worker", m.jobs_held.clone());
+        registry.register("queue_depth", "Messages in the queue by state", m.queue_depth.clone());
+        Self { registry, ..m }
+    }
+
+    /// Counts a delivery attempt's outcome.
+    pub fn request(&self, outcome: &'static str) {
+        self.requests.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    /// Counts a dead-letter entry.
+    pub fn dead_letter(&self, reason: &'static str) {
+        self.dead_lettered.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Sets the queue depth gauges.
+    pub fn set_depth(&self, d: &hookq_queue::Depth) {
+        for (state, n) in [("ready", d.ready), ("delayed", d.delayed), ("held", d.held), ("dead", d.dead)] {
+            self.queue_depth.get_or_create(&[("state", state)]).set(n as i64);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -2,6 +2,7 @@
 //! services (redis-server, the SQS emulator, HTTP receivers, worker processes).
 
 mod conformance;
+mod delivery;
 mod memory;
 mod redis_queue;
 mod sqs_queue;

@@ -1,4 +1,7 @@
-//! Services the suite starts for itself, each on a free loopback port.
+//! Services the suite starts for itself, each on a free loopback port, and
+//! workers run in-process over them.
 
+pub mod inproc;
 pub mod moto;
+pub mod receiver;
 pub mod redis_server;

@@ -164,6 +164,9 @@ async fn receive_loop(
 ) {
     let budget = Arc::new(Semaphore::new(shared.config.worker.max_held_jobs));
     let mut backoff = Duration::from_millis(100);
+    // Ready as soon as the queue answers, not only after the first (blocking) receive.
+    let reachable = shared.queue.ping().await.is_ok();
+    shared.ready.store(reachable, Ordering::Relaxed);
     loop {
         let want = budget.available_permits().clamp(1, RECEIVE_MAX) as u32;
         let mut permits = tokio::select! {

@@ -2,6 +2,8 @@
 //! workers run in-process over them.
 
 pub mod inproc;
+pub mod lambda_server;
 pub mod moto;
+pub mod process;
 pub mod receiver;
 pub mod redis_server;

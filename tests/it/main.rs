@@ -1,12 +1,15 @@
 //! hookq's end-to-end suite, one module per area. `support` starts the real
 //! services (redis-server, the SQS emulator, HTTP receivers, worker processes).
 
+// A test that cannot set up what it tests should fail loudly, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli;
 mod conformance;
 mod delivery;
 mod lambda;
 mod memory;
 mod redis_queue;
-mod schema;
+mod redis_workers;
 mod sqs_queue;
 mod support;

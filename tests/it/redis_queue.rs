@@ -1,1 +1,501 @@
-//! (being written)
+//! The Redis driver against the conformance suite, and what only Redis has:
+//! external producers, several workers on one prefix, restarts, idle cost.
+//!
+//! The conformance cases share one redis-server (a plain process, so every
+//! test's runtime can use it), each on a key prefix of its own; tests that
+//! restart Redis or count its commands start their own.
+
+use crate::conformance::{HOLD, conformance_suite};
+use crate::support::redis_server::{RedisServer, Reply};
+use hookq_core::DeadLetter;
+use hookq_core::config::RedisSettings;
+use hookq_queue::redis::{RedisQueue, ready_key};
+use hookq_queue::{DlqFilter, Handle, Outgoing, QueueDriver, Received};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+fn shared() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(RedisServer::start)
+}
+
+fn unique_prefix() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn settings(url: &str, prefix: &str) -> RedisSettings {
+    RedisSettings {
+        url: url.to_string(),
+        prefix: prefix.to_string(),
+        concurrency: 10,
+        lease: HOLD,
+        pool_size: 4,
+    }
+}
+
+async fn driver(url: &str, prefix: &str) -> RedisQueue {
+    RedisQueue::connect(&settings(url, prefix))
+        .await
+        .expect("connect never contacts Redis, so only a bad URL fails")
+}
+
+async fn make() -> Arc<dyn QueueDriver> {
+    Arc::new(driver(&shared().url(), &unique_prefix()).await)
+}
+
+conformance_suite!(make().await);
+conformance_suite!(make().await; stale_ack_is_harmless);
+
+/// Receives until `n` messages came or `limit` passed.
+async fn receive_n(q: &dyn QueueDriver, n: usize, limit: Duration) -> Vec<Received> {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < n && start.elapsed() < limit {
+        got.extend(
+            q.receive(n - got.len(), Duration::from_millis(500))
+                .await
+                .expect("receive"),
+        );
+    }
+    got
+}
+
+/// Retries `f` while it fails transiently, for at most `limit`.
+async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, hookq_queue::QueueError>>,
+{
+    let start = Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if e.is_transient() && start.elapsed() < limit => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("still failing after {:?}: {e}", start.elapsed()),
+        }
+    }
+}
+
+fn handles(got: &[Received]) -> Vec<Handle> {
+    got.iter().map(|r| r.handle.clone()).collect()
+}
+
+#[test]
+fn the_ready_key_is_the_documented_one() {
+    assert_eq!(ready_key("hookq"), "{hookq}:ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_lpush_is_received() {
+    let prefix = unique_prefix();
+    let q = driver(&shared().url(), &prefix).await;
+    assert_eq!(q.key("ready"), ready_key(&prefix));
+    // What a producer in another language sends: the bare job JSON.
+    let job = r#"{"v":1,"kind":"event","id":"ext-1","app_id":"app-1","enqueued_at_ms":1700000000000,"event":{"name":"channel_occupied","channel":"presence-room"}}"#;
+    let reply = shared()
+        .command(&["LPUSH", &ready_key(&prefix), job])
+        .unwrap();
+    assert_eq!(reply, Reply::Int(1));
+    let got = receive_n(&q, 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, job, "the body arrives byte for byte");
+    assert_eq!(got[0].receive_count, 1);
+    q.ack(&handles(&got)).await.unwrap();
+    let d = q.depth().await.unwrap();
+    assert_eq!((d.ready, d.delayed, d.held, d.dead), (0, 0, 0, 0), "{d:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_never_hold_one_job_and_reclaim_an_expired_lease() {
+    let prefix = unique_prefix();
+    let a = driver(&shared().url(), &prefix).await;
+    let b = driver(&shared().url(), &prefix).await;
+
+    a.push(vec![Outgoing::now("j", "app", "{\"only\":1}")])
+        .await
+        .unwrap();
+    let held_by_a = receive_n(&a, 1, Duration::from_secs(5)).await;
+    assert_eq!(held_by_a.len(), 1);
+    let early = b.receive(1, HOLD / 2).await.unwrap();
+    assert!(early.is_empty(), "b took a job a holds: {early:?}");
+
+    // A dies (never acks): once its lease ends, b gets the job.
+    let start = Instant::now();
+    let reclaimed = receive_n(&b, 1, HOLD * 4).await;
+    assert_eq!(reclaimed.len(), 1, "the expired lease was not reclaimed");
+    assert_eq!(reclaimed[0].body, "{\"only\":1}");
+    assert_eq!(reclaimed[0].receive_count, 2);
+    assert!(
+        start.elapsed() < HOLD * 2,
+        "reclaimed only after {:?}",
+        start.elapsed()
+    );
+
+    // A comes back late: its ack and extend must not touch b's hold.
+    a.extend(&handles(&held_by_a)).await.unwrap();
+    a.ack(&handles(&held_by_a)).await.unwrap();
+    assert_eq!(
+        a.depth().await.unwrap().held,
+        1,
+        "a stale ack removed b's hold"
+    );
+    b.ack(&handles(&reclaimed)).await.unwrap();
+    assert_eq!(b.depth().await.unwrap().held, 0);
+
+    // Two workers draining one queue together: each job once.
+    const N: usize = 200;
+    let bodies: Vec<_> = (0..N)
+        .map(|i| Outgoing::now(format!("{i}"), "app", format!("{{\"n\":{i}}}")))
+        .collect();
+    a.push(bodies).await.unwrap();
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let mut tasks = Vec::new();
+    for q in [a.clone(), b.clone(), a.clone(), b.clone()] {
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                let got = q.receive(9, Duration::from_millis(300)).await.unwrap();
+                if got.is_empty() {
+                    break;
+                }
+                q.ack(&handles(&got)).await.unwrap();
+                seen.extend(got.into_iter().map(|r| (r.body, r.receive_count)));
+            }
+            seen
+        }));
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for t in tasks {
+        for (body, receive_count) in t.await.unwrap() {
+            assert_eq!(receive_count, 1);
+            *counts.entry(body).or_default() += 1;
+        }
+    }
+    assert_eq!(counts.len(), N, "every job received");
+    assert!(counts.values().all(|&c| c == 1), "a job was held twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_jobs_move_exactly_once_with_several_consumers() {
+    const N: usize = 300;
+    let prefix = unique_prefix();
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        workers.push(Arc::new(driver(&shared().url(), &prefix).await));
+    }
+    let delay = Duration::from_millis(1500);
+    let pushed_at = Instant::now();
+    let jobs = (0..N)
+        .map(|i| Outgoing::now(format!("{i}"), "app", format!("{{\"d\":{i}}}")).delayed(delay))
+        .collect();
+    workers[0].push(jobs).await.unwrap();
+    assert_eq!(workers[0].depth().await.unwrap().delayed, N as u64);
+
+    let mut tasks = Vec::new();
+    for q in workers.clone() {
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let start = Instant::now();
+            let mut empty_after_due = 0;
+            while empty_after_due < 2 && start.elapsed() < Duration::from_secs(20) {
+                let got = q.receive(25, Duration::from_millis(700)).await.unwrap();
+                if got.is_empty() {
+                    if start.elapsed() > Duration::from_secs(2) {
+                        empty_after_due += 1;
+                    }
+                    continue;
+                }
+                let at = pushed_at.elapsed();
+                q.ack(&handles(&got)).await.unwrap();
+                seen.extend(got.into_iter().map(|r| (r.body, r.receive_count, at)));
+            }
+            seen
+        }));
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for t in tasks {
+        for (body, receive_count, at) in t.await.unwrap() {
+            assert_eq!(receive_count, 1);
+            // The due time is the server's; allow for the clocks' rounding.
+            assert!(
+                at + Duration::from_millis(20) >= delay,
+                "{body} received after {at:?}"
+            );
+            *counts.entry(body).or_default() += 1;
+        }
+    }
+    assert_eq!(counts.len(), N, "every delayed job arrived");
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "delayed jobs moved twice: {twice:?}");
+    let d = workers[0].depth().await.unwrap();
+    assert_eq!((d.ready, d.delayed, d.held), (0, 0, 0), "{d:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_bodies_stay_distinct_jobs() {
+    let q = make().await;
+    let same = || Outgoing::now("same", "app", "{\"same\":true}");
+    q.push(vec![
+        same(),
+        same(),
+        same().delayed(Duration::from_millis(200)),
+        same().delayed(Duration::from_millis(200)),
+    ])
+    .await
+    .unwrap();
+    let got = receive_n(&*q, 4, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 4, "{got:?}");
+    let mut tokens: Vec<_> = handles(&got).into_iter().map(|h| h.0).collect();
+    tokens.sort();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 4, "each hold has its own token");
+    q.ack(&handles(&got)).await.unwrap();
+    assert_eq!(q.depth().await.unwrap().held, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_receive_wakes_on_a_push_and_on_a_due_job() {
+    let q = make().await;
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let got = q.receive(1, Duration::from_secs(20)).await.unwrap();
+            (got, start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    q.push(vec![Outgoing::now("w", "app", "{\"wake\":1}")])
+        .await
+        .unwrap();
+    let (got, waited) = waiter.await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(
+        waited < Duration::from_secs(10),
+        "woke only after {waited:?}"
+    );
+    q.ack(&handles(&got)).await.unwrap();
+
+    // Nothing is pushed: the block must end by itself when the delay is over.
+    q.push(vec![
+        Outgoing::now("d", "app", "{\"due\":1}").delayed(Duration::from_secs(1)),
+    ])
+    .await
+    .unwrap();
+    let start = Instant::now();
+    let got = q.receive(1, Duration::from_secs(20)).await.unwrap();
+    let waited = start.elapsed();
+    assert_eq!(got.len(), 1, "the due job was not received");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "received early, after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "woke only after {waited:?}"
+    );
+    q.ack(&handles(&got)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_receive_blocks_instead_of_polling() {
+    // A server of its own: INFO counts every client's commands.
+    let server = RedisServer::start();
+    let q = driver(&server.url(), "idle").await;
+    // Connections made and scripts loaded.
+    assert!(q.receive(1, Duration::ZERO).await.unwrap().is_empty());
+    let before = server.command_calls().unwrap();
+    let start = Instant::now();
+    let got = q.receive(10, Duration::from_secs(5)).await.unwrap();
+    let waited = start.elapsed();
+    let after = server.command_calls().unwrap();
+    assert!(got.is_empty());
+    assert!(
+        waited >= Duration::from_millis(4900),
+        "returned after {waited:?}"
+    );
+    let delta: HashMap<_, _> = after
+        .iter()
+        .map(|(name, n)| (name.clone(), n - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let total: u64 = delta.values().sum();
+    eprintln!("an idle receive(10, 5 s) issued {total} commands: {delta:?}");
+    assert!(
+        total < 20,
+        "an idle receive polls: {total} commands in 5 s: {delta:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_driver_works_again_after_a_redis_restart() {
+    let mut server = RedisServer::start_persistent();
+    let q = driver(&server.url(), "restart").await;
+    let job = |i: u32| Outgoing::now(format!("{i}"), "app", format!("{{\"r\":{i}}}"));
+    q.push(vec![job(1), job(2), job(3)]).await.unwrap();
+    let done = receive_n(&q, 1, Duration::from_secs(5)).await;
+    q.ack(&handles(&done)).await.unwrap();
+    let held = receive_n(&q, 1, Duration::from_secs(5)).await;
+    assert_eq!(held.len(), 1);
+    // The receives above left idle connections behind, which the restart kills.
+
+    let (port, pid) = (server.port(), server.pid());
+    server.restart();
+    assert_eq!(server.port(), port);
+    assert_ne!(server.pid(), pid, "a new process");
+    assert!(server.dir().join("appendonlydir").is_dir());
+
+    // Scripts are gone and every connection is dead: all of it must come back by itself.
+    eventually(Duration::from_secs(10), || q.ping()).await;
+    let d = eventually(Duration::from_secs(10), || q.depth()).await;
+    assert_eq!(d.held + d.ready, 2, "the restart lost jobs: {d:?}");
+
+    let mut rest = Vec::new();
+    let start = Instant::now();
+    while rest.len() < 2 && start.elapsed() < HOLD * 5 {
+        match q.receive(2, Duration::from_millis(500)).await {
+            Ok(got) => rest.extend(got),
+            Err(e) => assert!(e.is_transient(), "{e}"),
+        }
+    }
+    let mut bodies: Vec<_> = rest.iter().map(|r| r.body.as_str()).collect();
+    bodies.sort();
+    let mut want: Vec<_> = ["{\"r\":1}", "{\"r\":2}", "{\"r\":3}"]
+        .into_iter()
+        .filter(|b| *b != done[0].body)
+        .collect();
+    want.sort();
+    assert_eq!(
+        bodies, want,
+        "after the restart: the held job (lease expired) and the ready one"
+    );
+    let reclaimed = rest.iter().find(|r| r.body == held[0].body).unwrap();
+    assert_eq!(
+        reclaimed.receive_count, 2,
+        "the receive count survived the restart"
+    );
+    q.ack(&handles(&rest)).await.unwrap();
+
+    q.push(vec![job(4)]).await.unwrap();
+    let fresh = receive_n(&q, 1, Duration::from_secs(5)).await;
+    assert_eq!(fresh.len(), 1);
+    q.ack(&handles(&fresh)).await.unwrap();
+    let d = q.depth().await.unwrap();
+    assert_eq!((d.ready, d.delayed, d.held), (0, 0, 0), "{d:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_is_transient_and_the_driver_recovers() {
+    let mut server = RedisServer::start();
+    server.kill();
+    assert!(!server.is_running());
+    // Down at start: connecting is not an error, using it is a transient one.
+    let q = driver(&server.url(), "down").await;
+    let start = Instant::now();
+    let ping = q.ping().await.unwrap_err();
+    assert!(ping.is_transient(), "{ping}");
+    let receive = q.receive(1, Duration::from_secs(1)).await.unwrap_err();
+    assert!(receive.is_transient(), "{receive}");
+    let push = q
+        .push(vec![Outgoing::now("x", "app", "{}")])
+        .await
+        .unwrap_err();
+    assert!(push.is_transient(), "{push}");
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "failing took {:?}",
+        start.elapsed()
+    );
+
+    server.resume();
+    eventually(Duration::from_secs(10), || {
+        q.push(vec![Outgoing::now("x", "app", "{\"back\":1}")])
+    })
+    .await;
+    let got = receive_n(&q, 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, "{\"back\":1}");
+    q.ack(&handles(&got)).await.unwrap();
+}
+
+fn dead(app: &str, n: u32) -> DeadLetter {
+    DeadLetter {
+        job: format!("{{\"dead\":{n}}}"),
+        reason: format!("HTTP 500 #{n}"),
+        failed_at_ms: 1_700_000_000_000 + u64::from(n),
+        app_id: Some(app.to_string()),
+        endpoint: None,
+        attempts: 3,
+        last_status: Some(500),
+        body_excerpt: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_replay_and_purge_keep_the_order_of_what_stays() {
+    let prefix = unique_prefix();
+    let q = driver(&shared().url(), &prefix).await;
+    q.dead_letter(vec![dead("a", 1), dead("b", 2)])
+        .await
+        .unwrap();
+    // An entry some other tool wrote: listed never, replayed never, purged by a full purge.
+    shared()
+        .command(&["RPUSH", &q.key("dead"), "not json"])
+        .unwrap();
+    q.dead_letter(vec![dead("a", 3), dead("b", 4), dead("a", 5)])
+        .await
+        .unwrap();
+
+    let reasons = |list: Vec<DeadLetter>| list.into_iter().map(|e| e.reason).collect::<Vec<_>>();
+    let all = q.dlq_list(&DlqFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 5);
+    let two = DlqFilter {
+        app_id: None,
+        limit: Some(2),
+    };
+    assert_eq!(
+        reasons(q.dlq_list(&two).await.unwrap()),
+        ["HTTP 500 #1", "HTTP 500 #2"]
+    );
+
+    let a_two = DlqFilter {
+        app_id: Some("a".into()),
+        limit: Some(2),
+    };
+    assert_eq!(q.dlq_replay(&a_two).await.unwrap(), 2);
+    assert_eq!(
+        reasons(q.dlq_list(&DlqFilter::default()).await.unwrap()),
+        ["HTTP 500 #2", "HTTP 500 #4", "HTTP 500 #5"],
+        "oldest first, and what stays keeps its order"
+    );
+    let replayed = receive_n(&q, 2, Duration::from_secs(5)).await;
+    let mut bodies: Vec<_> = replayed.iter().map(|r| r.body.clone()).collect();
+    bodies.sort();
+    assert_eq!(bodies, ["{\"dead\":1}", "{\"dead\":3}"]);
+    q.ack(&handles(&replayed)).await.unwrap();
+
+    let only_b = DlqFilter {
+        app_id: Some("b".into()),
+        limit: None,
+    };
+    assert_eq!(q.dlq_purge(&only_b).await.unwrap(), 2);
+    // A replay of everything leaves the unreadable entry where it is; a full purge removes it.
+    assert_eq!(q.dlq_replay(&DlqFilter::default()).await.unwrap(), 1);
+    assert_eq!(q.depth().await.unwrap().dead, 1);
+    assert_eq!(q.dlq_purge(&DlqFilter::default()).await.unwrap(), 1);
+    assert_eq!(q.depth().await.unwrap().dead, 0);
+    let got = receive_n(&q, 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, "{\"dead\":5}");
+    q.ack(&handles(&got)).await.unwrap();
+}

@@ -142,6 +142,14 @@ pub trait QueueDriver: Send + Sync + 'static {
     /// Renews holds to the driver's full hold time.
     async fn extend(&self, handles: &[Handle]) -> Result<(), QueueError>;
 
+    /// Leaves a held message in the queue, to come back after `after` (as
+    /// near as the driver can), without acking it. For queues that cannot
+    /// delay a push (SQS FIFO); by default the hold simply runs out.
+    async fn release(&self, handle: &Handle, after: Duration) -> Result<(), QueueError> {
+        let _ = (handle, after);
+        Ok(())
+    }
+
     /// Adds entries to the dead-letter queue.
     async fn dead_letter(&self, entries: Vec<DeadLetter>) -> Result<(), QueueError>;
 

@@ -1,1 +1,598 @@
-//! Redis driver (being written).
+//! The Redis driver: lists that any language can `LPUSH` to, leases that a
+//! live worker reclaims from a dead one, delayed retries in a sorted set.
+//!
+//! # Keys
+//!
+//! Every key carries the prefix as one hash tag, `{prefix}:…`, so a Redis
+//! Cluster keeps them in one slot and the Lua scripts may touch them all:
+//!
+//! | key                 | type   | holds                                                    |
+//! |---------------------|--------|----------------------------------------------------------|
+//! | `{prefix}:ready`    | list   | jobs to take: producers `LPUSH`, workers take from the right |
+//! | `{prefix}:delayed`  | zset   | `<seq>\|<body>` scored by due time (server ms)            |
+//! | `{prefix}:held`     | hash   | token → `<receive count>\|<body>` of every claimed job    |
+//! | `{prefix}:leases`   | zset   | token scored by lease deadline (server ms)               |
+//! | `{prefix}:dead`     | list   | [`DeadLetter`] JSON, oldest on the left                  |
+//! | `{prefix}:seq`      | string | counter for tokens and delayed members                   |
+//!
+//! [`ready_key`] names the list external producers push to: a plain
+//! `LPUSH {hookq}:ready '<job json>'` enqueues a job.
+//!
+//! # Life of a job
+//!
+//! 1. **Push**: [`QueueDriver::push`] `LPUSH`es ready jobs to `ready`; a job
+//!    with a delay goes to `delayed`, scored by the Redis server's time plus
+//!    the delay, behind a sequence number so identical bodies stay distinct.
+//! 2. **Receive**: one Lua script per call (`redis/receive.lua`) moves due
+//!    `delayed` members to `ready` (at most 1,000 a call), returns expired
+//!    leases to the front of `ready`, pops up to `max` jobs from the right of
+//!    `ready`, gives each a new token, and records it in `held` and `leases`
+//!    (deadline = server time + lease). The script runs atomically, so no two
+//!    workers ever claim one job and no delayed job moves twice. A job
+//!    returned from an expired lease is pushed as `\0<count>|<body>`, so its
+//!    receive count carries over; bodies taken from `ready` never start with
+//!    a NUL byte otherwise (they are JSON).
+//! 3. **Wait**: when nothing was claimed, the receiver blocks on
+//!    `BLMOVE ready ready RIGHT RIGHT <t>` — a rotation of the list onto
+//!    itself, which wakes when `ready` is non-empty and leaves the job where
+//!    it was, so nothing is ever out of the list without a lease even if the
+//!    client gives up. `t` is the smaller of the wait left and the time to the
+//!    next delayed job or lease deadline (the script returns it), then the
+//!    script runs again. An idle receiver costs two commands per wait.
+//! 4. **Ack**: a script deletes the tokens from `held` and `leases`. A token
+//!    whose lease expired and was reclaimed is simply absent, so a late ack
+//!    never touches the job's new hold. **Extend** sets the deadline of tokens
+//!    still in `leases` (`ZADD XX`) to server time + lease.
+//! 5. **Dead letters**: [`DeadLetter`] JSON is `RPUSH`ed to `dead`; replay and
+//!    purge run in one script that walks the list from the oldest entry and
+//!    pushes each replayed entry's `job` to `ready`.
+//!
+//! # Guarantees
+//!
+//! At least once: a job leaves Redis only on ack, so a worker killed at any
+//! moment loses nothing — its holds expire and any receiver reclaims them.
+//! Ordering is not guaranteed (reclaimed jobs jump the queue, delayed ones
+//! join at the back). With persistence off, a Redis restart loses what it held.
+//!
+//! # Connections
+//!
+//! Acks, pushes and the other short commands go through a deadpool-redis pool
+//! of multiplexed connections with a 5 s response timeout (redis-rs's default
+//! is 500 ms). Each concurrent `receive` runs on a connection of its own,
+//! taken from a small free list, because a blocked `BLMOVE` holds up every
+//! other command on its connection; its response timeout is set above each
+//! block. Connection failures are [`QueueError::Unavailable`]; the pool and the
+//! free list replace dead connections and scripts are re-sent after a
+//! `NOSCRIPT`, so a restarted Redis works again without a new driver.
+
+use crate::{Depth, DlqFilter, Handle, Outgoing, QueueDriver, QueueError, Received};
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, RetryMethod, Script};
+use async_trait::async_trait;
+use deadpool_redis::{Hook, Manager, Pool, PoolError, Runtime};
+use hookq_core::DeadLetter;
+use hookq_core::config::RedisSettings;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+/// The response timeout of every non-blocking command and script.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// The response timeout of DLQ replay and purge, which walk the whole list.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// What a blocking call's response timeout adds to its server-side timeout.
+const BLOCK_MARGIN: Duration = Duration::from_secs(5);
+/// The longest single block; a longer wait blocks again.
+const MAX_BLOCK: Duration = Duration::from_secs(60);
+/// Most delayed jobs and most expired leases one receive moves.
+const MOVE_BATCH: usize = 1000;
+/// Dead-letter entries read per `LRANGE` when listing.
+const DLQ_PAGE: isize = 500;
+/// The longest delay kept exactly (about 300 years; scores are doubles).
+const MAX_DELAY_MS: u128 = 10_000_000_000_000;
+
+/// The key `name` of the queue with `prefix`: `{prefix}:name`.
+pub fn key_for(prefix: &str, name: &str) -> String {
+    format!("{{{prefix}}}:{name}")
+}
+
+/// The list external producers `LPUSH` job JSON to: `{prefix}:ready`
+/// (`{hookq}:ready` with the default prefix).
+pub fn ready_key(prefix: &str) -> String {
+    key_for(prefix, "ready")
+}
+
+struct Keys {
+    ready: String,
+    delayed: String,
+    held: String,
+    leases: String,
+    dead: String,
+    seq: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        Self {
+            ready: ready_key(prefix),
+            delayed: key_for(prefix, "delayed"),
+            held: key_for(prefix, "held"),
+            leases: key_for(prefix, "leases"),
+            dead: key_for(prefix, "dead"),
+            seq: key_for(prefix, "seq"),
+        }
+    }
+}
+
+struct Scripts {
+    receive: Script,
+    push: Script,
+    ack: Script,
+    extend: Script,
+    dlq: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            receive: Script::new(include_str!("redis/receive.lua")),
+            push: Script::new(include_str!("redis/push.lua")),
+            ack: Script::new(include_str!("redis/ack.lua")),
+            extend: Script::new(include_str!("redis/extend.lua")),
+            dlq: Script::new(include_str!("redis/dlq.lua")),
+        }
+    }
+}
+
+/// The Redis [`QueueDriver`]. See the module docs for the keys and a job's life.
+pub struct RedisQueue {
+    client: Client,
+    pool: Pool,
+    /// Idle connections for receivers, at most `idle_receivers` of them.
+    receivers: Mutex<Vec<MultiplexedConnection>>,
+    idle_receivers: usize,
+    prefix: String,
+    keys: Keys,
+    lease: Duration,
+    scripts: Scripts,
+}
+
+impl std::fmt::Debug for RedisQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisQueue")
+            .field("prefix", &self.prefix)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisQueue {
+    /// A driver for `settings`. Only the URL is checked here (a bad one is a
+    /// [`QueueError::Backend`]); Redis is contacted on first use, so Redis
+    /// being down at start is not an error: calls report
+    /// [`QueueError::Unavailable`] until it answers.
+    pub async fn connect(settings: &RedisSettings) -> Result<Self, QueueError> {
+        let client = Client::open(settings.url.as_str())
+            .map_err(|e| QueueError::Backend(format!("redis url: {e}")))?;
+        let manager = Manager::new(settings.url.as_str())
+            .map_err(|e| QueueError::Backend(format!("redis url: {e}")))?;
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(COMMAND_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            // The pool's connections come with redis-rs's 500 ms default.
+            .post_create(Hook::sync_fn(|conn: &mut MultiplexedConnection, _| {
+                conn.set_response_timeout(COMMAND_TIMEOUT);
+                Ok(())
+            }))
+            .build()
+            .map_err(|e| QueueError::Backend(format!("redis pool: {e}")))?;
+        Ok(Self {
+            client,
+            pool,
+            receivers: Mutex::new(Vec::new()),
+            idle_receivers: settings.pool_size.max(1),
+            prefix: settings.prefix.clone(),
+            keys: Keys::new(&settings.prefix),
+            lease: settings.lease,
+            scripts: Scripts::new(),
+        })
+    }
+
+    /// The full name of this queue's key `name`, e.g. `key("ready")` is `{prefix}:ready`.
+    pub fn key(&self, name: &str) -> String {
+        key_for(&self.prefix, name)
+    }
+
+    /// The key prefix (the hash tag).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn lease_ms(&self) -> u64 {
+        u64::try_from(self.lease.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, QueueError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<MultiplexedConnection>> {
+        // The free list stays consistent whatever panicked while holding it.
+        self.receivers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection for one receive: an idle one (`true`) or a new one.
+    async fn receiver(&self) -> Result<(MultiplexedConnection, bool), RedisError> {
+        if let Some(conn) = self.idle().pop() {
+            return Ok((conn, true));
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT));
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok((conn, false))
+    }
+
+    fn release(&self, conn: MultiplexedConnection) {
+        let mut idle = self.idle();
+        if idle.len() < self.idle_receivers {
+            idle.push(conn);
+        }
+    }
+
+    /// Runs the receive script once: what it claimed, and how long until
+    /// something becomes ready by itself.
+    async fn claim(
+        &self,
+        conn: &mut MultiplexedConnection,
+        max: usize,
+    ) -> Result<(Vec<Received>, Option<Duration>), RedisError> {
+        conn.set_response_timeout(COMMAND_TIMEOUT);
+        let (next, items): (i64, Vec<Vec<u8>>) = self
+            .scripts
+            .receive
+            .key(&self.keys.ready)
+            .key(&self.keys.delayed)
+            .key(&self.keys.held)
+            .key(&self.keys.leases)
+            .key(&self.keys.seq)
+            .arg(max)
+            .arg(self.lease_ms())
+            .arg(MOVE_BATCH)
+            .invoke_async(conn)
+            .await?;
+        let mut got = Vec::with_capacity(items.len() / 3);
+        let mut items = items.into_iter();
+        while let (Some(token), Some(body), Some(count)) =
+            (items.next(), items.next(), items.next())
+        {
+            got.push(Received {
+                handle: Handle(String::from_utf8_lossy(&token).into_owned()),
+                // A body that is not UTF-8 reaches the worker mangled rather
+                // than failing every receive: the worker dead-letters it.
+                body: String::from_utf8(body)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                receive_count: std::str::from_utf8(&count)
+                    .ok()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(1),
+            });
+        }
+        let next = u64::try_from(next).ok().map(Duration::from_millis);
+        Ok((got, next))
+    }
+
+    /// Claims, and while nothing comes and `deadline` is ahead, blocks until
+    /// `ready` has something or the next delayed job or lease is due.
+    async fn receive_on(
+        &self,
+        conn: &mut MultiplexedConnection,
+        max: usize,
+        deadline: Instant,
+    ) -> Result<Vec<Received>, RedisError> {
+        loop {
+            let (got, next) = self.claim(conn, max).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !got.is_empty() || left.is_zero() {
+                return Ok(got);
+            }
+            // +1 ms: due times are whole server milliseconds; waking a little
+            // late beats waking just early and blocking again for 1 ms.
+            let until_due = next.map_or(Duration::MAX, |n| n + Duration::from_millis(1));
+            let until_deadline = left <= until_due.min(MAX_BLOCK);
+            let block = left
+                .min(until_due)
+                .min(MAX_BLOCK)
+                .max(Duration::from_millis(1));
+            conn.set_response_timeout(block + BLOCK_MARGIN);
+            // A rotation of `ready` onto itself: it only waits for the list to
+            // be non-empty and never takes a job out of it, so a client that
+            // gives up (timeout, cancellation) cannot lose one.
+            let woke: Option<Vec<u8>> = ::redis::cmd("BLMOVE")
+                .arg(&self.keys.ready)
+                .arg(&self.keys.ready)
+                .arg("RIGHT")
+                .arg("RIGHT")
+                .arg(format!("{:.3}", block.as_secs_f64()))
+                .query_async(conn)
+                .await?;
+            if woke.is_none() && until_deadline {
+                // The wait is over and nothing came. What falls due just now
+                // is for the next call, which claims first.
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    /// Replays or purges dead-letter entries in one script.
+    async fn dlq_script(&self, mode: &str, filter: &DlqFilter) -> Result<usize, QueueError> {
+        let mut conn = self.conn().await?;
+        conn.set_response_timeout(ADMIN_TIMEOUT);
+        let limit = filter
+            .limit
+            .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let result: Result<usize, RedisError> = self
+            .scripts
+            .dlq
+            .key(&self.keys.dead)
+            .key(&self.keys.ready)
+            .arg(mode)
+            .arg(if filter.app_id.is_some() { "1" } else { "0" })
+            .arg(filter.app_id.as_deref().unwrap_or(""))
+            .arg(limit)
+            .invoke_async(&mut *conn)
+            .await;
+        conn.set_response_timeout(COMMAND_TIMEOUT);
+        result.map_err(|e| redis_error(&format!("dlq {mode}"), e))
+    }
+}
+
+/// Whether `e` says the server or the path to it is down, so trying later may work.
+fn is_unavailable(e: &RedisError) -> bool {
+    if e.kind() == ErrorKind::AuthenticationFailed {
+        // A wrong password stays wrong: say so rather than retry forever.
+        return false;
+    }
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return true;
+    }
+    // LOADING, TRYAGAIN, MASTERDOWN, CLUSTERDOWN; BUSY (a script running),
+    // READONLY (a replica after a failover).
+    matches!(
+        e.retry_method(),
+        RetryMethod::Reconnect
+            | RetryMethod::ReconnectFromInitialConnections
+            | RetryMethod::WaitAndRetry
+            | RetryMethod::RetryImmediately
+    ) || matches!(e.code(), Some("BUSY" | "READONLY" | "LOADING"))
+}
+
+fn redis_error(what: &str, e: RedisError) -> QueueError {
+    if is_unavailable(&e) {
+        QueueError::Unavailable(format!("redis {what}: {e}"))
+    } else {
+        QueueError::Backend(format!("redis {what}: {e}"))
+    }
+}
+
+fn pool_error(e: PoolError) -> QueueError {
+    match e {
+        PoolError::Backend(e) => redis_error("connect", e),
+        PoolError::Timeout(t) => {
+            QueueError::Unavailable(format!("redis connect: timed out ({t:?})"))
+        }
+        PoolError::Closed => QueueError::Unavailable("redis pool closed".into()),
+        other => QueueError::Backend(format!("redis pool: {other}")),
+    }
+}
+
+#[async_trait]
+impl QueueDriver for RedisQueue {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn push(&self, messages: Vec<Outgoing>) -> Result<(), QueueError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut ready = Vec::new();
+        let mut delayed = Vec::new();
+        for m in messages {
+            if m.delay.is_zero() {
+                ready.push(m.body);
+            } else {
+                // Whole milliseconds, rounded up: never due early.
+                let ms = m.delay.as_nanos().div_ceil(1_000_000).min(MAX_DELAY_MS);
+                delayed.push((ms.to_string(), m.body));
+            }
+        }
+        let mut conn = self.conn().await?;
+        let result = if delayed.is_empty() {
+            ::redis::cmd("LPUSH")
+                .arg(&self.keys.ready)
+                .arg(&ready)
+                .query_async::<()>(&mut *conn)
+                .await
+        } else {
+            let mut call = self.scripts.push.prepare_invoke();
+            call.key(&self.keys.ready)
+                .key(&self.keys.delayed)
+                .key(&self.keys.seq)
+                .arg(ready.len())
+                .arg(&ready);
+            for (ms, body) in &delayed {
+                call.arg(ms).arg(body);
+            }
+            call.invoke_async::<()>(&mut *conn).await
+        };
+        result.map_err(|e| redis_error("push", e))
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, QueueError> {
+        let max = max.max(1);
+        let start = Instant::now();
+        let deadline = start
+            .checked_add(wait)
+            .unwrap_or_else(|| start + Duration::from_secs(86_400 * 365));
+        let (mut conn, mut reused) = self
+            .receiver()
+            .await
+            .map_err(|e| redis_error("receive", e))?;
+        loop {
+            match self.receive_on(&mut conn, max, deadline).await {
+                Ok(got) => {
+                    self.release(conn);
+                    return Ok(got);
+                }
+                // An idle connection that died with its server (a restart):
+                // once more on a new one before reporting the outage.
+                Err(e) if reused && e.is_connection_dropped() => {
+                    debug!(error = %e, "redis receive connection dropped; reconnecting");
+                    (conn, reused) = self
+                        .receiver()
+                        .await
+                        .map_err(|e| redis_error("receive", e))?;
+                }
+                Err(e) => return Err(redis_error("receive", e)),
+            }
+        }
+    }
+
+    async fn ack(&self, handles: &[Handle]) -> Result<(), QueueError> {
+        if handles.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        let tokens: Vec<&str> = handles.iter().map(|h| h.0.as_str()).collect();
+        self.scripts
+            .ack
+            .key(&self.keys.held)
+            .key(&self.keys.leases)
+            .arg(&tokens)
+            .invoke_async::<()>(&mut *conn)
+            .await
+            .map_err(|e| redis_error("ack", e))
+    }
+
+    async fn extend(&self, handles: &[Handle]) -> Result<(), QueueError> {
+        if handles.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        let tokens: Vec<&str> = handles.iter().map(|h| h.0.as_str()).collect();
+        self.scripts
+            .extend
+            .key(&self.keys.leases)
+            .arg(self.lease_ms())
+            .arg(&tokens)
+            .invoke_async::<()>(&mut *conn)
+            .await
+            .map_err(|e| redis_error("extend", e))
+    }
+
+    async fn dead_letter(&self, entries: Vec<DeadLetter>) -> Result<(), QueueError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let json = entries
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| QueueError::Backend(format!("dead letter to JSON: {e}")))?;
+        let mut conn = self.conn().await?;
+        ::redis::cmd("RPUSH")
+            .arg(&self.keys.dead)
+            .arg(&json)
+            .query_async::<()>(&mut *conn)
+            .await
+            .map_err(|e| redis_error("dead letter", e))
+    }
+
+    async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DeadLetter>, QueueError> {
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let mut conn = self.conn().await?;
+        let mut start: isize = 0;
+        loop {
+            let page: Vec<Vec<u8>> = ::redis::cmd("LRANGE")
+                .arg(&self.keys.dead)
+                .arg(start)
+                .arg(start + DLQ_PAGE - 1)
+                .query_async(&mut *conn)
+                .await
+                .map_err(|e| redis_error("dlq list", e))?;
+            let n = page.len();
+            for raw in page {
+                match serde_json::from_slice::<DeadLetter>(&raw) {
+                    Ok(entry) if filter.matches(&entry) => {
+                        out.push(entry);
+                        if out.len() >= limit {
+                            return Ok(out);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(key = %self.keys.dead, error = %e, "skipping an unreadable dead-letter entry")
+                    }
+                }
+            }
+            if n < DLQ_PAGE.unsigned_abs() {
+                return Ok(out);
+            }
+            start += DLQ_PAGE;
+        }
+    }
+
+    async fn dlq_replay(&self, filter: &DlqFilter) -> Result<usize, QueueError> {
+        self.dlq_script("replay", filter).await
+    }
+
+    async fn dlq_purge(&self, filter: &DlqFilter) -> Result<usize, QueueError> {
+        self.dlq_script("purge", filter).await
+    }
+
+    async fn depth(&self) -> Result<Depth, QueueError> {
+        let mut conn = self.conn().await?;
+        let (ready, delayed, held, dead): (u64, u64, u64, u64) = ::redis::pipe()
+            .cmd("LLEN")
+            .arg(&self.keys.ready)
+            .cmd("ZCARD")
+            .arg(&self.keys.delayed)
+            .cmd("HLEN")
+            .arg(&self.keys.held)
+            .cmd("LLEN")
+            .arg(&self.keys.dead)
+            .query_async(&mut *conn)
+            .await
+            .map_err(|e| redis_error("depth", e))?;
+        Ok(Depth {
+            ready,
+            delayed,
+            held,
+            dead,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        ::redis::cmd("PING")
+            .query_async::<()>(&mut *conn)
+            .await
+            .map_err(|e| redis_error("ping", e))
+    }
+}

@@ -151,16 +151,18 @@ impl Batcher {
             (1, usize::MAX)
         };
         // Close the open batch first if this event would push it past the byte cap.
-        if let Some(open) = self.open.get(&k) {
-            if open.batch.bytes() + 1 + item.event.json.len() > cap {
-                closed.extend(self.close(k));
-            }
+        if self
+            .open
+            .get(&k)
+            .is_some_and(|open| open.batch.bytes() + 1 + item.event.json.len() > cap)
+        {
+            closed.extend(self.close(k));
         }
         if !self.open.contains_key(&k) {
-            if self.open.len() >= self.max_open {
-                if let Some(&(_, oldest)) = self.deadlines.keys().next() {
-                    closed.extend(self.close(oldest));
-                }
+            if self.open.len() >= self.max_open
+                && let Some(&(_, oldest)) = self.deadlines.keys().next()
+            {
+                closed.extend(self.close(oldest));
             }
             let deadline = now + self.settings.duration;
             self.deadlines.insert((deadline, k), ());

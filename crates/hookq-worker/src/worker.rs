@@ -322,8 +322,16 @@ async fn reject_message(shared: &Shared, msg: Received, entry: DeadLetter, reaso
     }
 }
 
-/// Pushes a job that is not yet due back with the rest of its delay, then acks it.
+/// Pushes a job that is not yet due back with the rest of its delay, then
+/// acks it; on a queue that cannot delay a push (SQS FIFO), hides the
+/// message itself until it is due instead.
 async fn redelay(shared: &Shared, msg: Received, mut job: Job, wait_ms: u64) {
+    if shared.queue.max_delay().is_zero() {
+        if let Err(e) = shared.queue.release(&msg.handle, Duration::from_millis(wait_ms)).await {
+            tracing::warn!(error = %e, "could not hide a job until due; it comes back when its hold ends");
+        }
+        return;
+    }
     let ticket = shared.settler.ticket(msg.handle, 1, 0, None);
     let delay = Duration::from_millis(wait_ms).min(shared.queue.max_delay());
     if delay.as_millis() as u64 >= wait_ms {

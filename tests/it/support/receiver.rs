@@ -87,6 +87,8 @@ struct Inner {
     secrets: HashMap<String, String>,
     scripts: HashMap<String, VecDeque<Reply>>,
     always: HashMap<String, Reply>,
+    /// Paths answering 500 to `pct` percent of requests, spread evenly: (pct, requests so far).
+    flaky: HashMap<String, (u64, u64)>,
     seen: Vec<Recorded>,
 }
 
@@ -128,6 +130,12 @@ impl Receiver {
     /// Every answer on `path` (after any script).
     pub fn always(&self, path: &str, reply: Reply) {
         self.lock().always.insert(path.to_string(), reply);
+    }
+
+    /// Answers 500 to `pct` percent of the requests on `path` (every request
+    /// whose running count falls in the failing share), 200 to the rest.
+    pub fn flaky(&self, path: &str, pct: u64) {
+        self.lock().flaky.insert(path.to_string(), (pct, 0));
     }
 
     pub fn requests(&self, path: &str) -> Vec<Recorded> {
@@ -197,11 +205,17 @@ async fn handle(
             && secret.is_some_and(|s| hmac_hex(s.as_bytes(), &body) == first("x-pusher-signature"))
             && fresh
             && envelope["events"].is_array();
+        let flaky = g.flaky.get_mut(&path).map(|(pct, n)| {
+            *n += 1;
+            // Fails when this request moves the count of failures due so far.
+            (*n * *pct) / 100 != ((*n - 1) * *pct) / 100
+        });
         let reply = g
             .scripts
             .get_mut(&path)
             .and_then(VecDeque::pop_front)
             .or_else(|| g.always.get(&path).cloned())
+            .or_else(|| flaky.filter(|f| *f).map(|_| Reply::status(500)))
             .unwrap_or_else(|| Reply::status(200));
         g.seen.push(Recorded {
             path,

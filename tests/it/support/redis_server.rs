@@ -1,1 +1,353 @@
-//! (being written)
+//! A private `redis-server` for one test, on a free loopback port, in a
+//! temporary directory of its own.
+//!
+//! The server runs under a small `sh` guard that kills it when its stdin
+//! closes, so a server never outlives the test process, even one that
+//! aborts. It is a plain process, tied to no async runtime: a server may be
+//! shared through a `static` between `#[tokio::test]`s, each of which has its
+//! own runtime. [`RedisServer::command`] speaks RESP over a plain socket, for
+//! what a test does "as another program would" (a raw `LPUSH`, `INFO`).
+
+use anyhow::{Context, Result, anyhow, bail};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Runs redis-server with the arguments given, prints its pid, and kills it
+/// with the signal read from stdin, then waits for it so that its port and
+/// files are free when the guard exits. When stdin just closes (the test
+/// process ended without dropping the server, e.g. a shared one in a
+/// `static`), it stops the server with TERM and removes its directory.
+const GUARD: &str = r#"redis-server "$@" & pid=$!
+echo "$pid"
+read sig
+kill -s "${sig:-TERM}" "$pid" 2>/dev/null
+wait "$pid"
+if [ -z "$sig" ] && [ -n "$HOOKQ_REDIS_DIR" ]; then rm -rf -- "$HOOKQ_REDIS_DIR"; fi"#;
+
+/// How long a start may take before the test fails.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running (or stopped, between [`RedisServer::stop`] and
+/// [`RedisServer::resume`]) redis-server, killed and its directory removed on drop.
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    persistent: bool,
+    process: Option<Guarded>,
+}
+
+struct Guarded {
+    guard: Child,
+    stdin: ChildStdin,
+    pid: u32,
+}
+
+/// A reply in RESP2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `+OK`
+    Simple(String),
+    /// `-ERR …`
+    Error(String),
+    /// `:1`
+    Int(i64),
+    /// `$…`; `None` for nil.
+    Bulk(Option<Vec<u8>>),
+    /// `*…`; `None` for a nil array.
+    Array(Option<Vec<Reply>>),
+}
+
+impl Reply {
+    /// The text of a simple or bulk string.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Self::Simple(s) => Some(s.clone()),
+            Self::Bulk(Some(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        }
+    }
+}
+
+impl RedisServer {
+    /// A server without persistence: `--save '' --appendonly no`.
+    pub fn start() -> Self {
+        Self::launch(false)
+    }
+
+    /// A server that survives [`RedisServer::restart`] with its data:
+    /// `--appendonly yes --appendfsync always`.
+    pub fn start_persistent() -> Self {
+        Self::launch(true)
+    }
+
+    fn launch(persistent: bool) -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "hookq-redis-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            panic!("creating {}: {e}", dir.display());
+        }
+        let mut last_error = None;
+        // A free port can be taken between finding it and redis binding it: try a few.
+        for _ in 0..5 {
+            let port = match free_port() {
+                Ok(port) => port,
+                Err(e) => panic!("finding a free port: {e:#}"),
+            };
+            let mut server = Self {
+                port,
+                dir: dir.clone(),
+                persistent,
+                process: None,
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) => last_error = Some(e),
+            }
+        }
+        panic!(
+            "redis-server did not start: {:#}",
+            last_error.unwrap_or_else(|| anyhow!("?"))
+        );
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on (the same across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its working directory (the append-only file of a persistent server).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The redis-server process id while it runs (to signal it, e.g. `SIGSTOP`).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.pid)
+    }
+
+    /// Whether the process runs (it is stopped between `stop` and `resume`).
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+
+    /// Stops the server with SIGTERM (a clean shutdown) and waits until it exited.
+    pub fn stop(&mut self) {
+        self.halt("TERM");
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and waits until it exited.
+    pub fn kill(&mut self) {
+        self.halt("KILL");
+    }
+
+    /// Starts a stopped server again on the same port and directory, and
+    /// waits until it answers (a persistent one has loaded its data by then).
+    pub fn resume(&mut self) {
+        if self.process.is_some() {
+            return;
+        }
+        if let Err(e) = self.spawn() {
+            panic!(
+                "redis-server did not start again on port {}: {e:#}",
+                self.port
+            );
+        }
+    }
+
+    /// [`stop`](Self::stop), then [`resume`](Self::resume).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.resume();
+    }
+
+    /// Sends one command and reads its reply, on a new connection.
+    pub fn command(&self, args: &[&str]) -> Result<Reply> {
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port))
+            .with_context(|| format!("connecting to redis on port {}", self.port))?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        conn.write_all(&out)?;
+        read_reply(&mut BufReader::new(conn))
+    }
+
+    /// Total calls per command since the server started (or `CONFIG RESETSTAT`),
+    /// from `INFO commandstats`, without the `INFO` calls themselves.
+    pub fn command_calls(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let info = self
+            .command(&["INFO", "commandstats"])?
+            .text()
+            .ok_or_else(|| anyhow!("INFO gave no text"))?;
+        let mut calls = std::collections::BTreeMap::new();
+        for line in info.lines() {
+            let Some(rest) = line.strip_prefix("cmdstat_") else {
+                continue;
+            };
+            let Some((name, stats)) = rest.split_once(':') else {
+                continue;
+            };
+            if name == "info" {
+                continue;
+            }
+            let n = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| anyhow!("no calls in {line}"))?;
+            calls.insert(name.to_string(), n);
+        }
+        Ok(calls)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let port = self.port.to_string();
+        let dir = self.dir.to_string_lossy().into_owned();
+        let log = self.dir.join("redis.log");
+        let mut args = vec![
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &dir,
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "redis.log",
+        ];
+        if self.persistent {
+            args.extend(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            args.extend(["--appendonly", "no"]);
+        }
+        let mut guard = Command::new("sh")
+            .arg("-c")
+            .arg(GUARD)
+            .arg("sh")
+            .args(&args)
+            .current_dir(&self.dir)
+            .env("HOOKQ_REDIS_DIR", &self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning sh to run redis-server (is redis-server installed?)")?;
+        let (Some(stdin), Some(stdout)) = (guard.stdin.take(), guard.stdout.take()) else {
+            bail!("no pipes to the guard");
+        };
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let pid = line
+            .trim()
+            .parse()
+            .with_context(|| format!("guard printed {line:?}"))?;
+        self.process = Some(Guarded { guard, stdin, pid });
+
+        let start = Instant::now();
+        loop {
+            match self.command(&["PING"]) {
+                Ok(Reply::Simple(s)) if s == "PONG" => return Ok(()),
+                // LOADING while a persistent server reads its file: wait.
+                _ if start.elapsed() < START_TIMEOUT && process_alive(pid) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                reply => {
+                    self.halt("KILL");
+                    let log = std::fs::read_to_string(&log).unwrap_or_default();
+                    let tail: Vec<_> = log.lines().rev().take(10).collect();
+                    bail!(
+                        "redis-server on port {} not ready ({reply:?}); log tail: {:?}",
+                        self.port,
+                        tail
+                    );
+                }
+            }
+        }
+    }
+
+    fn halt(&mut self, signal: &str) {
+        let Some(mut p) = self.process.take() else {
+            return;
+        };
+        // A failed write means the guard is gone already; wait() reaps it either way.
+        let _ = writeln!(p.stdin, "{signal}");
+        drop(p.stdin);
+        let _ = p.guard.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.halt("KILL");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+/// Whether `pid` runs and is not a zombie (redis exited, its guard not yet reaped it).
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the parenthesised command name.
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+    })
+}
+
+fn read_reply(r: &mut impl BufRead) -> Result<Reply> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        bail!("connection closed before a reply");
+    }
+    let line = line.trim_end_matches("\r\n");
+    let (kind, rest) = line
+        .split_at_checked(1)
+        .ok_or_else(|| anyhow!("empty reply line"))?;
+    Ok(match kind {
+        "+" => Reply::Simple(rest.to_string()),
+        "-" => Reply::Error(rest.to_string()),
+        ":" => Reply::Int(rest.parse()?),
+        "$" => {
+            let n: i64 = rest.parse()?;
+            if n < 0 {
+                Reply::Bulk(None)
+            } else {
+                let mut buf = vec![0; usize::try_from(n)? + 2];
+                r.read_exact(&mut buf)?;
+                buf.truncate(buf.len() - 2);
+                Reply::Bulk(Some(buf))
+            }
+        }
+        "*" => {
+            let n: i64 = rest.parse()?;
+            if n < 0 {
+                Reply::Array(None)
+            } else {
+                let items = (0..n).map(|_| read_reply(r)).collect::<Result<_>>()?;
+                Reply::Array(Some(items))
+            }
+        }
+        other => bail!("unknown reply type {other:?}"),
+    })
+}

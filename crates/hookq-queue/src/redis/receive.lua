@@ -1,0 +1,90 @@
+-- receive: promote due delayed jobs, reclaim expired leases, then claim up to
+-- ARGV[1] jobs under a lease of ARGV[2] ms. Atomic, so two workers never
+-- claim one job, and a delayed job or an expired hold moves exactly once.
+--
+-- KEYS: 1 ready, 2 delayed, 3 held, 4 leases, 5 seq
+-- ARGV: 1 max jobs to claim, 2 lease ms, 3 most delayed jobs and most expired
+--       leases moved per call (bounds the script's run time)
+-- Returns {next, {token, body, receive_count, ...}} where next is the number
+-- of ms until the earliest delayed job or lease deadline, -1 when none.
+local ready, delayed, held, leases, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local max, lease, batch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- The earliest score of a sorted set, nil when it is empty.
+local function earliest(key)
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return first[2] and tonumber(first[2])
+end
+
+-- Due delayed jobs join the back of the queue as bare bodies ("<seq>|<body>").
+local next_delayed = earliest(delayed)
+if next_delayed and next_delayed <= now then
+  local due = redis.call('ZRANGE', delayed, '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
+  for _, member in ipairs(due) do
+    local bar = string.find(member, '|', 1, true)
+    if bar then
+      redis.call('LPUSH', ready, string.sub(member, bar + 1))
+    else
+      redis.call('LPUSH', ready, member)
+    end
+    redis.call('ZREM', delayed, member)
+  end
+  next_delayed = earliest(delayed)
+end
+
+-- Expired holds go to the front (they have waited longest), wrapped as
+-- "\0<receive count>|<body>" so that the count survives the reclaim.
+local next_lease = earliest(leases)
+if next_lease and next_lease <= now then
+  local expired = redis.call('ZRANGE', leases, '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
+  for _, token in ipairs(expired) do
+    local value = redis.call('HGET', held, token)
+    if value then
+      redis.call('RPUSH', ready, '\0' .. value)
+      redis.call('HDEL', held, token)
+    end
+    redis.call('ZREM', leases, token)
+  end
+  next_lease = earliest(leases)
+end
+
+-- Claim from the front. A bare body (an external LPUSH, a push, a promoted
+-- delay, a replay) has been received 0 times so far.
+local out = {}
+local items = redis.call('RPOP', ready, max)
+if items then
+  local first = redis.call('INCRBY', seq, #items) - #items
+  local deadline = now + lease
+  for i, item in ipairs(items) do
+    local count, body = 0, item
+    if string.byte(item, 1) == 0 then
+      local bar = string.find(item, '|', 2, true)
+      local n = bar and tonumber(string.sub(item, 2, bar - 1))
+      if n then
+        count, body = n, string.sub(item, bar + 1)
+      end
+    end
+    count = count + 1
+    -- The server time in the token keeps tokens unique even when a Redis
+    -- without persistence restarts and the counter starts again.
+    local token = (first + i) .. '-' .. now
+    redis.call('HSET', held, token, count .. '|' .. body)
+    redis.call('ZADD', leases, deadline, token)
+    out[#out + 1] = token
+    out[#out + 1] = body
+    out[#out + 1] = tostring(count)
+  end
+end
+
+-- When the next job becomes ready by itself, so that a receiver that claimed
+-- nothing knows how long it may block (the leases just granted come later).
+local next_at = next_delayed or -1
+if next_lease and (next_at < 0 or next_lease < next_at) then
+  next_at = next_lease
+end
+if next_at >= 0 then
+  next_at = math.max(0, next_at - now)
+end
+return {next_at, out}

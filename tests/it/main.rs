@@ -12,4 +12,5 @@ mod memory;
 mod redis_queue;
 mod redis_workers;
 mod sqs_queue;
+mod sqs_workers;
 mod support;

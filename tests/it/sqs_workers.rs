@@ -1,0 +1,109 @@
+//! Worker processes on the SQS emulator: one SIGKILLed mid-run loses
+//! nothing, and a FIFO queue's retries wait out their backoff.
+
+use crate::support::inproc::config;
+use crate::support::moto::Moto;
+use crate::support::process::{WorkerProcess, temp_dir};
+use crate::support::receiver::{Receiver, Reply};
+use hookq_core::{Config, Event};
+use hookq_producer::Producer;
+use hookq_queue::QueueDriver;
+use hookq_queue::sqs::SqsQueue;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn sqs_config(r: &Receiver, queue_name: &str, fifo: bool) -> Value {
+    let mut c = config(
+        json!([{"id": "app-1", "key": "key-1", "secret": "secret-1",
+            "webhooks": [{"url": r.url("/h"), "event_types": ["client_event"], "id": "ep"}]}]),
+        json!({"event_ids": true, "request_timeout_ms": 2000,
+            "retry": {"initial_backoff_ms": 1000, "max_backoff_ms": 2000, "max_elapsed_time_ms": 60000}}),
+    );
+    c["queue"] = json!({"driver": "sqs", "sqs": {
+        "queue_name": queue_name, "endpoint_url": Moto::shared().endpoint_url(), "region": "us-east-1",
+        "visibility_timeout": 4, "wait_time_seconds": 1, "fifo": fifo}});
+    c["worker"]["max_held_jobs"] = json!(200);
+    c
+}
+
+async fn producer(config: &Value) -> (Producer, Arc<dyn QueueDriver>) {
+    let (config, _) = Config::parse(&config.to_string(), |_| None).unwrap();
+    let queue: Arc<dyn QueueDriver> = Arc::new(SqsQueue::connect(&config.queue.sqs).await.unwrap());
+    (Producer::new(queue.clone(), Arc::new(config)), queue)
+}
+
+fn distinct_delivered(r: &Receiver) -> (usize, usize) {
+    let events = r.delivered_events("/h");
+    let ids: HashSet<String> = events.iter().map(|e| e["data"].as_str().unwrap().to_string()).collect();
+    (ids.len(), events.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_sqs_one_sigkilled_lose_nothing() {
+    const EVENTS: usize = 2_000;
+    let r = Receiver::start(&[("key-1", "secret-1")]).await;
+    let dir = temp_dir("sqs-kill");
+    let name = format!("kill-{}", std::process::id());
+    let cfg = sqs_config(&r, &name, false);
+    let (p, queue) = producer(&cfg).await;
+    let mut w1 = WorkerProcess::start(&dir, "w1", &cfg).await;
+    let mut w2 = WorkerProcess::start(&dir, "w2", &cfg).await;
+    let mut w3 = None;
+    // Feed progressively: the emulator slows down as a queue deepens.
+    for chunk in 0..EVENTS / 100 {
+        let events = (chunk * 100..(chunk + 1) * 100)
+            .map(|i| Event::client_event("private-c", "client-e", i.to_string(), "1.1"))
+            .collect();
+        p.publish_batch("app-1", events).await.unwrap();
+        if chunk == EVENTS / 200 {
+            let held = w2.metric("hookq_jobs_held").await;
+            w2.kill();
+            eprintln!("killed w2 holding about {held:?} jobs");
+            w3 = Some(WorkerProcess::start(&dir, "w3", &cfg).await);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let start = Instant::now();
+    while distinct_delivered(&r).0 < EVENTS {
+        assert!(start.elapsed() < Duration::from_secs(120), "delivered {:?} of {EVENTS}", distinct_delivered(&r));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (distinct, total) = distinct_delivered(&r);
+    eprintln!("delivered {distinct} distinct events in {total} deliveries ({} duplicates)", total - distinct);
+    assert_eq!(distinct, EVENTS);
+    assert!(r.all().iter().all(|q| q.valid));
+    let start = Instant::now();
+    loop {
+        let d = queue.depth().await.unwrap();
+        if d.ready + d.delayed + d.held == 0 {
+            assert_eq!(d.dead, 0, "the DLQ is empty");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "queue not drained: {d:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(w1.terminate(Duration::from_secs(15)).success());
+    assert!(w3.as_mut().unwrap().terminate(Duration::from_secs(15)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_retry_waits_for_its_backoff() {
+    let r = Receiver::start(&[("key-1", "secret-1")]).await;
+    r.script("/h", vec![Reply::status(503)]);
+    let dir = temp_dir("sqs-fifo");
+    let name = format!("fiforetry-{}", std::process::id());
+    let cfg = sqs_config(&r, &name, true);
+    let (p, _queue) = producer(&cfg).await;
+    let mut w = WorkerProcess::start(&dir, "w1", &cfg).await;
+    p.publish("app-1", Event::client_event("private-c", "client-e", "1", "1.1")).await.unwrap();
+    r.wait_for("the retry", Duration::from_secs(30), |r| r.delivered_events("/h").len() == 1).await;
+    let reqs = r.requests("/h");
+    assert_eq!(reqs.len(), 2, "one failure, one success");
+    let gap = reqs[1].at - reqs[0].at;
+    assert!(gap >= Duration::from_millis(500), "retried after {gap:?}; the backoff is at least 500 ms");
+    let received = w.metric("hookq_jobs_received_total").await.unwrap();
+    assert!(received <= 4.0, "the retry job was received {received} times: it spun instead of waiting");
+    assert!(w.terminate(Duration::from_secs(15)).success());
+}

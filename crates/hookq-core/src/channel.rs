@@ -78,7 +78,7 @@ impl ChannelTypeFilter {
         Some(match s {
             "public" => Self::Kind(ChannelType::Public),
             "private" => Self::Kind(ChannelType::Private),
-            "private-encrypted" | "encrypted" => Self::Kind(ChannelType::PrivateEncrypted),
+            "private-encrypted" => Self::Kind(ChannelType::PrivateEncrypted),
             "presence" => Self::Kind(ChannelType::Presence),
             "cache" => Self::Cache,
             _ => return None,

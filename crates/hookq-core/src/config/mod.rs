@@ -58,7 +58,7 @@ impl Diagnostics {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The text is not JSON (even allowing comments and trailing commas).
-    #[error("not valid JSON: {0}")]
+    #[error("not valid JSON")]
     Syntax(#[from] serde_json::Error),
     /// The JSON was read but has problems; every one is listed.
     #[error("{} problem(s) in the config:\n{}", .0.len(), .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
@@ -448,7 +448,7 @@ fn read_retry(o: &mut Obj, base: &RetryPolicy, d: &mut Diagnostics) -> RetryPoli
             .opt_u64("max_backoff_ms", 1, d)
             .map_or(base.max_backoff, ms),
     };
-    if p.initial_backoff > p.max_backoff {
+    if o.present() && p.initial_backoff > p.max_backoff {
         d.error(
             &o.at("initial_backoff_ms"),
             format!(
@@ -480,7 +480,7 @@ fn read_webhooks(o: &mut Obj, d: &mut Diagnostics) -> WebhookSettings {
         connect_timeout: ms(o.u64("connect_timeout_ms", 5_000, 1, d)),
         retry,
     };
-    o.ignore(&["enabled"]);
+    o.finish(d);
     settings
 }
 
@@ -522,17 +522,17 @@ fn read_queue(
         let username = db.str("username", d);
         let db_index = db.opt_u64("db", 0, d);
         db.ignore(&["key_prefix", "cluster_nodes", "sentinels", "name", "cluster"]);
-        host.map(|host| {
-            let auth = match (username, password) {
-                (Some(u), Some(p)) => format!("{u}:{p}@"),
-                (None, Some(p)) => format!(":{p}@"),
-                _ => String::new(),
-            };
-            format!(
-                "redis://{auth}{host}:{}/{}",
-                port.unwrap_or(6379),
-                db_index.unwrap_or(0)
-            )
+        host.and_then(|host| {
+            let base = format!("redis://{host}:{}/{}", port.unwrap_or(6379), db_index.unwrap_or(0));
+            let mut url = url::Url::parse(&base)
+                .map_err(|e| d.error(&db.at("host"), format!("{host:?} does not make a valid URL: {e}")))
+                .ok()?;
+            // The setters percent-encode, so any character may be in a password.
+            if password.is_some() || username.is_some() {
+                let _ = url.set_username(username.as_deref().unwrap_or(""));
+                let _ = url.set_password(password.as_deref());
+            }
+            Some(url.to_string())
         })
     };
     db.finish(d);
@@ -579,6 +579,9 @@ fn read_queue(
         message_group_id: s.nonempty_str("message_group_id", d),
         max_receive_count: s.u64("max_receive_count", 10, 1, d) as u32,
     };
+    if let Some(u) = &sqs.endpoint_url {
+        check_http_url(u, &s.at("endpoint_url"), d);
+    }
     if sqs.wait_time_seconds > 20 {
         d.error(&s.at("wait_time_seconds"), "must be 20 or less (SQS's limit)");
     }
@@ -589,6 +592,7 @@ fn read_queue(
         d.error(&s.at("visibility_timeout"), "must be 43200 seconds or less (SQS's limit)");
     }
     s.finish(d);
+    o.finish(d);
     QueueSettings {
         driver,
         memory,

@@ -81,9 +81,14 @@ fn broken_fixtures_name_every_problem() {
 
 #[test]
 fn unknown_keys_warn_but_load() {
-    let (_, d) = load(r#"{"webhooks": {"batching": {"duraton": 5}}, "port": 6001, "colour": 1}"#).unwrap();
-    let paths: Vec<_> = d.warnings.iter().map(|w| w.path.as_str()).collect();
-    assert_eq!(paths, ["webhooks.batching.duraton", "colour"]);
+    let (_, d) = load(
+        r#"{"webhooks": {"batching": {"duraton": 5}, "enabled": false}, "queue": {"drvier": "redis"},
+            "port": 6001, "colour": 1}"#,
+    )
+    .unwrap();
+    let mut paths: Vec<_> = d.warnings.iter().map(|w| w.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(paths, ["colour", "queue.drvier", "webhooks.batching.duraton", "webhooks.enabled"]);
 }
 
 #[test]
@@ -117,6 +122,8 @@ fn sockudo_redis_settings_build_the_url() {
     .unwrap();
     assert_eq!(c.queue.redis.url, "redis://:pw@redis.internal:6380/3");
     assert_eq!(c.queue.redis.prefix, "sockudo");
+    let (c, _) = load(r#"{"database": {"redis": {"host": "h", "password": "p@ss:/w"}}}"#).unwrap();
+    assert_eq!(c.queue.redis.url, "redis://:p%40ss%3A%2Fw@h:6379/0");
     let (c, _) = load(r#"{"queue": {"redis": {"url_override": "redis://h:1/0"}}}"#).unwrap();
     assert_eq!(c.queue.redis.url, "redis://h:1/0");
 }

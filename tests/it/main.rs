@@ -11,6 +11,7 @@ mod lambda;
 mod memory;
 mod redis_queue;
 mod redis_workers;
+mod reload;
 mod schema;
 mod sqs_queue;
 mod sqs_workers;

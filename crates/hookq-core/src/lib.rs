@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod event;
 pub mod job;
 pub mod jsonc;
+pub mod registry;
 pub mod retry;
 pub mod sign;
 
@@ -22,6 +23,7 @@ pub use config::{App, Config, ConfigError, Diagnostics};
 pub use endpoint::{Endpoint, EndpointTarget, Filter, InvocationType, LambdaTarget};
 pub use event::{Event, EventError, EventName};
 pub use job::{DeadLetter, Job, JobError, RetryJob};
+pub use registry::{AppRegistry, LookupError, StaticApps};
 pub use retry::RetryPolicy;
 
 /// Milliseconds since the Unix epoch, the unit every timestamp in hookq uses.

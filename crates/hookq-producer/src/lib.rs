@@ -35,16 +35,19 @@
 //! ```
 
 use hookq_core::job::{EventJob, Job};
-use hookq_core::{Config, Event, EventError};
+use hookq_core::{AppRegistry, Config, Event, EventError, LookupError, StaticApps};
 use hookq_queue::{Outgoing, QueueDriver, QueueError};
 use std::sync::Arc;
 
 /// Why events could not be published.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// The app id is not in the config.
+    /// No app has this id.
     #[error("unknown app {0:?}")]
     UnknownApp(String),
+    /// The app could not be looked up (invalid stored configuration, registry down).
+    #[error(transparent)]
+    App(LookupError),
     /// An event lacks what its name requires; nothing of the batch was queued.
     #[error("event {index}: {source}")]
     InvalidEvent {
@@ -73,13 +76,18 @@ pub struct Published {
 #[derive(Clone)]
 pub struct Producer {
     queue: Arc<dyn QueueDriver>,
-    config: Arc<Config>,
+    apps: Arc<dyn AppRegistry>,
 }
 
 impl Producer {
     /// A producer over `queue`, routing with the apps of `config`.
     pub fn new(queue: Arc<dyn QueueDriver>, config: Arc<Config>) -> Self {
-        Self { queue, config }
+        Self::with_apps(queue, Arc::new(StaticApps::new(&config.apps)))
+    }
+
+    /// A producer over `queue`, routing with the apps of a registry.
+    pub fn with_apps(queue: Arc<dyn QueueDriver>, apps: Arc<dyn AppRegistry>) -> Self {
+        Self { queue, apps }
     }
 
     /// Publishes one event for an app.
@@ -93,10 +101,10 @@ impl Producer {
         app_id: &str,
         events: Vec<Event>,
     ) -> Result<Published, PublishError> {
-        let app = self
-            .config
-            .app(app_id)
-            .ok_or_else(|| PublishError::UnknownApp(app_id.to_string()))?;
+        let app = self.apps.app(app_id).await.map_err(|e| match e {
+            LookupError::Unknown(id) => PublishError::UnknownApp(id),
+            other => PublishError::App(other),
+        })?;
         for (index, e) in events.iter().enumerate() {
             e.validate()
                 .map_err(|source| PublishError::InvalidEvent { index, source })?;

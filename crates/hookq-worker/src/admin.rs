@@ -43,9 +43,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    if shared.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
+    if !shared.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "queue not reachable\n")
+    } else if !shared.apps.is_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "apps cannot be resolved\n")
+    } else {
+        (StatusCode::OK, "ready\n")
     }
 }

@@ -7,7 +7,7 @@
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use hookq_core::{Config, Event};
+use hookq_core::{Config, Event, StaticApps};
 use hookq_queue::DlqFilter;
 use hookq_worker::{Metrics, Worker, admin, demo, queue};
 use std::io::BufRead;
@@ -138,7 +138,7 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Worker(c) => run_worker(load_config(&c.config)?).await,
+        Command::Worker(c) => run_worker(c.config.clone(), load_config(&c.config)?).await,
         Command::CheckConfig(c) => {
             let config = load_config(&c.config)?;
             print!("{} is valid.\n{config}", c.config.display());
@@ -178,7 +178,7 @@ fn cancel_on_signals(token: CancellationToken) {
     });
 }
 
-async fn run_worker(config: Config) -> anyhow::Result<()> {
+async fn run_worker(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
@@ -193,13 +193,59 @@ async fn run_worker(config: Config) -> anyhow::Result<()> {
         apps = config.apps.len(),
         "worker started"
     );
-    let worker = Worker::new(config, queue, Arc::new(Metrics::new()))?;
+    let apps = Arc::new(StaticApps::new(&config.apps));
+    let worker = Worker::with_apps(config, apps.clone(), queue, Arc::new(Metrics::new()))?;
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(admin::serve(listener, worker.shared(), admin_stop.clone()));
+    let reload = tokio::spawn(reload_apps(path, apps, admin_stop.clone()));
     worker.run(shutdown).await?;
     admin_stop.cancel();
     let _ = admin.await;
+    let _ = reload.await;
     Ok(())
+}
+
+/// How often the config file's modification time is checked.
+const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reloads the apps of the config file when it changes or on SIGHUP. A file
+/// that fails validation is refused (its problems logged) and the previous
+/// apps stay. Only the apps reload; other settings need a restart.
+async fn reload_apps(path: PathBuf, apps: Arc<StaticApps>, stop: CancellationToken) {
+    let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| Ok((m.modified()?, m.len()))).ok();
+    let mut last = stamp(&path);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(RELOAD_POLL);
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hangup => tracing::info!("SIGHUP received: reloading apps"),
+            _ = tick.tick() => {
+                let now = stamp(&path);
+                if now == last {
+                    continue;
+                }
+                last = now;
+            }
+        }
+        match load_config(&path) {
+            Ok(config) => {
+                apps.replace(&config.apps);
+                tracing::info!(apps = config.apps.len(), "apps reloaded from {}", path.display());
+            }
+            Err(e) => tracing::error!("config reload refused, keeping the previous apps: {e:#}"),
+        }
+    }
 }
 
 fn refuse_memory(config: &Config, what: &str) -> anyhow::Result<()> {

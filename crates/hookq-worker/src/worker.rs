@@ -20,7 +20,7 @@ use crate::outcome::{Failure, Outcome};
 use crate::settle::{self, Settler, Ticket};
 use hookq_core::config::QueueDriverKind;
 use hookq_core::job::{Job, RetryJob, VERSION};
-use hookq_core::{Config, DeadLetter, now_ms};
+use hookq_core::{AppRegistry, Config, DeadLetter, LookupError, StaticApps, now_ms};
 use hookq_queue::{Outgoing, QueueDriver, Received};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +43,8 @@ pub struct Shared {
     pub queue: Arc<dyn QueueDriver>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Where apps are looked up.
+    pub apps: Arc<dyn AppRegistry>,
     /// Whether the queue answered the last receive.
     pub ready: Arc<AtomicBool>,
     deliverer: Deliverer,
@@ -57,15 +59,27 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker; nothing runs until [`Worker::run`].
+    /// A worker for the apps of `config`; nothing runs until [`Worker::run`].
     pub fn new(
         config: Arc<Config>,
+        queue: Arc<dyn QueueDriver>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let apps = Arc::new(StaticApps::new(&config.apps));
+        Self::with_apps(config, apps, queue, metrics)
+    }
+
+    /// A worker whose apps come from a registry.
+    pub fn with_apps(
+        config: Arc<Config>,
+        apps: Arc<dyn AppRegistry>,
         queue: Arc<dyn QueueDriver>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let (settler, acks) = Settler::new();
         let shared = Shared {
             deliverer: Deliverer::new(&config.webhooks)?,
+            apps,
             config,
             queue,
             metrics,
@@ -248,11 +262,22 @@ async fn accept(
         redelay(shared, msg, job, not_before - now).await;
         return None;
     }
-    let Some(app) = config.app(job.app_id()).cloned() else {
-        let reason = format!("unknown app {:?}", job.app_id());
-        let entry = DeadLetter::unusable(&msg.body, reason, Some(job.app_id().to_string()));
-        reject_message(shared, msg, entry, "unknown_app").await;
-        return None;
+    let app = match shared.apps.app(job.app_id()).await {
+        Ok(app) => app,
+        Err(LookupError::Unavailable(e)) => {
+            // Not acked: the job comes back when its hold expires.
+            tracing::warn!(app_id = job.app_id(), error = %e, "cannot resolve the app now");
+            return None;
+        }
+        Err(e) => {
+            let label = match e {
+                LookupError::Unknown(_) => "unknown_app",
+                _ => "invalid_app",
+            };
+            let entry = DeadLetter::unusable(&msg.body, e.to_string(), Some(job.app_id().to_string()));
+            reject_message(shared, msg, entry, label).await;
+            return None;
+        }
     };
     if !app.enabled {
         let entry = DeadLetter::unusable(&msg.body, "app disabled", Some(app.id.clone()));
@@ -287,7 +312,7 @@ async fn accept(
         }
         Job::Retry(j) => {
             let Some(endpoint) = app.endpoints.iter().position(|e| e.id == j.endpoint) else {
-                let reason = format!("endpoint {:?} no longer configured", j.endpoint);
+                let reason = format!("endpoint removed: {:?} is no longer configured", j.endpoint);
                 let mut entry = DeadLetter::unusable(&msg.body, reason, Some(app.id.clone()));
                 entry.endpoint = Some(j.endpoint.clone());
                 entry.attempts = j.attempt.saturating_sub(1);

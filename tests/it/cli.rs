@@ -14,12 +14,23 @@ fn fixtures() -> PathBuf {
 
 #[test]
 fn check_config_accepts_both_reference_examples_as_printed() {
-    let (ok, out, err) = hookq(&["check-config", "--config", fixtures().join("reference-apps.json").to_str().unwrap()]);
+    let (ok, out, err) = hookq(&[
+        "check-config",
+        "--config",
+        fixtures().join("reference-apps.json").to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
-    assert!(out.contains("my-app-with-webhooks (key app-key-wh): 2 endpoint(s)"), "{out}");
+    assert!(
+        out.contains("my-app-with-webhooks (key app-key-wh): 2 endpoint(s)"),
+        "{out}"
+    );
     assert!(out.contains("lambda:sockudoPresenceHandler"), "{out}");
     assert!(out.contains("batching: on, window 75 ms"), "{out}");
-    let (ok, out, err) = hookq(&["check-config", "--config", fixtures().join("reference-batching.json").to_str().unwrap()]);
+    let (ok, out, err) = hookq(&[
+        "check-config",
+        "--config",
+        fixtures().join("reference-batching.json").to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("batching: on, window 100 ms"), "{out}");
 }
@@ -32,8 +43,15 @@ fn check_config_rejects_every_broken_fixture_naming_the_paths() {
         let text = std::fs::read_to_string(&path).unwrap();
         let (ok, _, err) = hookq(&["check-config", "--config", path.to_str().unwrap()]);
         assert!(!ok, "{} was accepted", path.display());
-        for want in text.lines().filter_map(|l| l.trim().strip_prefix("// expect: ")) {
-            assert!(err.contains(want), "{}: want {want:?} in:\n{err}", path.display());
+        for want in text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("// expect: "))
+        {
+            assert!(
+                err.contains(want),
+                "{}: want {want:?} in:\n{err}",
+                path.display()
+            );
         }
         checked += 1;
     }
@@ -44,7 +62,10 @@ fn check_config_rejects_every_broken_fixture_naming_the_paths() {
 fn a_missing_config_file_is_a_clear_error() {
     let (ok, _, err) = hookq(&["check-config", "--config", "/nonexistent/hookq.json"]);
     assert!(!ok);
-    assert!(err.contains("reading config /nonexistent/hookq.json"), "{err}");
+    assert!(
+        err.contains("reading config /nonexistent/hookq.json"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -54,13 +75,19 @@ fn the_worker_refuses_to_start_on_a_bad_config() {
     let path = write_config(&dir, "bad.json", &bad);
     let (ok, _, err) = hookq(&["worker", "--config", path.to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.contains("webhooks.batching.duration: must be at least 1, found 0"), "{err}");
+    assert!(
+        err.contains("webhooks.batching.duration: must be at least 1, found 0"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn a_worker_serves_health_ready_metrics_and_stops_cleanly_on_sigterm() {
     let dir = temp_dir("admin");
-    let cfg = config(one_app(json!([{"url": "http://127.0.0.1:9/h", "event_types": ["member_added"]}])), json!({}));
+    let cfg = config(
+        one_app(json!([{"url": "http://127.0.0.1:9/h", "event_types": ["member_added"]}])),
+        json!({}),
+    );
     let mut w = WorkerProcess::start(&dir, "w1", &cfg).await;
     assert_eq!(w.get("/health").await.unwrap().0, 200);
     let start = std::time::Instant::now();
@@ -70,10 +97,18 @@ async fn a_worker_serves_health_ready_metrics_and_stops_cleanly_on_sigterm() {
     }
     let (status, text) = w.get("/metrics").await.unwrap();
     assert_eq!(status, 200);
-    for name in ["hookq_jobs_received_total", "hookq_jobs_held", "hookq_queue_depth{state=\"ready\"}"] {
+    for name in [
+        "hookq_jobs_received_total",
+        "hookq_jobs_held",
+        "hookq_queue_depth{state=\"ready\"}",
+    ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }
     let status = w.terminate(Duration::from_secs(10));
-    assert!(status.success(), "exit status {status}; log:\n{}", w.log_text());
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        w.log_text()
+    );
     assert!(w.log_text().contains("stopped"));
 }

@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 pub const HOLD: Duration = Duration::from_secs(2);
 
 fn msg(i: usize) -> Outgoing {
-    Outgoing::now(format!("job-{i}"), format!("app-{}", i % 2), format!("{{\"n\":{i}}}"))
+    Outgoing::now(
+        format!("job-{i}"),
+        format!("app-{}", i % 2),
+        format!("{{\"n\":{i}}}"),
+    )
 }
 
 /// Receives until `n` messages came or `limit` passed.
@@ -22,7 +26,11 @@ async fn receive_n(q: &dyn QueueDriver, n: usize, limit: Duration) -> Vec<hookq_
     let start = Instant::now();
     let mut got = Vec::new();
     while got.len() < n && start.elapsed() < limit {
-        got.extend(q.receive(n - got.len(), Duration::from_millis(500)).await.unwrap());
+        got.extend(
+            q.receive(n - got.len(), Duration::from_millis(500))
+                .await
+                .unwrap(),
+        );
     }
     got
 }
@@ -51,7 +59,11 @@ pub async fn expired_hold_returns(q: Arc<dyn QueueDriver>) {
     let first = receive_n(&*q, 1, Duration::from_secs(5)).await;
     assert_eq!(first.len(), 1);
     let second = receive_n(&*q, 1, HOLD * 4).await;
-    assert_eq!(second.len(), 1, "a message whose hold expired must come back");
+    assert_eq!(
+        second.len(),
+        1,
+        "a message whose hold expired must come back"
+    );
     assert_eq!(second[0].body, msg(1).body);
     assert_eq!(second[0].receive_count, 2);
     q.ack(&[second[0].handle.clone()]).await.unwrap();
@@ -84,11 +96,17 @@ pub async fn delayed_not_before_its_time(q: Arc<dyn QueueDriver>) {
     assert_eq!(seen.len(), 2, "both messages arrive: {seen:?}");
     assert_eq!(seen[0].0, msg(8).body, "the undelayed message comes first");
     assert_eq!(seen[1].0, msg(7).body);
-    assert!(seen[1].1 >= delay, "delayed message received after {:?}", seen[1].1);
+    assert!(
+        seen[1].1 >= delay,
+        "delayed message received after {:?}",
+        seen[1].1
+    );
 }
 
 pub async fn delayed_is_invisible_until_due(q: Arc<dyn QueueDriver>) {
-    q.push(vec![msg(3).delayed(Duration::from_secs(3))]).await.unwrap();
+    q.push(vec![msg(3).delayed(Duration::from_secs(3))])
+        .await
+        .unwrap();
     let early = q.receive(10, Duration::from_secs(1)).await.unwrap();
     assert!(early.is_empty(), "delayed message received early");
     let later = receive_n(&*q, 1, Duration::from_secs(10)).await;
@@ -137,7 +155,9 @@ pub async fn dlq_round_trip(q: Arc<dyn QueueDriver>) {
 pub async fn concurrent_consumers_never_share(q: Arc<dyn QueueDriver>) {
     const N: usize = 120;
     for chunk in (0..N).collect::<Vec<_>>().chunks(10) {
-        q.push(chunk.iter().map(|&i| msg(i)).collect()).await.unwrap();
+        q.push(chunk.iter().map(|&i| msg(i)).collect())
+            .await
+            .unwrap();
     }
     let mut tasks = Vec::new();
     for _ in 0..4 {
@@ -172,9 +192,13 @@ pub async fn concurrent_consumers_never_share(q: Arc<dyn QueueDriver>) {
 }
 
 pub async fn depth_counts_each_state(q: Arc<dyn QueueDriver>) {
-    q.push(vec![msg(1), msg(2), msg(3).delayed(Duration::from_secs(60))])
-        .await
-        .unwrap();
+    q.push(vec![
+        msg(1),
+        msg(2),
+        msg(3).delayed(Duration::from_secs(60)),
+    ])
+    .await
+    .unwrap();
     q.dead_letter(vec![entry("a", 1)]).await.unwrap();
     let got = receive_n(&*q, 1, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 1);
@@ -191,7 +215,11 @@ pub async fn stale_ack_is_harmless(q: Arc<dyn QueueDriver>) {
     let second = receive_n(&*q, 1, HOLD * 4).await;
     assert_eq!(second.len(), 1);
     q.ack(&[first[0].handle.clone()]).await.unwrap();
-    assert_eq!(q.depth().await.unwrap().held, 1, "a stale ack removed the new hold");
+    assert_eq!(
+        q.depth().await.unwrap().held,
+        1,
+        "a stale ack removed the new hold"
+    );
     q.ack(&[second[0].handle.clone()]).await.unwrap();
     assert_eq!(q.depth().await.unwrap().held, 0);
 }

@@ -29,15 +29,20 @@ fn apps(r: &Receiver, n: usize, endpoints_per_app: usize) -> Value {
 }
 
 async fn receiver(n_apps: usize) -> Receiver {
-    let keys: Vec<(String, String)> = (0..n_apps).map(|i| (format!("key-{i}"), format!("secret-{i}"))).collect();
+    let keys: Vec<(String, String)> = (0..n_apps)
+        .map(|i| (format!("key-{i}"), format!("secret-{i}")))
+        .collect();
     let refs: Vec<(&str, &str)> = keys.iter().map(|(k, s)| (k.as_str(), s.as_str())).collect();
     Receiver::start(&refs).await
 }
 
 /// A config on `redis` with a short lease, so a killed worker's jobs return quickly.
 fn redis_config(redis: &RedisServer, prefix: &str, apps: Value, max_held: usize) -> Value {
-    let mut c = config(apps, json!({"event_ids": true, "request_timeout_ms": 2000,
-        "retry": {"initial_backoff_ms": 100, "max_backoff_ms": 500, "max_elapsed_time_ms": 60000}}));
+    let mut c = config(
+        apps,
+        json!({"event_ids": true, "request_timeout_ms": 2000,
+        "retry": {"initial_backoff_ms": 100, "max_backoff_ms": 500, "max_elapsed_time_ms": 60000}}),
+    );
     c["queue"] = json!({"driver": "redis", "redis": {"url": redis.url(), "prefix": prefix, "lease_ms": 3000}});
     c["worker"]["max_held_jobs"] = json!(max_held);
     c
@@ -45,7 +50,8 @@ fn redis_config(redis: &RedisServer, prefix: &str, apps: Value, max_held: usize)
 
 async fn producer(config: &Value) -> (Producer, Arc<dyn QueueDriver>) {
     let (config, _) = Config::parse(&config.to_string(), |_| None).unwrap();
-    let queue: Arc<dyn QueueDriver> = Arc::new(RedisQueue::connect(&config.queue.redis).await.unwrap());
+    let queue: Arc<dyn QueueDriver> =
+        Arc::new(RedisQueue::connect(&config.queue.redis).await.unwrap());
     (Producer::new(queue.clone(), Arc::new(config)), queue)
 }
 
@@ -60,7 +66,12 @@ async fn publish(p: &Producer, n_apps: usize, range: std::ops::Range<usize>, chu
             by_app
                 .entry(i % n_apps)
                 .or_default()
-                .push(Event::client_event(format!("private-c{}", i % 7), "client-e", i.to_string(), "1.1"));
+                .push(Event::client_event(
+                    format!("private-c{}", i % 7),
+                    "client-e",
+                    i.to_string(),
+                    "1.1",
+                ));
         }
         for (app, events) in by_app {
             // Redis may be restarting: keep trying, a publish is all or nothing.
@@ -69,7 +80,10 @@ async fn publish(p: &Producer, n_apps: usize, range: std::ops::Range<usize>, chu
                 match p.publish_batch(&format!("app-{app}"), events.clone()).await {
                     Ok(_) => break,
                     Err(e) => {
-                        assert!(start.elapsed() < Duration::from_secs(30), "publish failing: {e}");
+                        assert!(
+                            start.elapsed() < Duration::from_secs(30),
+                            "publish failing: {e}"
+                        );
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
@@ -132,7 +146,11 @@ async fn three_workers_one_sigkilled_lose_nothing() {
     };
     let start = Instant::now();
     while delivered(&r).0 < EVENTS / 4 {
-        assert!(start.elapsed() < Duration::from_secs(60), "no progress: {:?}", delivered(&r));
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no progress: {:?}",
+            delivered(&r)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let held = workers[1].metric("hookq_jobs_held").await;
@@ -143,7 +161,11 @@ async fn three_workers_one_sigkilled_lose_nothing() {
 
     let start = Instant::now();
     while delivered(&r).0 < EVENTS {
-        assert!(start.elapsed() < Duration::from_secs(120), "delivered {:?} of {EVENTS}", delivered(&r));
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "delivered {:?} of {EVENTS}",
+            delivered(&r)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let d = wait_drained(&*queue, Duration::from_secs(30)).await;
@@ -152,7 +174,10 @@ async fn three_workers_one_sigkilled_lose_nothing() {
     let duplicates = total - distinct;
     eprintln!("delivered {distinct} distinct events, {total} deliveries, {duplicates} duplicates");
     assert_eq!(distinct, EVENTS);
-    assert!(duplicates <= MAX_HELD, "{duplicates} duplicates, more than the killed worker could hold");
+    assert!(
+        duplicates <= MAX_HELD,
+        "{duplicates} duplicates, more than the killed worker could hold"
+    );
     assert!(r.all().iter().all(|q| q.valid), "every request verifies");
     for w in &mut workers {
         if w.name != "w2" {
@@ -180,22 +205,37 @@ async fn thirty_percent_failures_deliver_everything_without_resending_successes(
     publish(&p, APPS, 0..EVENTS, 500).await;
     let start = Instant::now();
     while delivered(&r).0 < EVENTS * 2 {
-        assert!(start.elapsed() < Duration::from_secs(90), "delivered {:?}", delivered(&r));
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "delivered {:?}",
+            delivered(&r)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let d = wait_drained(&*queue, Duration::from_secs(30)).await;
     assert_eq!(d.dead, 0);
     let all = r.all();
     let failed = all.iter().filter(|q| q.answered == 500).count();
-    assert!(failed * 100 >= all.len() * 25, "about 30 % failed: {failed} of {}", all.len());
+    assert!(
+        failed * 100 >= all.len() * 25,
+        "about 30 % failed: {failed} of {}",
+        all.len()
+    );
     // A batch an endpoint accepted is never sent to it again.
     let mut accepted: HashSet<(String, String)> = HashSet::new();
     for q in all.iter().filter(|q| q.answered == 200) {
         let key = (q.path.clone(), q.header("webhook-id").unwrap().to_string());
-        assert!(accepted.insert(key.clone()), "batch {key:?} re-sent after it was accepted");
+        assert!(
+            accepted.insert(key.clone()),
+            "batch {key:?} re-sent after it was accepted"
+        );
     }
     let (distinct, total) = delivered(&r);
-    assert_eq!((distinct, total), (EVENTS * 2, EVENTS * 2), "each event once per endpoint");
+    assert_eq!(
+        (distinct, total),
+        (EVENTS * 2, EVENTS * 2),
+        "each event once per endpoint"
+    );
     assert!(w1.terminate(Duration::from_secs(15)).success());
     assert!(w2.terminate(Duration::from_secs(15)).success());
 }
@@ -216,7 +256,11 @@ async fn workers_survive_a_redis_restart() {
     publish(&p, APPS, EVENTS / 2..EVENTS, 250).await;
     let start = Instant::now();
     while delivered(&r).0 < EVENTS {
-        assert!(start.elapsed() < Duration::from_secs(90), "delivered {:?} of {EVENTS}", delivered(&r));
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "delivered {:?} of {EVENTS}",
+            delivered(&r)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let d = wait_drained(&*queue, Duration::from_secs(30)).await;
@@ -236,10 +280,15 @@ async fn a_raw_lpush_from_another_language_is_delivered() {
     let job = r#"{"v":1,"kind":"event","id":"handwritten-1","app_id":"app-0","enqueued_at_ms":0,
         "event":{"name":"client_event","channel":"private-x","event":"client-hi","data":{"hello":"world"},"socket_id":"9.9"}}"#;
     redis.command(&["LPUSH", &ready_key("lpush"), job]).unwrap();
-    r.wait_for("the hand-written job", Duration::from_secs(15), |r| !r.delivered_events("/app-0/ep-0").is_empty())
-        .await;
+    r.wait_for("the hand-written job", Duration::from_secs(15), |r| {
+        !r.delivered_events("/app-0/ep-0").is_empty()
+    })
+    .await;
     let e = &r.delivered_events("/app-0/ep-0")[0];
-    assert_eq!(e["data"], "{\"hello\":\"world\"}", "an object given as data arrives as a string");
+    assert_eq!(
+        e["data"], "{\"hello\":\"world\"}",
+        "an object given as data arrives as a string"
+    );
     assert_eq!(e["id"], "handwritten-1");
     assert!(w.terminate(Duration::from_secs(15)).success());
 }
@@ -248,7 +297,10 @@ async fn a_raw_lpush_from_another_language_is_delivered() {
 async fn dlq_list_replay_and_purge_from_the_cli() {
     let redis = RedisServer::start();
     let r = receiver(2).await;
-    r.script("/app-0/ep-0", vec![Reply::status(422).with_body("no such room")]);
+    r.script(
+        "/app-0/ep-0",
+        vec![Reply::status(422).with_body("no such room")],
+    );
     r.script("/app-1/ep-0", vec![Reply::status(404), Reply::status(404)]);
     let dir = temp_dir("dlqcli");
     let cfg = redis_config(&redis, "dlqcli", apps(&r, 2, 1), 100);
@@ -256,13 +308,28 @@ async fn dlq_list_replay_and_purge_from_the_cli() {
     let path = path.to_str().unwrap();
     let mut w = WorkerProcess::start(&dir, "w1", &cfg).await;
 
-    let (ok, out, err) = hookq(&["enqueue", "--config", path, "--app", "app-0",
-        "--event", r#"{"name":"client_event","channel":"c","event":"client-e","data":"1","socket_id":"1.1"}"#]);
+    let (ok, out, err) = hookq(&[
+        "enqueue",
+        "--config",
+        path,
+        "--app",
+        "app-0",
+        "--event",
+        r#"{"name":"client_event","channel":"c","event":"client-e","data":"1","socket_id":"1.1"}"#,
+    ]);
     assert!(ok && out.contains("enqueued 1 event"), "{out}{err}");
     let events = dir.join("events.jsonl");
     std::fs::write(&events, "{\"name\":\"client_event\",\"channel\":\"c\",\"event\":\"e\",\"data\":\"2\",\"socket_id\":\"1.1\"}\n\
         {\"name\":\"client_event\",\"channel\":\"c\",\"event\":\"e\",\"data\":\"3\",\"socket_id\":\"1.1\"}\n").unwrap();
-    let (ok, out, err) = hookq(&["enqueue", "--config", path, "--app", "app-1", "--file", events.to_str().unwrap()]);
+    let (ok, out, err) = hookq(&[
+        "enqueue",
+        "--config",
+        path,
+        "--app",
+        "app-1",
+        "--file",
+        events.to_str().unwrap(),
+    ]);
     assert!(ok && out.contains("enqueued 2 event"), "{out}{err}");
 
     let start = Instant::now();
@@ -272,15 +339,27 @@ async fn dlq_list_replay_and_purge_from_the_cli() {
         if out.contains("2 entries") {
             break out;
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "DLQ never got 2 entries:\n{out}");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "DLQ never got 2 entries:\n{out}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(list.contains("app app-0  endpoint ep-0  attempts 1  HTTP 422  body: no such room"), "{list}");
-    assert!(list.contains("app app-1  endpoint ep-0  attempts 1  HTTP 404"), "{list}");
+    assert!(
+        list.contains("app app-0  endpoint ep-0  attempts 1  HTTP 422  body: no such room"),
+        "{list}"
+    );
+    assert!(
+        list.contains("app app-1  endpoint ep-0  attempts 1  HTTP 404"),
+        "{list}"
+    );
 
     let (ok, out, _) = hookq(&["dlq", "replay", "--config", path, "--app", "app-0"]);
     assert!(ok && out.contains("replayed 1 entries"), "{out}");
-    r.wait_for("the replayed event", Duration::from_secs(15), |r| r.delivered_events("/app-0/ep-0").len() == 1).await;
+    r.wait_for("the replayed event", Duration::from_secs(15), |r| {
+        r.delivered_events("/app-0/ep-0").len() == 1
+    })
+    .await;
     let (ok, out, _) = hookq(&["dlq", "purge", "--config", path]);
     assert!(ok && out.contains("purged 1 entries"), "{out}");
     let (_, out, _) = hookq(&["dlq", "list", "--config", path]);

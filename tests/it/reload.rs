@@ -58,7 +58,8 @@ async fn apps_reload_under_load_without_losing_events() {
     let base: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
 
     let (pconfig, _) = Config::parse(&base.to_string(), |_| None).unwrap();
-    let queue: Arc<dyn QueueDriver> = Arc::new(RedisQueue::connect(&pconfig.queue.redis).await.unwrap());
+    let queue: Arc<dyn QueueDriver> =
+        Arc::new(RedisQueue::connect(&pconfig.queue.redis).await.unwrap());
     let producer = Producer::new(queue.clone(), Arc::new(pconfig));
     let published = Arc::new(AtomicUsize::new(0));
     let load = {
@@ -78,18 +79,31 @@ async fn apps_reload_under_load_without_losing_events() {
     // A new endpoint takes effect.
     tokio::time::sleep(Duration::from_millis(500)).await;
     rewrite(&path, &with_webhooks(&base, json!([a.clone(), b.clone()])));
-    wait_until("requests at the added endpoint", Duration::from_secs(10), || !r.requests("/b").is_empty()).await;
+    wait_until(
+        "requests at the added endpoint",
+        Duration::from_secs(10),
+        || !r.requests("/b").is_empty(),
+    )
+    .await;
 
     // A config that fails validation is refused; the old apps stay.
-    rewrite(&path, &with_webhooks(&base, json!([a.clone(), {"url": r.url("/c"), "event_types": []}])));
+    rewrite(
+        &path,
+        &with_webhooks(
+            &base,
+            json!([a.clone(), {"url": r.url("/c"), "event_types": []}]),
+        ),
+    );
     wait_until("the refusal in the log", Duration::from_secs(10), || {
         w.log_text().contains("config reload refused")
     })
     .await;
     let b_before = r.requests("/b").len();
-    wait_until("more attempts at /b under the kept config", Duration::from_secs(10), || {
-        r.requests("/b").len() > b_before
-    })
+    wait_until(
+        "more attempts at /b under the kept config",
+        Duration::from_secs(10),
+        || r.requests("/b").len() > b_before,
+    )
     .await;
 
     // Removing /b dead-letters its pending retries.
@@ -111,14 +125,26 @@ async fn apps_reload_under_load_without_losing_events() {
         if d.ready + d.delayed + d.held == 0 {
             break queue.dlq_list(&DlqFilter::default()).await.unwrap();
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "queue not drained: {d:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "queue not drained: {d:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(!dead.is_empty(), "the retries pending for /b were dead-lettered");
+    assert!(
+        !dead.is_empty(),
+        "the retries pending for /b were dead-lettered"
+    );
     for e in &dead {
         assert_eq!(e.reason, "endpoint removed: \"b\" is no longer configured");
         assert_eq!(e.endpoint.as_deref(), Some("b"));
     }
-    assert!(r.requests("/c").is_empty(), "the refused config never took effect");
-    eprintln!("{total} events published; {} retries of /b dead-lettered after its removal", dead.len());
+    assert!(
+        r.requests("/c").is_empty(),
+        "the refused config never took effect"
+    );
+    eprintln!(
+        "{total} events published; {} retries of /b dead-lettered after its removal",
+        dead.len()
+    );
 }

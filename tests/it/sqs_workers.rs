@@ -36,7 +36,10 @@ async fn producer(config: &Value) -> (Producer, Arc<dyn QueueDriver>) {
 
 fn distinct_delivered(r: &Receiver) -> (usize, usize) {
     let events = r.delivered_events("/h");
-    let ids: HashSet<String> = events.iter().map(|e| e["data"].as_str().unwrap().to_string()).collect();
+    let ids: HashSet<String> = events
+        .iter()
+        .map(|e| e["data"].as_str().unwrap().to_string())
+        .collect();
     (ids.len(), events.len())
 }
 
@@ -67,11 +70,18 @@ async fn two_workers_on_sqs_one_sigkilled_lose_nothing() {
     }
     let start = Instant::now();
     while distinct_delivered(&r).0 < EVENTS {
-        assert!(start.elapsed() < Duration::from_secs(120), "delivered {:?} of {EVENTS}", distinct_delivered(&r));
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "delivered {:?} of {EVENTS}",
+            distinct_delivered(&r)
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (distinct, total) = distinct_delivered(&r);
-    eprintln!("delivered {distinct} distinct events in {total} deliveries ({} duplicates)", total - distinct);
+    eprintln!(
+        "delivered {distinct} distinct events in {total} deliveries ({} duplicates)",
+        total - distinct
+    );
     assert_eq!(distinct, EVENTS);
     assert!(r.all().iter().all(|q| q.valid));
     let start = Instant::now();
@@ -81,11 +91,19 @@ async fn two_workers_on_sqs_one_sigkilled_lose_nothing() {
             assert_eq!(d.dead, 0, "the DLQ is empty");
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "queue not drained: {d:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "queue not drained: {d:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(w1.terminate(Duration::from_secs(15)).success());
-    assert!(w3.as_mut().unwrap().terminate(Duration::from_secs(15)).success());
+    assert!(
+        w3.as_mut()
+            .unwrap()
+            .terminate(Duration::from_secs(15))
+            .success()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,13 +115,27 @@ async fn a_fifo_retry_waits_for_its_backoff() {
     let cfg = sqs_config(&r, &name, true);
     let (p, _queue) = producer(&cfg).await;
     let mut w = WorkerProcess::start(&dir, "w1", &cfg).await;
-    p.publish("app-1", Event::client_event("private-c", "client-e", "1", "1.1")).await.unwrap();
-    r.wait_for("the retry", Duration::from_secs(30), |r| r.delivered_events("/h").len() == 1).await;
+    p.publish(
+        "app-1",
+        Event::client_event("private-c", "client-e", "1", "1.1"),
+    )
+    .await
+    .unwrap();
+    r.wait_for("the retry", Duration::from_secs(30), |r| {
+        r.delivered_events("/h").len() == 1
+    })
+    .await;
     let reqs = r.requests("/h");
     assert_eq!(reqs.len(), 2, "one failure, one success");
     let gap = reqs[1].at - reqs[0].at;
-    assert!(gap >= Duration::from_millis(500), "retried after {gap:?}; the backoff is at least 500 ms");
+    assert!(
+        gap >= Duration::from_millis(500),
+        "retried after {gap:?}; the backoff is at least 500 ms"
+    );
     let received = w.metric("hookq_jobs_received_total").await.unwrap();
-    assert!(received <= 4.0, "the retry job was received {received} times: it spun instead of waiting");
+    assert!(
+        received <= 4.0,
+        "the retry job was received {received} times: it spun instead of waiting"
+    );
     assert!(w.terminate(Duration::from_secs(15)).success());
 }

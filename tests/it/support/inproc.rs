@@ -44,9 +44,11 @@ pub struct InProc {
 
 impl InProc {
     pub async fn start(config: Value) -> InProc {
-        let (config, _) = Config::parse(&config.to_string(), |_| None).expect("test config is valid");
+        let (config, _) =
+            Config::parse(&config.to_string(), |_| None).expect("test config is valid");
         let config = Arc::new(config);
-        let queue: Arc<dyn QueueDriver> = Arc::new(MemoryQueue::from_settings(&config.queue.memory));
+        let queue: Arc<dyn QueueDriver> =
+            Arc::new(MemoryQueue::from_settings(&config.queue.memory));
         Self::start_on(config, queue).await
     }
 
@@ -86,7 +88,10 @@ impl InProc {
             if dlq.len() >= n {
                 return dlq;
             }
-            assert!(start.elapsed() < limit, "timed out waiting for {n} DLQ entries; have {dlq:?}");
+            assert!(
+                start.elapsed() < limit,
+                "timed out waiting for {n} DLQ entries; have {dlq:?}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -99,7 +104,10 @@ impl InProc {
             if d.ready + d.delayed + d.held == 0 {
                 return;
             }
-            assert!(start.elapsed() < limit, "queue not drained after {limit:?}: {d:?}");
+            assert!(
+                start.elapsed() < limit,
+                "queue not drained after {limit:?}: {d:?}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }

@@ -67,7 +67,10 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.first()).map(String::as_str)
+        self.headers
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
     }
 
     pub fn header_values(&self, name: &str) -> Vec<&str> {
@@ -78,7 +81,10 @@ impl Recorded {
     }
 
     pub fn events(&self) -> Vec<Value> {
-        self.envelope["events"].as_array().cloned().unwrap_or_default()
+        self.envelope["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -104,7 +110,10 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let inner = Arc::new(Mutex::new(Inner {
-            secrets: keys.iter().map(|(k, s)| (k.to_string(), s.to_string())).collect(),
+            secrets: keys
+                .iter()
+                .map(|(k, s)| (k.to_string(), s.to_string()))
+                .collect(),
             ..Inner::default()
         }));
         let app = axum::Router::new()
@@ -139,7 +148,12 @@ impl Receiver {
     }
 
     pub fn requests(&self, path: &str) -> Vec<Recorded> {
-        self.lock().seen.iter().filter(|r| r.path == path).cloned().collect()
+        self.lock()
+            .seen
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
     }
 
     pub fn all(&self) -> Vec<Recorded> {
@@ -162,7 +176,10 @@ impl Receiver {
             assert!(
                 start.elapsed() < limit,
                 "timed out after {limit:?} waiting for {what}; received so far: {:#?}",
-                self.all().iter().map(|r| (&r.path, r.answered, r.events().len())).collect::<Vec<_>>()
+                self.all()
+                    .iter()
+                    .map(|r| (&r.path, r.answered, r.events().len()))
+                    .collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -192,7 +209,12 @@ async fn handle(
     let envelope: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let reply = {
         let mut g = inner.lock().unwrap();
-        let first = |n: &str| map.get(n).and_then(|v| v.first()).cloned().unwrap_or_default();
+        let first = |n: &str| {
+            map.get(n)
+                .and_then(|v| v.first())
+                .cloned()
+                .unwrap_or_default()
+        };
         let secret = g.secrets.get(&first("x-pusher-key")).cloned();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

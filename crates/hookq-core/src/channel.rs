@@ -54,9 +54,14 @@ impl fmt::Display for ChannelType {
 
 /// Whether the channel is a cache channel (any of the four cache prefixes).
 pub fn is_cache(channel: &str) -> bool {
-    ["cache-", "private-cache-", "private-encrypted-cache-", "presence-cache-"]
-        .iter()
-        .any(|p| channel.starts_with(p))
+    [
+        "cache-",
+        "private-cache-",
+        "private-encrypted-cache-",
+        "presence-cache-",
+    ]
+    .iter()
+    .any(|p| channel.starts_with(p))
 }
 
 /// What a `filter.channel_type` value matches: a channel kind, or any cache channel.
@@ -70,8 +75,13 @@ pub enum ChannelTypeFilter {
 
 impl ChannelTypeFilter {
     /// Every value a config may use, for error messages and docs.
-    pub const NAMES: &'static [&'static str] =
-        &["public", "private", "private-encrypted", "presence", "cache"];
+    pub const NAMES: &'static [&'static str] = &[
+        "public",
+        "private",
+        "private-encrypted",
+        "presence",
+        "cache",
+    ];
 
     /// Parses a config value; `None` when it is not one of [`Self::NAMES`].
     pub fn parse(s: &str) -> Option<Self> {
@@ -113,8 +123,16 @@ mod tests {
             ("cache-room", ChannelType::Public, true),
             ("private-room", ChannelType::Private, false),
             ("private-cache-room", ChannelType::Private, true),
-            ("private-encrypted-room", ChannelType::PrivateEncrypted, false),
-            ("private-encrypted-cache-room", ChannelType::PrivateEncrypted, true),
+            (
+                "private-encrypted-room",
+                ChannelType::PrivateEncrypted,
+                false,
+            ),
+            (
+                "private-encrypted-cache-room",
+                ChannelType::PrivateEncrypted,
+                true,
+            ),
             ("presence-room", ChannelType::Presence, false),
             ("presence-cache-room", ChannelType::Presence, true),
             ("privateroom", ChannelType::Public, false),

@@ -32,7 +32,9 @@ pub const OVERHEAD: usize = r#"{"time_ms":9999999999999,"events":[]}"#.len();
 
 /// Whether a custom header may be sent (it is not one hookq sets itself).
 pub fn is_reserved(name: &str) -> bool {
-    RESERVED_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(name))
+    RESERVED_HEADERS
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(name))
 }
 
 /// One event's JSON, with hookq's per-event `id` only when `with_id`.

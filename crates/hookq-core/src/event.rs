@@ -209,7 +209,9 @@ impl Event {
         };
         let has = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
         match name {
-            EventName::MemberAdded | EventName::MemberRemoved => need("user_id", has(&self.user_id)),
+            EventName::MemberAdded | EventName::MemberRemoved => {
+                need("user_id", has(&self.user_id))
+            }
             EventName::ClientEvent => {
                 need("event", has(&self.event))?;
                 need("data", self.data.is_some())?;
@@ -255,7 +257,10 @@ mod tests {
     #[test]
     fn validation_names_the_missing_field() {
         let e = Event::new(EventName::MemberAdded, "presence-a");
-        assert_eq!(e.validate().unwrap_err().to_string(), "member_added: missing field `user_id`");
+        assert_eq!(
+            e.validate().unwrap_err().to_string(),
+            "member_added: missing field `user_id`"
+        );
         let e = Event::new(EventName::SubscriptionCount, "a");
         assert!(e.validate().is_err());
         assert!(Event::channel_occupied("").validate().is_err());

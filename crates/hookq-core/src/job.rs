@@ -233,16 +233,22 @@ mod tests {
 
     #[test]
     fn decodes_the_documented_examples() {
-        let job = Job::decode(r#"{"v":1,"kind":"event","id":"j1","app_id":"app-1","enqueued_at_ms":1700000000000,
-            "event":{"name":"member_added","channel":"presence-room","user_id":"u1"}}"#)
+        let job = Job::decode(
+            r#"{"v":1,"kind":"event","id":"j1","app_id":"app-1","enqueued_at_ms":1700000000000,
+            "event":{"name":"member_added","channel":"presence-room","user_id":"u1"}}"#,
+        )
         .unwrap();
-        let Job::Event(e) = &job else { panic!("not an event job") };
+        let Job::Event(e) = &job else {
+            panic!("not an event job")
+        };
         assert_eq!(e.event.name, EventName::MemberAdded);
         assert_eq!(e.event.id.as_deref(), Some("j1"));
 
-        let retry = Job::decode(r#"{"v":1,"kind":"retry","id":"j2","app_id":"app-1","endpoint":"0-abcd",
+        let retry = Job::decode(
+            r#"{"v":1,"kind":"retry","id":"j2","app_id":"app-1","endpoint":"0-abcd",
             "attempt":2,"first_attempt_ms":1700000000000,"webhook_id":"msg_1",
-            "events":[{"name":"channel_occupied","channel":"c"}]}"#)
+            "events":[{"name":"channel_occupied","channel":"c"}]}"#,
+        )
         .unwrap();
         assert!(matches!(retry, Job::Retry(RetryJob { attempt: 2, .. })));
         assert_eq!(Job::decode(&retry.encode()).unwrap(), retry);
@@ -252,11 +258,26 @@ mod tests {
     fn rejects_what_cannot_be_processed() {
         let cases = [
             ("not json", "malformed job"),
-            (r#"{"v":1,"kind":"nope","id":"x","app_id":"a"}"#, "malformed job"),
-            (r#"{"v":2,"kind":"event","id":"x","app_id":"a","event":{"name":"cache_miss","channel":"c"}}"#, "unsupported job version 2"),
-            (r#"{"v":1,"kind":"event","id":"x","app_id":"","event":{"name":"cache_miss","channel":"c"}}"#, "empty app_id"),
-            (r#"{"v":1,"kind":"event","id":"x","app_id":"a","event":{"name":"member_added","channel":"c"}}"#, "missing field `user_id`"),
-            (r#"{"v":1,"kind":"retry","id":"x","app_id":"a","endpoint":"e","attempt":2,"webhook_id":"w","events":[]}"#, "no events"),
+            (
+                r#"{"v":1,"kind":"nope","id":"x","app_id":"a"}"#,
+                "malformed job",
+            ),
+            (
+                r#"{"v":2,"kind":"event","id":"x","app_id":"a","event":{"name":"cache_miss","channel":"c"}}"#,
+                "unsupported job version 2",
+            ),
+            (
+                r#"{"v":1,"kind":"event","id":"x","app_id":"","event":{"name":"cache_miss","channel":"c"}}"#,
+                "empty app_id",
+            ),
+            (
+                r#"{"v":1,"kind":"event","id":"x","app_id":"a","event":{"name":"member_added","channel":"c"}}"#,
+                "missing field `user_id`",
+            ),
+            (
+                r#"{"v":1,"kind":"retry","id":"x","app_id":"a","endpoint":"e","attempt":2,"webhook_id":"w","events":[]}"#,
+                "no events",
+            ),
         ];
         for (text, want) in cases {
             let err = Job::decode(text).unwrap_err().to_string();

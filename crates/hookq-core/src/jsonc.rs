@@ -30,7 +30,9 @@ pub fn strip(src: &str) -> String {
                 }
             }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                let end = src[i + 2..].find("*/").map_or(bytes.len(), |e| i + 2 + e + 2);
+                let end = src[i + 2..]
+                    .find("*/")
+                    .map_or(bytes.len(), |e| i + 2 + e + 2);
                 for b in &mut out[i..end] {
                     if *b != b'\n' {
                         *b = b' ';
@@ -65,7 +67,8 @@ mod tests {
 
     #[test]
     fn removes_comments_and_trailing_commas() {
-        let src = "{\n  \"a\": [1, 2,], // two\n  /* block\n */ \"b\": \"x // not a comment, }\",\n}";
+        let src =
+            "{\n  \"a\": [1, 2,], // two\n  /* block\n */ \"b\": \"x // not a comment, }\",\n}";
         let v: serde_json::Value = serde_json::from_str(&strip(src)).unwrap();
         assert_eq!(v["a"], serde_json::json!([1, 2]));
         assert_eq!(v["b"], "x // not a comment, }");

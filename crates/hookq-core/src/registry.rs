@@ -140,7 +140,10 @@ mod tests {
         };
         assert_eq!(block(r.app("a")).unwrap().id, "a");
         assert_eq!(block(r.app_by_key("b-key")).unwrap().id, "b");
-        assert_eq!(block(r.app("c")).unwrap_err(), LookupError::Unknown("c".into()));
+        assert_eq!(
+            block(r.app("c")).unwrap_err(),
+            LookupError::Unknown("c".into())
+        );
         r.replace(&[app("c")]);
         assert!(block(r.app("a")).is_err());
         assert_eq!(block(r.app("c")).unwrap().id, "c");

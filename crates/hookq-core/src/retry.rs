@@ -139,13 +139,19 @@ mod tests {
             ..RetryPolicy::default()
         };
         assert!(p.next_delay(2, Duration::ZERO, None, 0.5).is_ok());
-        assert_eq!(p.next_delay(3, Duration::ZERO, None, 0.5), Err(GiveUp::Attempts(3)));
+        assert_eq!(
+            p.next_delay(3, Duration::ZERO, None, 0.5),
+            Err(GiveUp::Attempts(3))
+        );
         let d = p.next_delay(1, Duration::from_millis(299_500), None, 0.5);
         assert_eq!(d, Err(GiveUp::Elapsed));
         let off = RetryPolicy {
             enabled: false,
             ..p
         };
-        assert_eq!(off.next_delay(1, Duration::ZERO, None, 0.5), Err(GiveUp::Disabled));
+        assert_eq!(
+            off.next_delay(1, Duration::ZERO, None, 0.5),
+            Err(GiveUp::Disabled)
+        );
     }
 }

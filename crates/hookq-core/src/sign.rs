@@ -47,7 +47,10 @@ impl SigningSecret {
             .decode(b64)
             .map_err(|e| format!("is not valid base64 after `whsec_`: {e}"))?;
         if !(24..=64).contains(&key.len()) {
-            return Err(format!("decodes to {} bytes; 24 to 64 are allowed", key.len()));
+            return Err(format!(
+                "decodes to {} bytes; 24 to 64 are allowed",
+                key.len()
+            ));
         }
         Ok(Self(key))
     }

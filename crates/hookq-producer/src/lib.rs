@@ -186,10 +186,16 @@ mod tests {
             .publish_batch("a", vec![Event::member_added("presence-x", "u"), bad])
             .await
             .unwrap_err();
-        assert_eq!(err.to_string(), "event 1: member_added: missing field `user_id`");
+        assert_eq!(
+            err.to_string(),
+            "event 1: member_added: missing field `user_id`"
+        );
         let err = p.publish("nope", Event::cache_miss("c")).await.unwrap_err();
         assert!(matches!(err, PublishError::UnknownApp(_)));
-        let out = p.publish("off", Event::member_added("x", "u")).await.unwrap();
+        let out = p
+            .publish("off", Event::member_added("x", "u"))
+            .await
+            .unwrap();
         assert_eq!(out.skipped, 1, "a disabled app's events are not queued");
         assert_eq!(q.depth().await.unwrap().ready, 0);
     }

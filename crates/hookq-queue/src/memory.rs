@@ -107,7 +107,9 @@ impl MemoryQueue {
         s.promote(now);
         let mut out = Vec::new();
         while out.len() < max {
-            let Some(mut msg) = s.ready.pop_front() else { break };
+            let Some(mut msg) = s.ready.pop_front() else {
+                break;
+            };
             msg.receive_count += 1;
             let token = s.next_seq();
             let deadline = now + self.hold;
@@ -194,7 +196,9 @@ impl QueueDriver for MemoryQueue {
         let new_deadline = Instant::now() + self.hold;
         let mut s = self.lock();
         for t in handles.iter().filter_map(token) {
-            let Some((_, deadline)) = s.held.get_mut(&t) else { continue };
+            let Some((_, deadline)) = s.held.get_mut(&t) else {
+                continue;
+            };
             let old = std::mem::replace(deadline, new_deadline);
             s.hold_deadlines.remove(&(old, t));
             s.hold_deadlines.insert((new_deadline, t), ());

@@ -37,7 +37,10 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     }
     shared.metrics.jobs_held.set(shared.held_jobs() as i64);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         shared.metrics.render(),
     )
 }

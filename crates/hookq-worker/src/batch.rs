@@ -252,7 +252,9 @@ mod tests {
 
     fn app(n_endpoints: usize) -> Arc<App> {
         let webhooks: Vec<String> = (0..n_endpoints)
-            .map(|i| format!(r#"{{"url": "http://127.0.0.1:9/{i}", "event_types": ["client_event"]}}"#))
+            .map(|i| {
+                format!(r#"{{"url": "http://127.0.0.1:9/{i}", "event_types": ["client_event"]}}"#)
+            })
             .collect();
         let text = format!(
             r#"{{"app_manager": {{"array": {{"apps": [{{"id": "a", "key": "k", "secret": "s", "webhooks": [{}]}}]}}}}}}"#,
@@ -322,7 +324,10 @@ mod tests {
         closed.extend(b.drain());
         assert_eq!(closed.iter().map(|c| c.events.len()).sum::<usize>(), 10);
         for c in &closed {
-            let body = envelope::body(1_700_000_000_000, c.events.iter().map(|e| e.json.as_slice()));
+            let body = envelope::body(
+                1_700_000_000_000,
+                c.events.iter().map(|e| e.json.as_slice()),
+            );
             assert!(body.len() <= 1024, "{} bytes", body.len());
             assert!(body.len() <= c.bytes());
         }
@@ -332,7 +337,13 @@ mod tests {
     #[test]
     fn disabled_batching_sends_each_event_alone() {
         let a = app(1);
-        let mut b = Batcher::new(Batching { enabled: false, ..settings(100, 1 << 20) }, 100);
+        let mut b = Batcher::new(
+            Batching {
+                enabled: false,
+                ..settings(100, 1 << 20)
+            },
+            100,
+        );
         let closed = b.push(item(&a, 0, 1), Instant::now());
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].events.len(), 1);

@@ -4,9 +4,9 @@
 
 use crate::batch::Batch;
 use crate::http::{HttpDeliverer, build_request};
-use crate::outcome::Outcome;
 #[cfg(not(feature = "lambda"))]
 use crate::outcome::Failure;
+use crate::outcome::Outcome;
 use hookq_core::endpoint::EndpointTarget;
 
 /// Every kind of deliverer, chosen per endpoint.

@@ -63,14 +63,20 @@ async fn receive(
     if name == "flaky" && elapsed < FLAKY_FOR {
         seen.failed_on_purpose += 1;
         if seen.failed_on_purpose <= 3 {
-            println!("[{:>5.2}s] {app}/{name}: answering 500 on purpose", elapsed.as_secs_f64());
+            println!(
+                "[{:>5.2}s] {app}/{name}: answering 500 on purpose",
+                elapsed.as_secs_f64()
+            );
         }
         return StatusCode::INTERNAL_SERVER_ERROR;
     }
     let secret = rx.secrets.get(&app).map(String::as_str).unwrap_or("");
     if header("x-pusher-signature") != sign::pusher_signature(secret, &body) {
         seen.bad_signatures += 1;
-        println!("[{:>5.2}s] {app}/{name}: BAD SIGNATURE", elapsed.as_secs_f64());
+        println!(
+            "[{:>5.2}s] {app}/{name}: BAD SIGNATURE",
+            elapsed.as_secs_f64()
+        );
         return StatusCode::UNAUTHORIZED;
     }
     let Ok(envelope) = serde_json::from_slice::<serde_json::Value>(&body) else {
@@ -80,7 +86,9 @@ async fn receive(
     let now_ms = hookq_core::now_ms();
     let mut names: HashMap<String, usize> = HashMap::new();
     for e in &events {
-        *names.entry(e["name"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+        *names
+            .entry(e["name"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
         if let Some(id) = e["id"].as_str() {
             seen.event_ids.insert(format!("{name}/{id}"));
         }
@@ -99,7 +107,11 @@ async fn receive(
             elapsed.as_secs_f64(),
             events.len(),
             kinds.join(", "),
-            if retry { " (a retry of an earlier batch)" } else { "" }
+            if retry {
+                " (a retry of an earlier batch)"
+            } else {
+                ""
+            }
         );
     }
     StatusCode::OK
@@ -149,7 +161,12 @@ async fn produce(producer: Producer, stop: CancellationToken) -> anyhow::Result<
             let sent_at = hookq_core::now_ms().to_string();
             let events = vec![
                 Event::member_added(format!("presence-{room}"), user.clone()),
-                Event::client_event(format!("private-{room}"), "client-typing", sent_at, format!("{n}.1")),
+                Event::client_event(
+                    format!("private-{room}"),
+                    "client-typing",
+                    sent_at,
+                    format!("{n}.1"),
+                ),
                 match n % 4 {
                     0 => Event::channel_occupied(room.clone()),
                     1 => Event::subscription_count(room.clone(), n % 40),
@@ -169,7 +186,10 @@ pub async fn run(forever: bool) -> anyhow::Result<()> {
     let port = listener.local_addr()?.port();
     let receiver = Arc::new(Receiver {
         started: Instant::now(),
-        secrets: APPS.iter().map(|(id, _, s)| (id.to_string(), s.to_string())).collect(),
+        secrets: APPS
+            .iter()
+            .map(|(id, _, s)| (id.to_string(), s.to_string()))
+            .collect(),
         seen: Mutex::new(Seen::default()),
     });
     let app = axum::Router::new()
@@ -198,7 +218,10 @@ pub async fn run(forever: bool) -> anyhow::Result<()> {
     let worker_task = tokio::spawn(worker.run(worker_stop.clone()));
 
     let traffic_stop = CancellationToken::new();
-    let producing = tokio::spawn(produce(Producer::new(queue.clone(), config), traffic_stop.clone()));
+    let producing = tokio::spawn(produce(
+        Producer::new(queue.clone(), config),
+        traffic_stop.clone(),
+    ));
     if forever {
         let _ = tokio::signal::ctrl_c().await;
     } else {
@@ -225,7 +248,11 @@ pub async fn run(forever: bool) -> anyhow::Result<()> {
     let seen = receiver.seen.lock().unwrap_or_else(|p| p.into_inner());
     let mut lat = seen.latencies_ms.clone();
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     let unique = seen.event_ids.len();
     println!(
         "\nSummary after {:.1} s\n\

@@ -154,7 +154,10 @@ mod tests {
         .unwrap();
         let app = config.apps[0].clone();
         let mut batch = Batch::new(app, 0);
-        batch.add(Encoded::new(Event::member_added("presence-a", "u1"), false), &ticket(1));
+        batch.add(
+            Encoded::new(Event::member_added("presence-a", "u1"), false),
+            &ticket(1),
+        );
         let url = url::Url::parse("http://127.0.0.1:9/hook").unwrap();
         let req = build_request(&batch, &url, 1_700_000_000_000);
         assert_eq!(
@@ -168,7 +171,10 @@ mod tests {
                 .map(|(_, v)| v.as_str())
                 .collect()
         };
-        assert_eq!(values("x-pusher-signature"), [sign::pusher_signature("the-secret", &req.body)]);
+        assert_eq!(
+            values("x-pusher-signature"),
+            [sign::pusher_signature("the-secret", &req.body)]
+        );
         assert_eq!(values("content-type"), ["application/json"]);
         assert_eq!(values("x-pusher-key"), ["the-key"]);
         assert_eq!(values("x-custom"), ["yes"]);

@@ -58,21 +58,53 @@ impl Metrics {
             queue_depth: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("jobs_received", "Jobs received from the queue", m.jobs_received.clone());
-        registry.register("events_delivered", "Events delivered, counted per endpoint", m.events_delivered.clone());
-        registry.register("requests", "Delivery attempts by outcome", m.requests.clone());
-        registry.register("retries_scheduled", "Retry jobs pushed", m.retries_scheduled.clone());
-        registry.register("dead_lettered", "Dead-letter entries written, by reason", m.dead_lettered.clone());
-        registry.register("events_skipped", "Events no endpoint wanted", m.events_skipped.clone());
+        registry.register(
+            "jobs_received",
+            "Jobs received from the queue",
+            m.jobs_received.clone(),
+        );
+        registry.register(
+            "events_delivered",
+            "Events delivered, counted per endpoint",
+            m.events_delivered.clone(),
+        );
+        registry.register(
+            "requests",
+            "Delivery attempts by outcome",
+            m.requests.clone(),
+        );
+        registry.register(
+            "retries_scheduled",
+            "Retry jobs pushed",
+            m.retries_scheduled.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Dead-letter entries written, by reason",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "events_skipped",
+            "Events no endpoint wanted",
+            m.events_skipped.clone(),
+        );
         registry.register("batch_size", "Events per request", m.batch_size.clone());
-        registry.register("delivery_seconds", "Seconds per delivery attempt", m.delivery_seconds.clone());
+        registry.register(
+            "delivery_seconds",
+            "Seconds per delivery attempt",
+            m.delivery_seconds.clone(),
+        );
         registry.register(
             "end_to_end_seconds",
             "Seconds from enqueue to delivery of an event job",
             m.end_to_end_seconds.clone(),
         );
         registry.register("jobs_held", "Jobs held by this worker", m.jobs_held.clone());
-        registry.register("queue_depth", "Messages in the queue by state", m.queue_depth.clone());
+        registry.register(
+            "queue_depth",
+            "Messages in the queue by state",
+            m.queue_depth.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -83,13 +115,22 @@ impl Metrics {
 
     /// Counts a dead-letter entry.
     pub fn dead_letter(&self, reason: &'static str) {
-        self.dead_lettered.get_or_create(&[("reason", reason)]).inc();
+        self.dead_lettered
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     /// Sets the queue depth gauges.
     pub fn set_depth(&self, d: &hookq_queue::Depth) {
-        for (state, n) in [("ready", d.ready), ("delayed", d.delayed), ("held", d.held), ("dead", d.dead)] {
-            self.queue_depth.get_or_create(&[("state", state)]).set(n as i64);
+        for (state, n) in [
+            ("ready", d.ready),
+            ("delayed", d.delayed),
+            ("held", d.held),
+            ("dead", d.dead),
+        ] {
+            self.queue_depth
+                .get_or_create(&[("state", state)])
+                .set(n as i64);
         }
     }
 

@@ -99,7 +99,10 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 #[cfg(test)]
@@ -124,10 +127,17 @@ mod tests {
         assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
         let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(61));
         let d = parse_retry_after(&in_a_minute).unwrap();
-        assert!(d > Duration::from_secs(58) && d <= Duration::from_secs(61), "{d:?}");
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert!(
+            d > Duration::from_secs(58) && d <= Duration::from_secs(61),
+            "{d:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
-        let Outcome::Retry { after, failure } = classify_status(429, Some("3"), b"slow down") else {
+        let Outcome::Retry { after, failure } = classify_status(429, Some("3"), b"slow down")
+        else {
             panic!("429 retries")
         };
         assert_eq!(after, Some(Duration::from_secs(3)));

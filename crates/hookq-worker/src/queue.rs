@@ -12,7 +12,9 @@ pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn QueueDriver>> {
     Ok(match q.driver {
         QueueDriverKind::Memory => Arc::new(MemoryQueue::from_settings(&q.memory)),
         #[cfg(feature = "redis")]
-        QueueDriverKind::Redis => Arc::new(hookq_queue::redis::RedisQueue::connect(&q.redis).await?),
+        QueueDriverKind::Redis => {
+            Arc::new(hookq_queue::redis::RedisQueue::connect(&q.redis).await?)
+        }
         #[cfg(feature = "sqs")]
         QueueDriverKind::Sqs => Arc::new(hookq_queue::sqs::SqsQueue::connect(&q.sqs).await?),
         #[allow(unreachable_patterns)]

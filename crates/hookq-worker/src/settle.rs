@@ -176,7 +176,10 @@ async fn ack_with_retries(queue: &dyn QueueDriver, handles: &[Handle]) {
         }
     }
     // The jobs were delivered; unacked they come back and are delivered again.
-    tracing::error!(count = handles.len(), "giving up acking; these jobs will be delivered again");
+    tracing::error!(
+        count = handles.len(),
+        "giving up acking; these jobs will be delivered again"
+    );
 }
 
 /// Extends the holds of every held job every `every`, until `stop` fires.

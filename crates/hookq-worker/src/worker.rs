@@ -145,7 +145,10 @@ impl Worker {
         let _ = dispatcher.await;
         deliveries.close();
         let timeout = config.worker.shutdown_timeout;
-        if tokio::time::timeout(timeout, deliveries.wait()).await.is_err() {
+        if tokio::time::timeout(timeout, deliveries.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 in_flight = deliveries.len(),
                 "shutdown timeout: leaving unfinished deliveries to the queue"
@@ -274,7 +277,8 @@ async fn accept(
                 LookupError::Unknown(_) => "unknown_app",
                 _ => "invalid_app",
             };
-            let entry = DeadLetter::unusable(&msg.body, e.to_string(), Some(job.app_id().to_string()));
+            let entry =
+                DeadLetter::unusable(&msg.body, e.to_string(), Some(job.app_id().to_string()));
             reject_message(shared, msg, entry, label).await;
             return None;
         }
@@ -290,9 +294,10 @@ async fn accept(
             let targets: Vec<usize> = (0..app.endpoints.len())
                 .filter(|&i| app.endpoints[i].wants(&j.event))
                 .collect();
-            let ticket = shared
-                .settler
-                .ticket(msg.handle, targets.len().max(1), j.enqueued_at_ms, permit);
+            let ticket =
+                shared
+                    .settler
+                    .ticket(msg.handle, targets.len().max(1), j.enqueued_at_ms, permit);
             if targets.is_empty() {
                 shared.metrics.events_skipped.inc();
                 ticket.settle();
@@ -352,7 +357,11 @@ async fn reject_message(shared: &Shared, msg: Received, entry: DeadLetter, reaso
 /// message itself until it is due instead.
 async fn redelay(shared: &Shared, msg: Received, mut job: Job, wait_ms: u64) {
     if shared.queue.max_delay().is_zero() {
-        if let Err(e) = shared.queue.release(&msg.handle, Duration::from_millis(wait_ms)).await {
+        if let Err(e) = shared
+            .queue
+            .release(&msg.handle, Duration::from_millis(wait_ms))
+            .await
+        {
             tracing::warn!(error = %e, "could not hide a job until due; it comes back when its hold ends");
         }
         return;
@@ -420,7 +429,10 @@ async fn deliver(shared: Arc<Shared>, batch: Batch) {
                 batch.first_attempt_ms
             };
             let elapsed = Duration::from_millis(now_ms().saturating_sub(first));
-            match ep.retry.next_delay(batch.attempt, elapsed, after, rand::random()) {
+            match ep
+                .retry
+                .next_delay(batch.attempt, elapsed, after, rand::random())
+            {
                 Ok(delay) => {
                     tracing::info!(
                         app_id = %batch.app.id, endpoint = %ep.id, attempt = batch.attempt,
@@ -442,7 +454,12 @@ async fn deliver(shared: Arc<Shared>, batch: Batch) {
     }
 }
 
-fn retry_job(batch: &Batch, attempt: u32, first_attempt_ms: u64, last_error: Option<String>) -> RetryJob {
+fn retry_job(
+    batch: &Batch,
+    attempt: u32,
+    first_attempt_ms: u64,
+    last_error: Option<String>,
+) -> RetryJob {
     RetryJob {
         v: VERSION,
         id: hookq_core::new_id("job"),
@@ -464,14 +481,21 @@ fn settle_all(tickets: &[Arc<Ticket>], durable: bool) {
     }
 }
 
-async fn schedule_retry(shared: &Shared, batch: &Batch, first: u64, failure: Failure, delay: Duration) {
+async fn schedule_retry(
+    shared: &Shared,
+    batch: &Batch,
+    first: u64,
+    failure: Failure,
+    delay: Duration,
+) {
     let mut job = retry_job(batch, batch.attempt + 1, first, Some(failure.reason));
     let max = shared.queue.max_delay();
     if delay > max {
         job.not_before_ms = Some(now_ms() + delay.as_millis() as u64);
     }
     let job_id = job.id.clone();
-    let out = Outgoing::now(job_id, &batch.app.id, Job::Retry(job).encode()).delayed(delay.min(max));
+    let out =
+        Outgoing::now(job_id, &batch.app.id, Job::Retry(job).encode()).delayed(delay.min(max));
     let pushed = shared.queue.push(vec![out]).await;
     if let Err(e) = &pushed {
         tracing::warn!(error = %e, "could not push a retry job; the batch's jobs will come back");
@@ -508,7 +532,9 @@ async fn dead_letter_batch(
     let written = shared.queue.dead_letter(vec![entry]).await;
     match &written {
         Ok(()) => shared.metrics.dead_letter(label),
-        Err(e) => tracing::warn!(error = %e, "could not dead-letter; the batch's jobs will come back"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not dead-letter; the batch's jobs will come back")
+        }
     }
     settle_all(&batch.tickets, written.is_ok());
 }

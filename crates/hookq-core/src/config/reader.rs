@@ -23,7 +23,7 @@ pub(crate) fn join(path: &str, key: &str) -> String {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -41,7 +41,10 @@ impl<'v> Obj<'v> {
             None | Some(Value::Null) => None,
             Some(Value::Object(m)) => Some(m),
             Some(other) => {
-                d.error(&path, format!("expected an object, found {}", type_name(other)));
+                d.error(
+                    &path,
+                    format!("expected an object, found {}", type_name(other)),
+                );
                 None
             }
         };
@@ -89,7 +92,10 @@ impl<'v> Obj<'v> {
         let v = self.get(key)?;
         let r = f(v);
         if r.is_none() {
-            d.error(&self.at(key), format!("expected {want}, found {}", type_name(v)));
+            d.error(
+                &self.at(key),
+                format!("expected {want}, found {}", type_name(v)),
+            );
         }
         r
     }
@@ -153,7 +159,10 @@ impl<'v> Obj<'v> {
             .filter_map(|(k, v)| match v.as_str() {
                 Some(s) => Some((k.clone(), s.to_string())),
                 None => {
-                    d.error(&join(&path, k), format!("expected a string, found {}", type_name(v)));
+                    d.error(
+                        &join(&path, k),
+                        format!("expected a string, found {}", type_name(v)),
+                    );
                     None
                 }
             })
@@ -174,7 +183,10 @@ impl<'v> Obj<'v> {
             other => {
                 d.error(
                     &self.at(key),
-                    format!("expected a string or an array of strings, found {}", type_name(other)),
+                    format!(
+                        "expected a string or an array of strings, found {}",
+                        type_name(other)
+                    ),
                 );
                 Vec::new()
             }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs when it is missing: redis-server (Debian
-# package) and the SQS emulator (moto's server, from PyPI into .venv).
+# Installs what the test suite needs when it is missing: redis-server,
+# postgresql and mariadb-server (Debian packages) and the SQS/DynamoDB
+# emulator (moto's server, from PyPI into .venv).
 # Idempotent and quiet when everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,3 +18,16 @@ if [ ! -x .venv/bin/moto_server ]; then
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check 'moto[server]>=5,<6'
 fi
+
+# PostgreSQL and MariaDB for the database app managers' tests: the suite
+# runs private servers from temporary directories (never the system ones).
+for pkg in postgresql:/usr/lib/postgresql mariadb-server:/usr/bin/mariadb-install-db; do
+  name=${pkg%%:*}
+  path=${pkg#*:}
+  if [ ! -e "$path" ]; then
+    echo "test-deps: installing $name (Debian package)"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$name" >/dev/null
+  fi
+done

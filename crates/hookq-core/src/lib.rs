@@ -19,7 +19,10 @@ pub mod retry;
 pub mod sign;
 
 pub use channel::ChannelType;
-pub use config::{App, Config, ConfigError, Diagnostics};
+pub use config::{
+    App, AppManagerSettings, Config, ConfigError, Diagnostics, DynamoDbAppsSettings,
+    SqlAppsSettings, app_from_record,
+};
 pub use endpoint::{Endpoint, EndpointTarget, Filter, InvocationType, LambdaTarget};
 pub use event::{Event, EventError, EventName};
 pub use job::{DeadLetter, Job, JobError, RetryJob};

@@ -89,6 +89,8 @@ const BLOCK_MARGIN: Duration = Duration::from_secs(5);
 const MAX_BLOCK: Duration = Duration::from_secs(60);
 /// Most delayed jobs and most expired leases one receive moves.
 const MOVE_BATCH: usize = 1000;
+/// Most jobs one receive claims.
+const MAX_CLAIM: usize = 1000;
 /// Dead-letter entries read per `LRANGE` when listing.
 const DLQ_PAGE: isize = 500;
 /// The longest delay kept exactly (about 300 years; scores are doubles).
@@ -267,7 +269,8 @@ impl RedisQueue {
             .key(&self.keys.held)
             .key(&self.keys.leases)
             .key(&self.keys.seq)
-            .arg(max)
+            // The script claims with one variadic HSET/ZADD: keep within Lua's stack.
+            .arg(max.min(MAX_CLAIM))
             .arg(self.lease_ms())
             .arg(MOVE_BATCH)
             .invoke_async(conn)

@@ -9,8 +9,8 @@
 
 pub mod admin;
 pub mod batch;
-pub mod demo;
 pub mod deliver;
+pub mod demo;
 pub mod http;
 #[cfg(feature = "lambda")]
 pub mod lambda;

@@ -7,7 +7,7 @@
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use hookq_core::{Config, Event, StaticApps};
+use hookq_core::{AppManagerSettings, Config, Event, StaticApps};
 use hookq_queue::DlqFilter;
 use hookq_worker::{Metrics, Worker, admin, demo, queue};
 use std::io::BufRead;
@@ -16,7 +16,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "hookq", version, about = "Webhook delivery for Pusher-protocol realtime servers")]
+#[command(
+    name = "hookq",
+    version,
+    about = "Webhook delivery for Pusher-protocol realtime servers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -93,8 +97,15 @@ enum DlqAction {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story; the worker's logs would drown it.
-    init_logging(if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    init_logging(if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -161,9 +172,10 @@ fn cancel_on_signals(token: CancellationToken) {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) =
-                (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-            else {
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
                 tracing::error!("cannot listen for signals");
                 return;
             };
@@ -193,15 +205,30 @@ async fn run_worker(path: PathBuf, config: Config) -> anyhow::Result<()> {
         apps = config.apps.len(),
         "worker started"
     );
-    let apps = Arc::new(StaticApps::new(&config.apps));
-    let worker = Worker::with_apps(config, apps.clone(), queue, Arc::new(Metrics::new()))?;
     let admin_stop = CancellationToken::new();
+    let (worker, reload) = if config.app_manager == AppManagerSettings::Memory {
+        let apps = Arc::new(StaticApps::new(&config.apps));
+        let worker = Worker::with_apps(config, apps.clone(), queue, Arc::new(Metrics::new()))?;
+        let reload = tokio::spawn(reload_apps(path, apps, admin_stop.clone()));
+        (worker, Some(reload))
+    } else {
+        let registry = hookq_apps::open(&config).await?;
+        tracing::info!(
+            app_manager = config.app_manager.driver(),
+            "apps are read from the database"
+        );
+        (
+            Worker::with_apps(config, registry, queue, Arc::new(Metrics::new()))?,
+            None,
+        )
+    };
     let admin = tokio::spawn(admin::serve(listener, worker.shared(), admin_stop.clone()));
-    let reload = tokio::spawn(reload_apps(path, apps, admin_stop.clone()));
     worker.run(shutdown).await?;
     admin_stop.cancel();
     let _ = admin.await;
-    let _ = reload.await;
+    if let Some(reload) = reload {
+        let _ = reload.await;
+    }
     Ok(())
 }
 
@@ -212,7 +239,11 @@ const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 /// that fails validation is refused (its problems logged) and the previous
 /// apps stay. Only the apps reload; other settings need a restart.
 async fn reload_apps(path: PathBuf, apps: Arc<StaticApps>, stop: CancellationToken) {
-    let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| Ok((m.modified()?, m.len()))).ok();
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| Ok((m.modified()?, m.len())))
+            .ok()
+    };
     let mut last = stamp(&path);
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -241,7 +272,11 @@ async fn reload_apps(path: PathBuf, apps: Arc<StaticApps>, stop: CancellationTok
         match load_config(&path) {
             Ok(config) => {
                 apps.replace(&config.apps);
-                tracing::info!(apps = config.apps.len(), "apps reloaded from {}", path.display());
+                tracing::info!(
+                    apps = config.apps.len(),
+                    "apps reloaded from {}",
+                    path.display()
+                );
             }
             Err(e) => tracing::error!("config reload refused, keeping the previous apps: {e:#}"),
         }
@@ -278,13 +313,19 @@ async fn enqueue(
         (None, None) => bail!("give --event JSON or --file PATH (`-` for standard input)"),
     };
     let mut events = Vec::new();
-    for (n, line) in lines.iter().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let e: Event = serde_json::from_str(line)
-            .with_context(|| format!("line {}: not an event", n + 1))?;
+    for (n, line) in lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let e: Event =
+            serde_json::from_str(line).with_context(|| format!("line {}: not an event", n + 1))?;
         events.push(e);
     }
     let queue = queue::open(&config).await?;
-    let producer = hookq_producer::Producer::new(queue, Arc::new(config));
+    let config = Arc::new(config);
+    let registry = hookq_apps::open(&config).await?;
+    let producer = hookq_producer::Producer::with_apps(queue, registry);
     let mut total = hookq_producer::Published::default();
     for chunk in events.chunks(500) {
         let p = producer.publish_batch(app, chunk.to_vec()).await?;
@@ -335,7 +376,11 @@ async fn dlq(action: DlqAction) -> anyhow::Result<()> {
                 );
             }
             if !json {
-                println!("{} entr{}", entries.len(), if entries.len() == 1 { "y" } else { "ies" });
+                println!(
+                    "{} entr{}",
+                    entries.len(),
+                    if entries.len() == 1 { "y" } else { "ies" }
+                );
             }
         }
         DlqAction::Replay(_) => println!("replayed {} entries", queue.dlq_replay(&filter).await?),

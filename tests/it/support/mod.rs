@@ -3,7 +3,9 @@
 
 pub mod inproc;
 pub mod lambda_server;
+pub mod mariadb;
 pub mod moto;
+pub mod postgres;
 pub mod process;
 pub mod receiver;
 pub mod redis_server;

@@ -198,6 +198,81 @@ pub struct WorkerSettings {
     pub shutdown_timeout: Duration,
 }
 
+/// Where apps come from (`app_manager.driver` and its `database.*` section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppManagerSettings {
+    /// `memory`: the config file's `app_manager.array.apps`, reloaded live.
+    Memory,
+    /// `pgsql` / `postgres`: Sockudo's applications table in PostgreSQL (`database.postgres`).
+    Postgres(SqlAppsSettings),
+    /// `mysql`: Sockudo's applications table in MySQL or MariaDB (`database.mysql`).
+    Mysql(SqlAppsSettings),
+    /// `dynamodb`: Sockudo's applications table in DynamoDB (`database.dynamodb`).
+    DynamoDb(DynamoDbAppsSettings),
+}
+
+impl AppManagerSettings {
+    /// The driver's config name (`postgres` for both `pgsql` and `postgres`).
+    pub fn driver(&self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Postgres(_) => "postgres",
+            Self::Mysql(_) => "mysql",
+            Self::DynamoDb(_) => "dynamodb",
+        }
+    }
+}
+
+/// `database.postgres` or `database.mysql`, as the app manager uses it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SqlAppsSettings {
+    /// `host`.
+    pub host: String,
+    /// `port` (5432 for PostgreSQL, 3306 for MySQL).
+    pub port: u16,
+    /// `username` (or `user`).
+    pub username: String,
+    /// `password`; none when empty or absent. Never logged.
+    pub password: Option<String>,
+    /// `database`.
+    pub database: String,
+    /// `table_name`, default `applications`.
+    pub table_name: String,
+    /// `connection_pool_size`: most open connections.
+    pub connection_pool_size: u32,
+    /// How long a looked-up app is kept before it is read again
+    /// (`cache_ttl`, else `app_manager.cache.ttl`; zero when `app_manager.cache.enabled` is false).
+    pub cache_ttl: Duration,
+}
+
+impl fmt::Debug for SqlAppsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlAppsSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("database", &self.database)
+            .field("table_name", &self.table_name)
+            .field("connection_pool_size", &self.connection_pool_size)
+            .field("cache_ttl", &self.cache_ttl)
+            .finish()
+    }
+}
+
+/// `database.dynamodb`, as the app manager uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamoDbAppsSettings {
+    /// `table_name`, default `sockudo-applications`.
+    pub table_name: String,
+    /// `region`, default `us-east-1`.
+    pub region: String,
+    /// `endpoint_url`: a custom endpoint (DynamoDB Local, an emulator).
+    pub endpoint_url: Option<String>,
+    /// How long a looked-up app is kept (as for [`SqlAppsSettings::cache_ttl`]).
+    pub cache_ttl: Duration,
+}
+
 /// An app and its endpoints.
 #[derive(Clone)]
 pub struct App {
@@ -244,6 +319,8 @@ pub struct Config {
     pub queue: QueueSettings,
     /// `worker`.
     pub worker: WorkerSettings,
+    /// `app_manager.driver` with its settings.
+    pub app_manager: AppManagerSettings,
 }
 
 /// Environment variables that override config keys: (variable, JSON path, is a string).
@@ -256,7 +333,11 @@ pub const ENV_OVERRIDES: &[(&str, &str, bool)] = &[
     ("HOOKQ_SQS_REGION", "queue.sqs.region", true),
     ("HOOKQ_SQS_ENDPOINT_URL", "queue.sqs.endpoint_url", true),
     ("HOOKQ_BATCHING_ENABLED", "webhooks.batching.enabled", false),
-    ("HOOKQ_BATCHING_DURATION", "webhooks.batching.duration", false),
+    (
+        "HOOKQ_BATCHING_DURATION",
+        "webhooks.batching.duration",
+        false,
+    ),
     ("HOOKQ_ADMIN_ADDR", "worker.admin_addr", true),
 ];
 
@@ -400,7 +481,8 @@ fn read_root(root: &Value, d: &mut Diagnostics) -> Option<Config> {
     top.ignore(SOCKUDO_SECTIONS);
     let webhooks = read_webhooks(&mut top.obj("webhooks", d), d);
     let worker = read_worker(&mut top.obj("worker", d), d);
-    let apps = read_app_manager(&mut top.obj("app_manager", d), &webhooks, &worker, d);
+    let mut app_manager_obj = top.obj("app_manager", d);
+    let (apps, driver, cache_ttl) = read_app_manager(&mut app_manager_obj, &webhooks, &worker, d);
     let longest_request = apps
         .iter()
         .flat_map(|a| a.endpoints.iter().map(|e| e.request_timeout))
@@ -412,7 +494,8 @@ fn read_root(root: &Value, d: &mut Diagnostics) -> Option<Config> {
         longest_request + webhooks.batching.duration,
         d,
     );
-    database.ignore(&["postgres", "mysql", "dynamodb", "mongodb", "surrealdb", "scylladb"]);
+    let app_manager = read_app_databases(&mut database, driver, cache_ttl, d);
+    database.ignore(&["mongodb", "surrealdb", "scylladb"]);
     database.finish(d);
     top.finish(d);
     let mut config = Config {
@@ -421,6 +504,7 @@ fn read_root(root: &Value, d: &mut Diagnostics) -> Option<Config> {
         webhooks,
         queue,
         worker,
+        app_manager,
     };
     config.set_apps(apps);
     check_lease(&config, d);
@@ -521,11 +605,26 @@ fn read_queue(
         let password = db.str("password", d);
         let username = db.str("username", d);
         let db_index = db.opt_u64("db", 0, d);
-        db.ignore(&["key_prefix", "cluster_nodes", "sentinels", "name", "cluster"]);
+        db.ignore(&[
+            "key_prefix",
+            "cluster_nodes",
+            "sentinels",
+            "name",
+            "cluster",
+        ]);
         host.and_then(|host| {
-            let base = format!("redis://{host}:{}/{}", port.unwrap_or(6379), db_index.unwrap_or(0));
+            let base = format!(
+                "redis://{host}:{}/{}",
+                port.unwrap_or(6379),
+                db_index.unwrap_or(0)
+            );
             let mut url = url::Url::parse(&base)
-                .map_err(|e| d.error(&db.at("host"), format!("{host:?} does not make a valid URL: {e}")))
+                .map_err(|e| {
+                    d.error(
+                        &db.at("host"),
+                        format!("{host:?} does not make a valid URL: {e}"),
+                    )
+                })
                 .ok()?;
             // The setters percent-encode, so any character may be in a password.
             if password.is_some() || username.is_some() {
@@ -568,9 +667,10 @@ fn read_queue(
             .nonempty_str("region", d)
             .unwrap_or_else(|| "us-east-1".into()),
         endpoint_url: s.nonempty_str("endpoint_url", d),
-        visibility_timeout: s
-            .opt_u64("visibility_timeout", 1, d)
-            .map_or(Duration::from_secs(default_lease.as_secs_f64().ceil() as u64), secs),
+        visibility_timeout: s.opt_u64("visibility_timeout", 1, d).map_or(
+            Duration::from_secs(default_lease.as_secs_f64().ceil() as u64),
+            secs,
+        ),
         wait_time_seconds: s.u64("wait_time_seconds", 20, 0, d) as u32,
         max_messages: s.u64("max_messages", 10, 1, d) as u32,
         concurrency: s.u64("concurrency", 4, 1, d) as usize,
@@ -583,13 +683,19 @@ fn read_queue(
         check_http_url(u, &s.at("endpoint_url"), d);
     }
     if sqs.wait_time_seconds > 20 {
-        d.error(&s.at("wait_time_seconds"), "must be 20 or less (SQS's limit)");
+        d.error(
+            &s.at("wait_time_seconds"),
+            "must be 20 or less (SQS's limit)",
+        );
     }
     if sqs.max_messages > 10 {
         d.error(&s.at("max_messages"), "must be 10 or less (SQS's limit)");
     }
     if sqs.visibility_timeout > Duration::from_secs(43_200) {
-        d.error(&s.at("visibility_timeout"), "must be 43200 seconds or less (SQS's limit)");
+        d.error(
+            &s.at("visibility_timeout"),
+            "must be 43200 seconds or less (SQS's limit)",
+        );
     }
     s.finish(d);
     o.finish(d);
@@ -605,7 +711,10 @@ fn check_lease(c: &Config, d: &mut Diagnostics) {
     let (lease, path) = match c.queue.driver {
         QueueDriverKind::Memory => (c.queue.memory.lease, "queue.memory.lease_ms"),
         QueueDriverKind::Redis => (c.queue.redis.lease, "queue.redis.lease_ms"),
-        QueueDriverKind::Sqs => (c.queue.sqs.visibility_timeout, "queue.sqs.visibility_timeout"),
+        QueueDriverKind::Sqs => (
+            c.queue.sqs.visibility_timeout,
+            "queue.sqs.visibility_timeout",
+        ),
     };
     let need = c.longest_request_timeout() + c.webhooks.batching.duration;
     if lease <= need {
@@ -625,7 +734,10 @@ fn read_worker(o: &mut Obj, d: &mut Diagnostics) -> WorkerSettings {
         .nonempty_str("admin_addr", d)
         .unwrap_or_else(|| "0.0.0.0:9090".into());
     if admin_addr.parse::<std::net::SocketAddr>().is_err() {
-        d.error(&o.at("admin_addr"), format!("{admin_addr:?} is not an ip:port address"));
+        d.error(
+            &o.at("admin_addr"),
+            format!("{admin_addr:?} is not an ip:port address"),
+        );
     }
     let w = WorkerSettings {
         admin_addr,
@@ -638,20 +750,47 @@ fn read_worker(o: &mut Obj, d: &mut Diagnostics) -> WorkerSettings {
     w
 }
 
+/// The app manager drivers hookq knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AppDriver {
+    Memory,
+    Postgres,
+    Mysql,
+    DynamoDb,
+}
+
+/// Reads `app_manager`: the memory driver's apps, the driver, and the cache
+/// TTL `app_manager.cache` sets (`None` when it leaves it to `database.*.cache_ttl`).
 fn read_app_manager(
     o: &mut Obj,
     webhooks: &WebhookSettings,
     worker: &WorkerSettings,
     d: &mut Diagnostics,
-) -> Vec<Arc<App>> {
-    match o.str("driver", d).as_deref() {
-        None | Some("memory") => {}
-        Some(other) => d.error(
-            &o.at("driver"),
-            format!("app manager {other:?} is not supported yet; use \"memory\" with app_manager.array.apps"),
-        ),
-    }
-    o.ignore(&["cache"]);
+) -> (Vec<Arc<App>>, AppDriver, Option<Duration>) {
+    let driver = match o.str("driver", d).as_deref() {
+        None | Some("memory") => AppDriver::Memory,
+        Some("pgsql" | "postgres") => AppDriver::Postgres,
+        Some("mysql") => AppDriver::Mysql,
+        Some("dynamodb") => AppDriver::DynamoDb,
+        Some(other) => {
+            d.error(
+                &o.at("driver"),
+                format!(
+                    "unknown app manager {other:?}; use \"memory\", \"pgsql\" (or \"postgres\"), \"mysql\" or \"dynamodb\""
+                ),
+            );
+            AppDriver::Memory
+        }
+    };
+    let mut c = o.obj("cache", d);
+    let cache_enabled = c.bool("enabled", true, d);
+    let cache_ttl = c.opt_u64("ttl", 0, d).map(Duration::from_secs);
+    c.finish(d);
+    let cache_ttl = if cache_enabled {
+        cache_ttl
+    } else {
+        Some(Duration::ZERO)
+    };
     let mut array = o.obj("array", d);
     let mut apps = Vec::new();
     let mut ids = HashSet::new();
@@ -672,7 +811,175 @@ fn read_app_manager(
     }
     array.finish(d);
     o.finish(d);
-    apps
+    (apps, driver, cache_ttl)
+}
+
+/// Sockudo's database keys that concern its own cache, not hookq.
+const SOCKUDO_DB_KEYS: &[&str] = &["cache_cleanup_interval", "cache_max_capacity"];
+
+/// Sockudo's default cache TTL of a database app manager, in seconds.
+const DEFAULT_APP_CACHE_TTL: u64 = 300;
+
+/// Reads `database.postgres`, `database.mysql` and `database.dynamodb`
+/// (each checked when present) and builds the chosen driver's settings.
+fn read_app_databases(
+    database: &mut Obj,
+    driver: AppDriver,
+    manager_ttl: Option<Duration>,
+    d: &mut Diagnostics,
+) -> AppManagerSettings {
+    let mut sql = |name: &'static str, port: u16, username: &str, d: &mut Diagnostics| {
+        let mut o = database.obj(name, d);
+        let user = o.nonempty_str("username", d);
+        let user_alias = o.nonempty_str("user", d);
+        if let (Some(a), Some(b)) = (&user, &user_alias)
+            && a != b
+        {
+            d.error(
+                &o.at("user"),
+                format!("{b:?} differs from username {a:?}; give one"),
+            );
+        }
+        let port_path = o.at("port");
+        let port = match o.opt_u64("port", 1, d) {
+            None => port,
+            Some(p) => u16::try_from(p).unwrap_or_else(|_| {
+                d.error(&port_path, format!("{p} is not a port (1-65535)"));
+                port
+            }),
+        };
+        let settings = SqlAppsSettings {
+            host: o
+                .nonempty_str("host", d)
+                .unwrap_or_else(|| "localhost".into()),
+            port,
+            username: user.or(user_alias).unwrap_or_else(|| username.into()),
+            password: o.str("password", d).filter(|p| !p.is_empty()),
+            database: o
+                .nonempty_str("database", d)
+                .unwrap_or_else(|| "sockudo".into()),
+            table_name: o
+                .nonempty_str("table_name", d)
+                .unwrap_or_else(|| "applications".into()),
+            connection_pool_size: o.u64("connection_pool_size", 10, 1, d).min(u32::MAX as u64)
+                as u32,
+            cache_ttl: o
+                .opt_u64("cache_ttl", 0, d)
+                .map(Duration::from_secs)
+                .unwrap_or(manager_ttl.unwrap_or(Duration::from_secs(DEFAULT_APP_CACHE_TTL))),
+        };
+        check_table_name(&settings.table_name, &o.at("table_name"), d);
+        o.ignore(SOCKUDO_DB_KEYS);
+        o.finish(d);
+        settings
+    };
+    let postgres = sql("postgres", 5432, "postgres", d);
+    let mysql = sql("mysql", 3306, "root", d);
+    let mut o = database.obj("dynamodb", d);
+    let dynamodb = DynamoDbAppsSettings {
+        table_name: o
+            .nonempty_str("table_name", d)
+            .unwrap_or_else(|| "sockudo-applications".into()),
+        region: o
+            .nonempty_str("region", d)
+            .unwrap_or_else(|| "us-east-1".into()),
+        endpoint_url: o.nonempty_str("endpoint_url", d),
+        cache_ttl: o
+            .opt_u64("cache_ttl", 0, d)
+            .map(Duration::from_secs)
+            .unwrap_or(manager_ttl.unwrap_or(Duration::from_secs(DEFAULT_APP_CACHE_TTL))),
+    };
+    if let Some(u) = &dynamodb.endpoint_url {
+        check_http_url(u, &o.at("endpoint_url"), d);
+    }
+    o.ignore(&[
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_profile_name",
+    ]);
+    o.ignore(SOCKUDO_DB_KEYS);
+    o.finish(d);
+    match driver {
+        AppDriver::Memory => AppManagerSettings::Memory,
+        AppDriver::Postgres => AppManagerSettings::Postgres(postgres),
+        AppDriver::Mysql => AppManagerSettings::Mysql(mysql),
+        AppDriver::DynamoDb => AppManagerSettings::DynamoDb(dynamodb),
+    }
+}
+
+/// A table name goes into SQL text: letters, digits, `_`, `$` and an optional `schema.` prefix only.
+fn check_table_name(name: &str, path: &str, d: &mut Diagnostics) {
+    let ok = name.split('.').count() <= 2
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && !part.starts_with(|c: char| c.is_ascii_digit())
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+        });
+    if !ok {
+        d.error(
+            path,
+            format!("{name:?} is not a plain table name (letters, digits, _, and one optional schema. prefix)"),
+        );
+    }
+}
+
+/// Compiles one app from a database record (Sockudo's applications table:
+/// `id`, `key`, `secret`, `enabled` and the `webhooks` JSON), with the same
+/// rules as an app of `app_manager.array.apps`. Problems come back with
+/// paths such as `webhooks[1].event_types`; unknown keys are allowed.
+pub fn app_from_record(
+    id: &str,
+    key: &str,
+    secret: &str,
+    enabled: bool,
+    webhooks: &Value,
+    config: &Config,
+) -> Result<App, Vec<Problem>> {
+    let mut d = Diagnostics::default();
+    for (field, v) in [("id", id), ("key", key), ("secret", secret)] {
+        if v.trim().is_empty() {
+            d.error(field, "must not be empty");
+        }
+    }
+    let items: &[Value] = match webhooks {
+        Value::Null => &[],
+        Value::Array(items) => items,
+        other => {
+            d.error(
+                "webhooks",
+                format!(
+                    "expected an array of webhooks, found {}",
+                    reader::type_name(other)
+                ),
+            );
+            &[]
+        }
+    };
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    for (index, value) in items.iter().enumerate() {
+        let mut w = Obj::new(format!("webhooks[{index}]"), Some(value), &mut d);
+        if let Some(e) = read_endpoint(&mut w, index, &config.webhooks, &config.worker, &mut d) {
+            if endpoints.iter().any(|other| other.id == e.id) {
+                d.error(
+                    &w.at("id"),
+                    format!("duplicate endpoint id {:?} in this app", e.id),
+                );
+            }
+            endpoints.push(e);
+        }
+    }
+    if !d.errors.is_empty() {
+        return Err(d.errors);
+    }
+    Ok(App {
+        id: id.to_string(),
+        key: key.to_string(),
+        secret: secret.to_string(),
+        enabled,
+        endpoints,
+    })
 }
 
 fn read_app(
@@ -700,7 +1007,10 @@ fn read_app(
                 e.signing_secrets = app_secrets.clone();
             }
             if endpoints.iter().any(|other| other.id == e.id) {
-                d.error(&w.at("id"), format!("duplicate endpoint id {:?} in this app", e.id));
+                d.error(
+                    &w.at("id"),
+                    format!("duplicate endpoint id {:?} in this app", e.id),
+                );
             }
             endpoints.push(e);
         }
@@ -849,9 +1159,15 @@ fn read_endpoint(
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !valid_name {
-            d.error(&reader::join(&headers_path, &name), "is not a valid header name");
+            d.error(
+                &reader::join(&headers_path, &name),
+                "is not a valid header name",
+            );
         } else if value.bytes().any(|b| b == b'\r' || b == b'\n') {
-            d.error(&reader::join(&headers_path, &name), "header values cannot hold line breaks");
+            d.error(
+                &reader::join(&headers_path, &name),
+                "header values cannot hold line breaks",
+            );
         } else {
             headers.push((name, value));
         }
@@ -863,7 +1179,8 @@ fn read_endpoint(
     let request_timeout = w
         .opt_u64("request_timeout_ms", 1, d)
         .map_or(webhooks.request_timeout, ms);
-    let max_concurrency = w.u64("max_concurrency", worker.endpoint_concurrency as u64, 1, d) as usize;
+    let max_concurrency =
+        w.u64("max_concurrency", worker.endpoint_concurrency as u64, 1, d) as usize;
     let signing_secrets = read_signing_secrets(w, d);
     let explicit_id = w.nonempty_str("id", d);
     let target = target?;
@@ -938,12 +1255,44 @@ impl fmt::Display for Config {
             r.initial_backoff.as_millis(),
             r.max_backoff.as_millis(),
             r.max_elapsed.as_millis(),
-            r.max_attempts.map_or("unlimited".to_string(), |n| n.to_string())
+            r.max_attempts
+                .map_or("unlimited".to_string(), |n| n.to_string())
         )?;
+        match &self.app_manager {
+            AppManagerSettings::Memory => {}
+            AppManagerSettings::Postgres(s) | AppManagerSettings::Mysql(s) => writeln!(
+                f,
+                "app manager: {}, table {:?} in {}@{}:{}/{}, cache {} s",
+                self.app_manager.driver(),
+                s.table_name,
+                s.username,
+                s.host,
+                s.port,
+                s.database,
+                s.cache_ttl.as_secs()
+            )?,
+            AppManagerSettings::DynamoDb(s) => writeln!(
+                f,
+                "app manager: dynamodb, table {:?} in {}{}, cache {} s",
+                s.table_name,
+                s.region,
+                s.endpoint_url
+                    .as_deref()
+                    .map(|u| format!(" at {u}"))
+                    .unwrap_or_default(),
+                s.cache_ttl.as_secs()
+            )?,
+        }
         writeln!(f, "apps: {}", self.apps.len())?;
         for app in &self.apps {
             let state = if app.enabled { "" } else { " (disabled)" };
-            writeln!(f, "  {} (key {}){state}: {} endpoint(s)", app.id, app.key, app.endpoints.len())?;
+            writeln!(
+                f,
+                "  {} (key {}){state}: {} endpoint(s)",
+                app.id,
+                app.key,
+                app.endpoints.len()
+            )?;
             for e in &app.endpoints {
                 writeln!(f, "    [{}] {}", e.id, e.target.describe())?;
                 let names: Vec<_> = e.event_names().iter().map(|n| n.as_str()).collect();

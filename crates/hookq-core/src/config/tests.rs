@@ -23,7 +23,10 @@ fn reference_examples_load_as_printed() {
     assert!(d.warnings.is_empty(), "{:?}", d.warnings);
     assert_eq!(c.webhooks.batching.duration, Duration::from_millis(75));
     let app = c.app("my-app-with-webhooks").unwrap();
-    assert_eq!((app.key.as_str(), app.secret.as_str()), ("app-key-wh", "app-secret-wh"));
+    assert_eq!(
+        (app.key.as_str(), app.secret.as_str()),
+        ("app-key-wh", "app-secret-wh")
+    );
     let [http, lambda] = &app.endpoints[..] else {
         panic!("two endpoints expected")
     };
@@ -31,7 +34,10 @@ fn reference_examples_load_as_printed() {
         http.target,
         EndpointTarget::Http("https://api.example.com/sockudo/events".parse().unwrap())
     );
-    assert_eq!(http.headers, [("X-Custom-Auth".to_string(), "mysecrettoken".to_string())]);
+    assert_eq!(
+        http.headers,
+        [("X-Custom-Auth".to_string(), "mysecrettoken".to_string())]
+    );
     assert!(http.wants(&Event::channel_occupied("room")));
     assert!(!http.wants(&Event::member_added("presence-room", "u")));
     let EndpointTarget::Lambda(l) = &lambda.target else {
@@ -69,14 +75,28 @@ fn broken_fixtures_name_every_problem() {
             .lines()
             .filter_map(|l| l.trim().strip_prefix("// expect: "))
             .collect();
-        assert!(!expected.is_empty(), "{} has no expectations", path.display());
-        let err = load(&text).expect_err(&path.display().to_string()).to_string();
+        assert!(
+            !expected.is_empty(),
+            "{} has no expectations",
+            path.display()
+        );
+        let err = load(&text)
+            .expect_err(&path.display().to_string())
+            .to_string();
         for want in expected {
-            assert!(err.contains(want), "{}: want {want:?} in:\n{err}", path.display());
+            assert!(
+                err.contains(want),
+                "{}: want {want:?} in:\n{err}",
+                path.display()
+            );
         }
         checked += 1;
     }
-    assert!(checked >= 6, "only {checked} fixtures found in {}", dir.display());
+    assert!(
+        checked >= 6,
+        "only {checked} fixtures found in {}",
+        dir.display()
+    );
 }
 
 #[test]
@@ -88,7 +108,15 @@ fn unknown_keys_warn_but_load() {
     .unwrap();
     let mut paths: Vec<_> = d.warnings.iter().map(|w| w.path.as_str()).collect();
     paths.sort();
-    assert_eq!(paths, ["colour", "queue.drvier", "webhooks.batching.duraton", "webhooks.enabled"]);
+    assert_eq!(
+        paths,
+        [
+            "colour",
+            "queue.drvier",
+            "webhooks.batching.duraton",
+            "webhooks.enabled"
+        ]
+    );
 }
 
 #[test]
@@ -175,5 +203,146 @@ fn summary_lists_apps_endpoints_and_settings() {
     ] {
         assert!(s.contains(want), "{want:?} missing from:\n{s}");
     }
-    assert!(!s.contains("app-secret-wh"), "the summary must not show secrets");
+    assert!(
+        !s.contains("app-secret-wh"),
+        "the summary must not show secrets"
+    );
+}
+
+#[test]
+fn database_app_managers_read_sockudos_settings() {
+    let (c, _) = load("{}").unwrap();
+    assert_eq!(c.app_manager, AppManagerSettings::Memory);
+
+    for driver in ["pgsql", "postgres"] {
+        let text = format!(
+            r#"{{"app_manager": {{"driver": "{driver}"}},
+                "database": {{"postgres": {{"host": "db", "username": "u", "password": "p",
+                  "database": "d", "connection_pool_size": 3, "cache_ttl": 7,
+                  "cache_cleanup_interval": 60, "cache_max_capacity": 100}}}}}}"#
+        );
+        let (c, d) = load(&text).unwrap();
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        let AppManagerSettings::Postgres(s) = &c.app_manager else {
+            panic!("{driver}: {:?}", c.app_manager)
+        };
+        assert_eq!(c.app_manager.driver(), "postgres");
+        assert_eq!(
+            (s.host.as_str(), s.port, s.username.as_str()),
+            ("db", 5432, "u")
+        );
+        assert_eq!(
+            (s.database.as_str(), s.table_name.as_str()),
+            ("d", "applications")
+        );
+        assert_eq!(s.password.as_deref(), Some("p"));
+        assert_eq!(s.connection_pool_size, 3);
+        assert_eq!(s.cache_ttl, Duration::from_secs(7));
+        assert!(!format!("{s:?}").contains("\"p\""), "password in Debug");
+    }
+
+    // `user` is accepted for `username`; app_manager.cache.ttl is the fallback TTL.
+    let (c, _) = load(
+        r#"{"app_manager": {"driver": "mysql", "cache": {"enabled": true, "ttl": 42}},
+            "database": {"mysql": {"user": "hook", "table_name": "apps"}}}"#,
+    )
+    .unwrap();
+    let AppManagerSettings::Mysql(s) = &c.app_manager else {
+        panic!("{:?}", c.app_manager)
+    };
+    assert_eq!(
+        (s.port, s.username.as_str(), s.table_name.as_str()),
+        (3306, "hook", "apps")
+    );
+    assert_eq!(s.cache_ttl, Duration::from_secs(42));
+    assert_eq!(s.password, None);
+
+    let (c, _) = load(
+        r#"{"app_manager": {"driver": "dynamodb", "cache": {"enabled": false}},
+            "database": {"dynamodb": {"region": "eu-west-1", "endpoint_url": "http://127.0.0.1:4566"}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.app_manager,
+        AppManagerSettings::DynamoDb(DynamoDbAppsSettings {
+            table_name: "sockudo-applications".into(),
+            region: "eu-west-1".into(),
+            endpoint_url: Some("http://127.0.0.1:4566".into()),
+            cache_ttl: Duration::ZERO,
+        })
+    );
+}
+
+#[test]
+fn database_settings_problems_have_paths() {
+    let err = load(
+        r#"{"app_manager": {"driver": "postgres", "cache": {"ttl": "x"}},
+            "database": {"postgres": {"port": 70000, "table_name": "apps; drop table x",
+              "username": "a", "user": "b"},
+              "dynamodb": {"endpoint_url": "localhost:8000"}}}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "app_manager.cache.ttl: expected a whole number",
+        "database.postgres.port: 70000 is not a port",
+        "database.postgres.table_name: \"apps; drop table x\" is not a plain table name",
+        "database.postgres.user: \"b\" differs from username \"a\"",
+        "database.dynamodb.endpoint_url:",
+    ] {
+        assert!(err.contains(want), "want {want:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn a_database_record_compiles_with_the_config_files_rules() {
+    let (c, _) = load("{}").unwrap();
+    let webhooks = serde_json::json!([
+        {"url": "https://example.com/hook", "event_types": ["channel_occupied"],
+         "filter": {"channel_prefix": "private-"}},
+        {"lambda_function": "f", "event_types": ["member_added"]}
+    ]);
+    let app = app_from_record("a", "k", "s", false, &webhooks, &c).unwrap();
+    assert!(!app.enabled);
+    assert_eq!(app.endpoints.len(), 2);
+    assert!(app.endpoints[0].wants(&Event::channel_occupied("private-x")));
+    assert!(!app.endpoints[0].wants(&Event::channel_occupied("public")));
+
+    let none = app_from_record("a", "k", "s", true, &Value::Null, &c).unwrap();
+    assert!(none.endpoints.is_empty());
+
+    let bad = serde_json::json!([
+        {"url": "https://example.com/hook", "event_types": ["channel_occupied"]},
+        {"url": "https://example.com/hook2", "event_types": ["nope"]},
+        {"url": "ftp://x", "event_types": ["channel_vacated"], "filter": {"channel_pattern": "("}}
+    ]);
+    let problems: Vec<String> = app_from_record("a", "k", "s", true, &bad, &c)
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let text = problems.join("\n");
+    assert!(
+        text.contains("webhooks[1].event_types[0]: unknown event type"),
+        "{text}"
+    );
+    assert!(text.contains("webhooks[2].url:"), "{text}");
+    assert!(
+        text.contains("webhooks[2].filter.channel_pattern: invalid regex"),
+        "{text}"
+    );
+
+    let err =
+        app_from_record("a", "k", "", true, &serde_json::json!({"url": "x"}), &c).unwrap_err();
+    let text: Vec<String> = err.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter()
+            .any(|p| p.starts_with("secret: must not be empty")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|p| p.starts_with("webhooks: expected an array")),
+        "{text:?}"
+    );
 }

@@ -3,9 +3,11 @@
 --
 -- KEYS: 1 held, 2 leases
 -- ARGV: tokens
-local removed = 0
-for _, token in ipairs(ARGV) do
-  removed = removed + redis.call('HDEL', KEYS[1], token)
-  redis.call('ZREM', KEYS[2], token)
+-- One HDEL and one ZREM per chunk of tokens (unpack has a stack limit).
+local removed, chunk = 0, 1000
+for i = 1, #ARGV, chunk do
+  local last = math.min(i + chunk - 1, #ARGV)
+  removed = removed + redis.call('HDEL', KEYS[1], unpack(ARGV, i, last))
+  redis.call('ZREM', KEYS[2], unpack(ARGV, i, last))
 end
 return removed

@@ -57,6 +57,8 @@ local items = redis.call('RPOP', ready, max)
 if items then
   local first = redis.call('INCRBY', seq, #items) - #items
   local deadline = now + lease
+  -- One HSET and one ZADD for the whole claim, not one per job.
+  local holds, deadlines = {}, {}
   for i, item in ipairs(items) do
     local count, body = 0, item
     if string.byte(item, 1) == 0 then
@@ -70,12 +72,16 @@ if items then
     -- The server time in the token keeps tokens unique even when a Redis
     -- without persistence restarts and the counter starts again.
     local token = (first + i) .. '-' .. now
-    redis.call('HSET', held, token, count .. '|' .. body)
-    redis.call('ZADD', leases, deadline, token)
+    holds[#holds + 1] = token
+    holds[#holds + 1] = count .. '|' .. body
+    deadlines[#deadlines + 1] = deadline
+    deadlines[#deadlines + 1] = token
     out[#out + 1] = token
     out[#out + 1] = body
     out[#out + 1] = tostring(count)
   end
+  redis.call('HSET', held, unpack(holds))
+  redis.call('ZADD', leases, unpack(deadlines))
 end
 
 -- When the next job becomes ready by itself, so that a receiver that claimed

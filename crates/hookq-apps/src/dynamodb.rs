@@ -1,0 +1,147 @@
+//! Sockudo's applications table in DynamoDB (`dynamodb`).
+//!
+//! Items are keyed by the string attribute `id`, with `key`, `secret`,
+//! `enabled` (a boolean, or a number 0/1) and `webhooks` as a JSON string
+//! attribute. A lookup by id is a `GetItem`; a lookup by key scans with a
+//! filter on `key` (as Sockudo does; the cache keeps it rare).
+
+use crate::cache::{Lookup, Record, Source};
+use async_trait::async_trait;
+use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::{Credentials, ProvideCredentials};
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::types::AttributeValue;
+use hookq_core::DynamoDbAppsSettings;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// The applications table in DynamoDB.
+pub struct DynamoDb {
+    client: Client,
+    table: String,
+}
+
+impl DynamoDb {
+    /// A client for `settings`: the standard credential chain, or static
+    /// test credentials when a custom endpoint is set and the chain finds none.
+    pub async fn connect(settings: &DynamoDbAppsSettings) -> Self {
+        let region = Region::new(settings.region.clone());
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .operation_attempt_timeout(Duration::from_secs(5))
+            .build();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(region.clone())
+            .timeout_config(timeouts);
+        if let Some(endpoint) = &settings.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+            let standard = DefaultCredentialsChain::builder()
+                .region(region)
+                .build()
+                .await;
+            match standard.provide_credentials().await {
+                Ok(_) => loader = loader.credentials_provider(standard),
+                Err(e) => {
+                    tracing::debug!(
+                        error = %DisplayErrorContext(&e),
+                        "no AWS credentials found; signing requests to the custom endpoint with test credentials"
+                    );
+                    loader = loader.credentials_provider(Credentials::new(
+                        "test",
+                        "test",
+                        None,
+                        None,
+                        "hookq-emulator",
+                    ));
+                }
+            }
+        }
+        Self {
+            client: Client::new(&loader.load().await),
+            table: settings.table_name.clone(),
+        }
+    }
+}
+
+fn string(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {
+    match item.get(name)? {
+        AttributeValue::S(s) => Some(s.clone()),
+        AttributeValue::N(n) => Some(n.clone()),
+        _ => None,
+    }
+}
+
+fn to_record(item: &HashMap<String, AttributeValue>) -> Record {
+    let enabled = match item.get("enabled") {
+        Some(AttributeValue::Bool(b)) => *b,
+        Some(AttributeValue::N(n)) => n.trim() != "0",
+        Some(AttributeValue::S(s)) => !matches!(s.as_str(), "false" | "0"),
+        _ => true,
+    };
+    let webhooks = match item.get("webhooks") {
+        None | Some(AttributeValue::Null(_)) => None,
+        Some(AttributeValue::S(s)) => Some(s.clone()),
+        // Not a JSON string: passed on as text that does not parse, so the
+        // app is reported invalid with the reason.
+        Some(other) => Some(format!(
+            "<webhooks is not a JSON string attribute: {other:?}>"
+        )),
+    };
+    Record {
+        id: string(item, "id").unwrap_or_default(),
+        key: string(item, "key").unwrap_or_default(),
+        secret: string(item, "secret").unwrap_or_default(),
+        enabled,
+        webhooks,
+    }
+}
+
+#[async_trait]
+impl Source for DynamoDb {
+    async fn fetch(&self, by: Lookup<'_>) -> Result<Option<Record>, String> {
+        match by {
+            Lookup::Id(id) => {
+                let out = self
+                    .client
+                    .get_item()
+                    .table_name(&self.table)
+                    .key("id", AttributeValue::S(id.to_string()))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(|e| DisplayErrorContext(&e).to_string())?;
+                Ok(out.item.as_ref().map(to_record))
+            }
+            Lookup::Key(key) => {
+                let mut start = None;
+                loop {
+                    let out = self
+                        .client
+                        .scan()
+                        .table_name(&self.table)
+                        .filter_expression("#k = :k")
+                        .expression_attribute_names("#k", "key")
+                        .expression_attribute_values(":k", AttributeValue::S(key.to_string()))
+                        .set_exclusive_start_key(start)
+                        .send()
+                        .await
+                        .map_err(|e| DisplayErrorContext(&e).to_string())?;
+                    if let Some(item) = out.items().first() {
+                        return Ok(Some(to_record(item)));
+                    }
+                    match out.last_evaluated_key {
+                        Some(next) if !next.is_empty() => start = Some(next),
+                        _ => return Ok(None),
+                    }
+                }
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "dynamodb"
+    }
+}

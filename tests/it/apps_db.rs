@@ -1,0 +1,500 @@
+//! Apps from Sockudo's applications table (the `pgsql`/`postgres`, `mysql`
+//! and `dynamodb` app managers), each against a real server the suite
+//! starts: PostgreSQL and MariaDB from Debian's packages in temporary
+//! directories, DynamoDB through moto's server.
+//!
+//! One scenario runs against each, with a worker in-process over a memory
+//! queue and `cache_ttl` 1 s: events are delivered to the table's webhooks;
+//! an app whose `webhooks` is invalid, and a disabled app, have their jobs
+//! dead-lettered with the reason while the others keep flowing; a change in
+//! the table takes effect within the TTL; a database stopped mid-run leaves
+//! the cached apps serving.
+
+use crate::support::inproc::config;
+use crate::support::mariadb::MariaDb;
+use crate::support::moto::Moto;
+use crate::support::postgres::Postgres;
+use crate::support::receiver::Receiver;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, KeySchemaElement, KeyType, ProvisionedThroughput,
+    ScalarAttributeType,
+};
+use hookq_core::job::{EventJob, Job};
+use hookq_core::{Config, Event, LookupError};
+use hookq_producer::Producer;
+use hookq_queue::{DlqFilter, MemoryQueue, Outgoing, QueueDriver};
+use hookq_worker::{Metrics, Worker};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Sockudo's PostgreSQL applications table (the columns hookq reads, plus a few of Sockudo's).
+const PG_SCHEMA: &str = r#"CREATE TABLE applications (
+    id VARCHAR(255) PRIMARY KEY,
+    "key" VARCHAR(255) UNIQUE NOT NULL,
+    secret VARCHAR(255) NOT NULL,
+    max_connections INTEGER NOT NULL DEFAULT 0,
+    enable_client_messages BOOLEAN NOT NULL DEFAULT FALSE,
+    enabled BOOLEAN NOT NULL DEFAULT TRUE,
+    webhooks JSONB,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)"#;
+
+/// Sockudo's MySQL applications table (as above).
+const MYSQL_SCHEMA: &str = r#"CREATE TABLE applications (
+    id VARCHAR(255) PRIMARY KEY,
+    `key` VARCHAR(255) UNIQUE NOT NULL,
+    secret VARCHAR(255) NOT NULL,
+    max_connections INT UNSIGNED NOT NULL DEFAULT 0,
+    enable_client_messages BOOLEAN NOT NULL DEFAULT FALSE,
+    enabled BOOLEAN NOT NULL DEFAULT TRUE,
+    webhooks JSON,
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP
+)"#;
+
+enum Db {
+    Pg(Postgres, sqlx::PgPool),
+    My(MariaDb, sqlx::MySqlPool),
+    Dynamo(aws_sdk_dynamodb::Client, String),
+}
+
+struct Row<'a> {
+    id: &'a str,
+    key: &'a str,
+    secret: &'a str,
+    enabled: bool,
+    webhooks: Value,
+}
+
+impl Db {
+    async fn postgres() -> Db {
+        let pg = Postgres::start();
+        let url = pg.url();
+        let pool = retry_connect(|| sqlx::PgPool::connect(&url)).await;
+        sqlx::query(PG_SCHEMA).execute(&pool).await.unwrap();
+        Db::Pg(pg, pool)
+    }
+
+    async fn mariadb() -> Db {
+        let db = MariaDb::start();
+        let url = db.url();
+        let root = retry_connect(|| sqlx::MySqlPool::connect(&url)).await;
+        sqlx::query("CREATE DATABASE sockudo")
+            .execute(&root)
+            .await
+            .unwrap();
+        let pool = sqlx::MySqlPool::connect(&format!("{}/sockudo", db.url()))
+            .await
+            .unwrap();
+        sqlx::query(MYSQL_SCHEMA).execute(&pool).await.unwrap();
+        Db::My(db, pool)
+    }
+
+    async fn dynamodb(table: &str) -> Db {
+        let moto = Moto::shared();
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(moto.endpoint_url())
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .load()
+            .await;
+        let client = aws_sdk_dynamodb::Client::new(&conf);
+        client
+            .create_table()
+            .table_name(table)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("id")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("id")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
+            .provisioned_throughput(
+                ProvisionedThroughput::builder()
+                    .read_capacity_units(5)
+                    .write_capacity_units(5)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        Db::Dynamo(client, table.to_string())
+    }
+
+    /// The config's `app_manager` and `database` sections for this database, with `cache_ttl` 1 s.
+    fn settings(&self) -> (Value, Value) {
+        match self {
+            Db::Pg(pg, _) => {
+                let mut s = pg.settings();
+                s["cache_ttl"] = json!(1);
+                (json!({"driver": "pgsql"}), json!({"postgres": s}))
+            }
+            Db::My(db, _) => {
+                let mut s = db.settings();
+                s["cache_ttl"] = json!(1);
+                (json!({"driver": "mysql"}), json!({"mysql": s}))
+            }
+            Db::Dynamo(_, table) => (
+                json!({"driver": "dynamodb"}),
+                json!({"dynamodb": {"table_name": table, "region": "us-east-1",
+                    "endpoint_url": Moto::shared().endpoint_url(), "cache_ttl": 1}}),
+            ),
+        }
+    }
+
+    async fn upsert(&self, r: Row<'_>) {
+        let webhooks = r.webhooks.to_string();
+        match self {
+            Db::Pg(_, pool) => {
+                sqlx::query(
+                    r#"INSERT INTO applications (id, "key", secret, enabled, webhooks)
+                       VALUES ($1, $2, $3, $4, $5::jsonb)
+                       ON CONFLICT (id) DO UPDATE SET "key" = $2, secret = $3, enabled = $4,
+                         webhooks = $5::jsonb, updated_at = now()"#,
+                )
+                .bind(r.id)
+                .bind(r.key)
+                .bind(r.secret)
+                .bind(r.enabled)
+                .bind(&webhooks)
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+            Db::My(_, pool) => {
+                sqlx::query(
+                    "INSERT INTO applications (id, `key`, secret, enabled, webhooks)
+                     VALUES (?, ?, ?, ?, ?)
+                     ON DUPLICATE KEY UPDATE `key` = VALUES(`key`), secret = VALUES(secret),
+                       enabled = VALUES(enabled), webhooks = VALUES(webhooks)",
+                )
+                .bind(r.id)
+                .bind(r.key)
+                .bind(r.secret)
+                .bind(r.enabled)
+                .bind(&webhooks)
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+            Db::Dynamo(client, table) => {
+                client
+                    .put_item()
+                    .table_name(table)
+                    .item("id", AttributeValue::S(r.id.into()))
+                    .item("key", AttributeValue::S(r.key.into()))
+                    .item("secret", AttributeValue::S(r.secret.into()))
+                    .item("enabled", AttributeValue::Bool(r.enabled))
+                    .item("webhooks", AttributeValue::S(webhooks))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    /// Stops the database server (for DynamoDB: deletes the table, so every read fails).
+    async fn stop(&mut self) {
+        match self {
+            Db::Pg(pg, pool) => {
+                pool.close().await;
+                pg.stop();
+            }
+            Db::My(db, pool) => {
+                pool.close().await;
+                db.stop();
+            }
+            Db::Dynamo(client, table) => {
+                client
+                    .delete_table()
+                    .table_name(table.as_str())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+async fn retry_connect<P, F, Fut>(connect: F) -> P
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<P, sqlx::Error>>,
+{
+    let start = Instant::now();
+    loop {
+        match connect().await {
+            Ok(p) => return p,
+            Err(e) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "cannot connect: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+fn hook(url: String) -> Value {
+    json!([{"url": url, "event_types": ["channel_occupied"]}])
+}
+
+/// A job for `app_id` pushed straight onto the queue, as a producer that knows nothing of the app would.
+async fn push_raw(queue: &Arc<dyn QueueDriver>, app_id: &str, channel: &str) {
+    let job = EventJob::new(app_id, Event::channel_occupied(channel));
+    let id = job.id.clone();
+    queue
+        .push(vec![Outgoing::now(id, app_id, Job::Event(job).encode())])
+        .await
+        .unwrap();
+}
+
+async fn publish(producer: &Producer, app: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        producer
+            .publish(app, Event::channel_occupied(format!("{prefix}-{i}")))
+            .await
+            .unwrap();
+    }
+}
+
+async fn scenario(mut db: Db) {
+    let r = Receiver::start(&[("key-1", "secret-1"), ("key-3", "secret-3")]).await;
+    db.upsert(Row {
+        id: "app-1",
+        key: "key-1",
+        secret: "secret-1",
+        enabled: true,
+        webhooks: hook(r.url("/a")),
+    })
+    .await;
+    db.upsert(Row {
+        id: "app-2",
+        key: "key-2",
+        secret: "secret-2",
+        enabled: true,
+        webhooks: json!([{"url": r.url("/bad"), "event_types": ["channel_occupied"]},
+                         {"url": r.url("/bad"), "event_types": ["no_such_event"]}]),
+    })
+    .await;
+    db.upsert(Row {
+        id: "app-3",
+        key: "key-3",
+        secret: "secret-3",
+        enabled: false,
+        webhooks: hook(r.url("/c")),
+    })
+    .await;
+
+    let mut c = config(json!([]), json!({}));
+    let (app_manager, database) = db.settings();
+    c["app_manager"] = app_manager;
+    c["database"] = database;
+    let (config, _) = Config::parse(&c.to_string(), |_| None).unwrap();
+    let config = Arc::new(config);
+    let registry = hookq_apps::open(&config).await.unwrap();
+    let queue: Arc<dyn QueueDriver> = Arc::new(MemoryQueue::from_settings(&config.queue.memory));
+    let worker = Worker::with_apps(
+        config.clone(),
+        registry.clone(),
+        queue.clone(),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker.run(stop.clone()));
+    let producer = Producer::with_apps(queue.clone(), registry.clone());
+
+    // Delivery from the table's webhooks, signed with the table's key and secret.
+    publish(&producer, "app-1", "first", 5).await;
+    r.wait_for("5 events on /a", Duration::from_secs(15), |r| {
+        r.delivered_events("/a").len() == 5
+    })
+    .await;
+    let req = &r.requests("/a")[0];
+    assert_eq!(req.header("x-pusher-key"), Some("key-1"));
+    assert!(registry.is_ready());
+
+    // Invalid webhooks and a disabled app: dead-lettered with the reason; app-1 flows on.
+    push_raw(&queue, "app-2", "x").await;
+    push_raw(&queue, "app-2", "y").await;
+    push_raw(&queue, "app-3", "z").await;
+    publish(&producer, "app-1", "second", 2).await;
+    let start = Instant::now();
+    let dlq = loop {
+        let dlq = queue.dlq_list(&DlqFilter::default()).await.unwrap();
+        if dlq.len() >= 3 {
+            break dlq;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "DLQ: {dlq:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(dlq.len(), 3, "{dlq:?}");
+    let invalid: Vec<_> = dlq
+        .iter()
+        .filter(|e| e.app_id.as_deref() == Some("app-2"))
+        .collect();
+    assert_eq!(invalid.len(), 2, "{dlq:?}");
+    for e in &invalid {
+        assert!(e.reason.contains("app-2"), "{}", e.reason);
+        assert!(
+            e.reason.contains("webhooks[1].event_types[0]"),
+            "{}",
+            e.reason
+        );
+    }
+    let disabled: Vec<_> = dlq
+        .iter()
+        .filter(|e| e.app_id.as_deref() == Some("app-3"))
+        .collect();
+    assert_eq!(disabled.len(), 1, "{dlq:?}");
+    assert_eq!(disabled[0].reason, "app disabled");
+    r.wait_for("7 events on /a", Duration::from_secs(15), |r| {
+        r.delivered_events("/a").len() == 7
+    })
+    .await;
+    assert!(r.requests("/bad").is_empty() && r.requests("/c").is_empty());
+    match producer
+        .publish("app-2", Event::channel_occupied("p"))
+        .await
+    {
+        Err(e) => assert!(e.to_string().contains("webhooks[1]"), "{e}"),
+        Ok(p) => panic!("published for an invalid app: {p:?}"),
+    }
+
+    // A change in the table takes effect within cache_ttl (1 s).
+    db.upsert(Row {
+        id: "app-1",
+        key: "key-1",
+        secret: "secret-1",
+        enabled: true,
+        webhooks: hook(r.url("/b")),
+    })
+    .await;
+    let changed = Instant::now();
+    loop {
+        publish(&producer, "app-1", "moved", 1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !r.requests("/b").is_empty() {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(5),
+            "the change never took effect"
+        );
+    }
+    let took = changed.elapsed();
+    assert!(took < Duration::from_millis(2500), "change took {took:?}");
+
+    // The database stops: cached apps keep serving, even past their TTL.
+    db.stop().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = r.delivered_events("/b").len();
+    publish(&producer, "app-1", "down", 3).await;
+    r.wait_for("3 more events on /b", Duration::from_secs(20), |r| {
+        r.delivered_events("/b").len() >= before + 3
+    })
+    .await;
+    assert!(
+        registry.is_ready(),
+        "cached apps resolve, so the worker is ready"
+    );
+    // An app never seen cannot be resolved: unavailable, and not ready.
+    match registry.app("never-seen").await {
+        Err(LookupError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(!registry.is_ready());
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_apps_deliver_reload_and_survive_an_outage() {
+    scenario(Db::postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_apps_deliver_reload_and_survive_an_outage() {
+    scenario(Db::mariadb().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_apps_deliver_reload_and_survive_an_outage() {
+    let table = format!("apps-{}", hookq_core::new_id("t"));
+    scenario(Db::dynamodb(&table).await).await;
+}
+
+/// The `hookq worker` binary with `app_manager.driver` `pgsql`: delivers to
+/// the table's webhooks, and `/ready` stays 200 while the database is down
+/// and every app it is asked for is cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_binary_reads_apps_from_postgres() {
+    use crate::support::process::{WorkerProcess, temp_dir};
+    use crate::support::redis_server::RedisServer;
+    use hookq_queue::redis::RedisQueue;
+
+    let redis = RedisServer::start();
+    let mut db = Db::postgres().await;
+    let r = Receiver::start(&[("key-1", "secret-1")]).await;
+    db.upsert(Row {
+        id: "app-1",
+        key: "key-1",
+        secret: "secret-1",
+        enabled: true,
+        webhooks: hook(r.url("/a")),
+    })
+    .await;
+    let mut c = config(json!([]), json!({}));
+    let (app_manager, database) = db.settings();
+    c["app_manager"] = app_manager;
+    c["database"] = database;
+    c["queue"] = json!({"driver": "redis", "redis": {"url": redis.url(), "prefix": "appsdb"}});
+    let dir = temp_dir("apps-db-worker");
+    let w = WorkerProcess::start(&dir, "w1", &c).await;
+
+    let (pconfig, _) = Config::parse(&c.to_string(), |_| None).unwrap();
+    let pconfig = Arc::new(pconfig);
+    let queue: Arc<dyn QueueDriver> =
+        Arc::new(RedisQueue::connect(&pconfig.queue.redis).await.unwrap());
+    let producer = Producer::with_apps(queue, hookq_apps::open(&pconfig).await.unwrap());
+    publish(&producer, "app-1", "bin", 3).await;
+    r.wait_for("3 events on /a", Duration::from_secs(20), |r| {
+        r.delivered_events("/a").len() == 3
+    })
+    .await;
+    assert_eq!(w.get("/ready").await.map(|(s, _)| s), Some(200));
+
+    db.stop().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    publish(&producer, "app-1", "down", 2).await;
+    r.wait_for("2 more events on /a", Duration::from_secs(20), |r| {
+        r.delivered_events("/a").len() == 5
+    })
+    .await;
+    assert_eq!(
+        w.get("/ready").await.map(|(s, _)| s),
+        Some(200),
+        "{}",
+        w.log_text()
+    );
+}

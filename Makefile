@@ -40,3 +40,71 @@ it: build-bin
 	$(CARGO) test --workspace --doc
 
 test: test-deps lint it
+
+.PHONY: images
+
+## Docker (docs/operations.md). `make images` builds the hookq image from a
+## release binary (deploy/Dockerfile) and the example receiver's image.
+## LOCAL_BASE=1 for a machine without a registry: the base images are then
+## made here by deploy/make-base-image.sh (debootstrap; needs root) instead
+## of pulled.
+HOOKQ_IMAGE ?= hookq:local
+RECEIVER_IMAGE ?= hookq-example-receiver:local
+LOCAL_BASE ?=
+ifeq ($(LOCAL_BASE),1)
+BASE_IMAGE ?= hookq-local/debian:bookworm-slim
+PYTHON_IMAGE ?= hookq-local/python:3-bookworm
+REDIS_IMAGE ?= hookq-local/redis:7-bookworm
+else
+BASE_IMAGE ?= debian:bookworm-slim
+PYTHON_IMAGE ?= python:3-slim
+REDIS_IMAGE ?= redis:7
+endif
+## The release profile keeps line tables (~100 MB); the image drops them
+## (symbols stay, so backtraces keep function names). IMAGE_STRIP=true keeps them.
+IMAGE_STRIP ?= strip --strip-debug
+WORKERS ?= 3
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+COMPOSE_IMAGES = HOOKQ_IMAGE=$(HOOKQ_IMAGE) RECEIVER_IMAGE=$(RECEIVER_IMAGE) REDIS_IMAGE=$(REDIS_IMAGE)
+
+images:
+ifeq ($(LOCAL_BASE),1)
+	BASE_IMAGE=$(BASE_IMAGE) PYTHON_IMAGE=$(PYTHON_IMAGE) REDIS_IMAGE=$(REDIS_IMAGE) deploy/make-base-image.sh
+endif
+	$(CARGO) build --release -p hookq-worker --bin hookq
+	rm -rf target/image && mkdir -p target/image && cp -p target/release/hookq target/image/hookq
+	$(IMAGE_STRIP) target/image/hookq
+	docker build -q -f deploy/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(HOOKQ_IMAGE) target/image
+	docker build -q --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(RECEIVER_IMAGE) deploy/receiver
+
+## redis + WORKERS workers + the example receiver (docker-compose.yml), from `make images`.
+up: images
+	$(COMPOSE_IMAGES) $(COMPOSE) up -d --no-build --scale worker=$(WORKERS)
+	@echo "receiver: curl -s 127.0.0.1:8000/stats; logs: $(COMPOSE) logs -f receiver; stop: make down"
+
+## Stops and removes the containers; Redis's data volume stays (docker compose down -v drops it).
+down:
+	$(COMPOSE_IMAGES) $(COMPOSE) down
+
+## The compose end-to-end test: 10,000 events, 3 workers, one SIGKILLed (scripts/e2e-compose.sh).
+e2e-compose:
+	./scripts/e2e-compose.sh
+
+.PHONY: bench-build bench-quick bench-micro
+
+## The benchmark's release binaries (the worker it runs, and the benchmark itself).
+bench-build:
+	$(CARGO) build --release -p hookq-worker -p hookq-bench --bin hookq --bin hookq-bench
+
+## The end-to-end benchmark with its ceilings (docs/benchmark.md): a table on
+## stdout, JSON in target/bench/. Needs redis-server and redis-benchmark.
+bench: bench-build
+	./target/release/hookq-bench --hookq target/release/hookq --out target/bench
+
+## The same with smaller counts (about 40 s), to try it out.
+bench-quick: bench-build
+	./target/release/hookq-bench --hookq target/release/hookq --out target/bench --quick
+
+## Criterion micro-benchmarks: signing, envelope encoding, job decoding, batcher.
+bench-micro:
+	$(CARGO) bench -p hookq-bench

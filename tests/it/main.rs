@@ -9,6 +9,7 @@ mod cli;
 mod conformance;
 mod delivery;
 mod lambda;
+mod manifests;
 mod memory;
 mod redis_queue;
 mod redis_workers;

@@ -1,0 +1,769 @@
+//! The deployment files users copy: every YAML file parses; the Kubernetes
+//! worker's probes point at routes a real worker serves, on the admin port of
+//! the config in the ConfigMap; grace periods outlast the shutdown timeout;
+//! selectors, Service annotations and KEDA triggers match the Deployment and
+//! the config; every shipped config passes `hookq check-config`; the two
+//! Dockerfiles' runtime stages agree. (`make e2e-compose` runs the compose
+//! file itself.)
+
+use crate::support::process::{WorkerProcess, hookq, temp_dir};
+use crate::support::redis_server::RedisServer;
+use hookq_core::Config;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
+}
+
+/// Every document of a YAML file, as JSON values (a document is what lies
+/// between lines that are exactly `---`).
+fn yaml_documents(rel: &str) -> Vec<Value> {
+    let text = read(rel);
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut push = |doc: &str| {
+        let has_content = doc
+            .lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+        if has_content {
+            let v: Value = serde_norway::from_str(doc).unwrap_or_else(|e| {
+                panic!("{rel}: document {} is not valid YAML: {e}", docs.len() + 1)
+            });
+            docs.push(v);
+        }
+    };
+    for line in text.lines() {
+        if line.trim_end() == "---" {
+            push(&current);
+            current.clear();
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    push(&current);
+    docs
+}
+
+/// The Kubernetes manifests by file name.
+fn kubernetes() -> BTreeMap<String, Vec<Value>> {
+    let dir = root().join("deploy/kubernetes");
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).expect("deploy/kubernetes exists") {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".yaml") || name.ends_with(".yml") {
+            let docs = yaml_documents(&format!("deploy/kubernetes/{name}"));
+            files.insert(name, docs);
+        }
+    }
+    assert!(
+        files.len() >= 6,
+        "expected the worker's manifests, found {:?}",
+        files.keys()
+    );
+    files
+}
+
+/// Every object of a kind, over all files.
+fn objects(kind: &str) -> Vec<Value> {
+    kubernetes()
+        .into_values()
+        .flatten()
+        .filter(|d| d["kind"] == kind)
+        .collect()
+}
+
+fn one(kind: &str) -> Value {
+    let mut all = objects(kind);
+    assert_eq!(all.len(), 1, "expected exactly one {kind}");
+    all.remove(0)
+}
+
+fn deployment() -> Value {
+    let d = one("Deployment");
+    assert_eq!(d["metadata"]["name"], "hookq-worker");
+    d
+}
+
+fn container(deployment: &Value) -> Value {
+    let containers = deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    containers
+        .iter()
+        .find(|c| c["name"] == "hookq")
+        .cloned()
+        .expect("a container named hookq")
+}
+
+/// The ConfigMap's config.json: its text and the config hookq reads from it.
+fn configmap_config() -> (String, Config) {
+    let cm = one("ConfigMap");
+    let text = cm["data"]["config.json"]
+        .as_str()
+        .expect("the ConfigMap has data.config.json")
+        .to_string();
+    let (config, _) =
+        Config::parse(&text, |_| None).unwrap_or_else(|e| panic!("the ConfigMap's config: {e}"));
+    (text, config)
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.parse::<std::net::SocketAddr>()
+        .expect("an ip:port")
+        .port()
+}
+
+/// A probe's or Service's port, named or numbered, as the container's port number.
+fn resolve_port(port: &Value, container: &Value) -> u16 {
+    match port {
+        Value::Number(n) => n.as_u64().expect("a port number") as u16,
+        Value::String(name) => container["ports"]
+            .as_array()
+            .expect("container ports")
+            .iter()
+            .find(|p| p["name"] == name.as_str())
+            .and_then(|p| p["containerPort"].as_u64())
+            .unwrap_or_else(|| panic!("no container port named {name:?}"))
+            as u16,
+        other => panic!("unexpected port {other}"),
+    }
+}
+
+/// `host:port` of a `redis://[user:password@]host[:port][/db]` URL.
+fn redis_address(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let host_port = rest.split('/').next().unwrap();
+    if host_port.contains(':') {
+        host_port.to_string()
+    } else {
+        format!("{host_port}:6379")
+    }
+}
+
+fn labels_match(selector: &Value, labels: &Value) -> bool {
+    let wanted = selector.as_object().expect("matchLabels");
+    !wanted.is_empty() && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Seconds of a compose duration: "30s", "1m30s", "90".
+fn compose_seconds(d: &str) -> f64 {
+    let mut total = 0.0;
+    let mut number = String::new();
+    for c in d.chars() {
+        if c.is_ascii_digit() || c == '.' {
+            number.push(c);
+            continue;
+        }
+        let n: f64 = number
+            .parse()
+            .unwrap_or_else(|_| panic!("bad duration {d:?}"));
+        number.clear();
+        total += n * match c {
+            'h' => 3600.0,
+            'm' => 60.0,
+            's' => 1.0,
+            _ => panic!("unsupported unit in duration {d:?}"),
+        };
+    }
+    if !number.is_empty() {
+        total += number.parse::<f64>().unwrap();
+    }
+    total
+}
+
+/// The repository path of the config a compose service reads: its
+/// `HOOKQ_CONFIG` (or `RECEIVER_CONFIG`) inside a directory it mounts.
+fn compose_config_file(service: &Value) -> String {
+    let env = &service["environment"];
+    let inside = env["HOOKQ_CONFIG"]
+        .as_str()
+        .or(env["RECEIVER_CONFIG"].as_str())
+        .expect("the service names its config file");
+    for volume in service["volumes"].as_array().into_iter().flatten() {
+        let mut parts = volume.as_str().unwrap().split(':');
+        let (host, container) = (parts.next().unwrap(), parts.next().unwrap());
+        if let Some(rest) = inside.strip_prefix(&format!("{container}/")) {
+            return format!("{}/{rest}", host.trim_start_matches("./"));
+        }
+        if inside == container {
+            return host.trim_start_matches("./").to_string();
+        }
+    }
+    panic!("no volume holds {inside}");
+}
+
+/// `hookq check-config` on a config text; panics with its output when it fails.
+fn check_config(label: &str, text: &str) {
+    let dir = temp_dir("manifests");
+    let path = dir.join(format!("{label}.json"));
+    std::fs::write(&path, text).unwrap();
+    let (ok, out, err) = hookq(&["check-config", "--config", path.to_str().unwrap()]);
+    assert!(ok, "{label}: hookq check-config failed:\n{out}{err}");
+    assert!(out.contains("is valid"), "{label}: {out}");
+}
+
+#[test]
+fn every_yaml_file_parses_and_every_manifest_names_its_kind() {
+    for (file, docs) in kubernetes() {
+        assert!(!docs.is_empty(), "{file} has no document");
+        for d in &docs {
+            let kind = d["kind"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{file}: a document without kind"));
+            assert!(
+                d["apiVersion"].is_string(),
+                "{file}: {kind} without apiVersion"
+            );
+            if kind != "Kustomization" {
+                assert!(
+                    d["metadata"]["name"].is_string(),
+                    "{file}: {kind} without metadata.name"
+                );
+            }
+        }
+    }
+    for rel in [
+        "docker-compose.yml",
+        "deploy/prometheus.yml",
+        "deploy/prometheus-alerts.yml",
+    ] {
+        assert_eq!(yaml_documents(rel).len(), 1, "{rel}: one document");
+    }
+    let kinds: Vec<String> = kubernetes()
+        .into_values()
+        .flatten()
+        .filter_map(|d| d["kind"].as_str().map(String::from))
+        .collect();
+    for kind in [
+        "Deployment",
+        "ConfigMap",
+        "Service",
+        "PodDisruptionBudget",
+        "ScaledObject",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "no {kind} in deploy/kubernetes"
+        );
+    }
+}
+
+#[test]
+fn every_shipped_config_passes_check_config() {
+    let (text, _) = configmap_config();
+    check_config("configmap", &text);
+    for entry in std::fs::read_dir(root().join("deploy/config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let label = path.file_stem().unwrap().to_string_lossy().into_owned();
+            check_config(&label, &std::fs::read_to_string(&path).unwrap());
+        }
+    }
+}
+
+#[test]
+fn probes_use_the_admin_routes_on_the_configmap_admin_port() {
+    let d = deployment();
+    let c = container(&d);
+    let (_, config) = configmap_config();
+    let admin_port = port_of(&config.worker.admin_addr);
+    for (probe, paths) in [
+        ("readinessProbe", &["/ready"][..]),
+        ("livenessProbe", &["/health"][..]),
+        ("startupProbe", &["/health", "/ready"][..]),
+    ] {
+        let p = &c[probe];
+        if probe == "startupProbe" && p.is_null() {
+            continue;
+        }
+        let get = &p["httpGet"];
+        assert!(get.is_object(), "{probe} is an httpGet probe");
+        let path = get["path"].as_str().unwrap();
+        assert!(
+            paths.contains(&path),
+            "{probe} checks {path}, expected one of {paths:?}"
+        );
+        assert_eq!(
+            resolve_port(&get["port"], &c),
+            admin_port,
+            "{probe} port = worker.admin_addr's port"
+        );
+    }
+    let ports: Vec<u16> = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap() as u16)
+        .collect();
+    assert_eq!(
+        ports,
+        vec![admin_port],
+        "the container exposes the admin port"
+    );
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "config")
+        .cloned();
+    let env_config = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "HOOKQ_CONFIG")
+        .cloned();
+    let (mount, env_config) = (
+        mount.expect("config mounted"),
+        env_config.expect("HOOKQ_CONFIG set"),
+    );
+    assert_eq!(
+        env_config["value"].as_str().unwrap(),
+        format!("{}/config.json", mount["mountPath"].as_str().unwrap()),
+        "HOOKQ_CONFIG names the mounted config.json"
+    );
+    let volume = d["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "config")
+        .cloned();
+    assert_eq!(
+        volume.unwrap()["configMap"]["name"],
+        one("ConfigMap")["metadata"]["name"]
+    );
+}
+
+/// The probe paths, and the Service's metrics path, answer 200 on a real
+/// worker started with the ConfigMap's config (its Redis swapped for the
+/// suite's, its endpoints for a closed local port), and every metric the
+/// alert rules use exists once a request was tried and a job dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_the_configmap_config_serves_the_probe_routes() {
+    let d = deployment();
+    let c = container(&d);
+    let service = one("Service");
+    let (text, _) = configmap_config();
+    let redis = RedisServer::start();
+    let mut config: Value = serde_json::from_str(&hookq_core::jsonc::strip(&text)).unwrap();
+    config["queue"]["redis"]["url"] = json!(redis.url());
+    let closed = format!("http://127.0.0.1:{}/", crate::support::process::free_port());
+    for app in config["app_manager"]["array"]["apps"]
+        .as_array_mut()
+        .unwrap()
+    {
+        for hook in app["webhooks"].as_array_mut().unwrap() {
+            if hook.get("url").is_some() {
+                hook["url"] = json!(closed);
+            }
+        }
+    }
+    let dir = temp_dir("manifests-worker");
+    let mut w = WorkerProcess::start(&dir, "configmap", &config).await;
+    let mut paths: Vec<String> = ["readinessProbe", "livenessProbe", "startupProbe"]
+        .iter()
+        .filter_map(|p| c[*p]["httpGet"]["path"].as_str().map(String::from))
+        .collect();
+    paths.push(
+        service["metadata"]["annotations"]["prometheus.io/path"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+    let start = std::time::Instant::now();
+    for path in &paths {
+        loop {
+            let status = w.get(path).await.map(|(s, _)| s);
+            if status == Some(200) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{path} answers {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Labelled families appear once they have a sample: one malformed job
+    // (dead-lettered) and one event for every app (a refused connection, retried).
+    let (parsed, _) = Config::parse(&text, |_| None).unwrap();
+    let ready = hookq_queue::redis::ready_key(&parsed.queue.redis.prefix);
+    redis
+        .command(&["LPUSH", &ready, "this is not a job"])
+        .unwrap();
+    for app in &parsed.apps {
+        let job = json!({"v": 1, "kind": "event", "id": format!("probe-{}", app.id), "app_id": app.id,
+            "event": {"name": "channel_occupied", "channel": "private-room"}});
+        redis.command(&["LPUSH", &ready, &job.to_string()]).unwrap();
+    }
+    let metrics = loop {
+        let (_, metrics) = w.get("/metrics").await.unwrap();
+        if metrics.contains("hookq_dead_lettered_total{")
+            && metrics.contains("hookq_requests_total{")
+        {
+            break metrics;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no dead letter or request counted:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let families: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let rules = read("deploy/prometheus-alerts.yml");
+    let mut used: Vec<&str> = rules
+        .split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+        .filter(|t| t.starts_with("hookq_"))
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    assert!(!used.is_empty());
+    for name in used {
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            families.contains(&family),
+            "alert rules use {name}, but /metrics has no {family}: {families:?}"
+        );
+    }
+    assert!(w.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn termination_grace_outlasts_the_shutdown_timeout() {
+    let d = deployment();
+    let (_, config) = configmap_config();
+    let grace = d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds is set");
+    let shutdown = config.worker.shutdown_timeout;
+    assert!(
+        Duration::from_secs(grace) > shutdown,
+        "terminationGracePeriodSeconds {grace} s must exceed worker.shutdown_timeout_ms {shutdown:?}"
+    );
+
+    let compose = &yaml_documents("docker-compose.yml")[0];
+    let worker = &compose["services"]["worker"];
+    let file = compose_config_file(worker);
+    let (compose_config, _) = Config::parse(&read(&file), |_| None).unwrap();
+    let stop = compose_seconds(
+        worker["stop_grace_period"]
+            .as_str()
+            .expect("stop_grace_period"),
+    );
+    assert!(
+        stop > compose_config.worker.shutdown_timeout.as_secs_f64(),
+        "compose stop_grace_period {stop} s must exceed {file}'s shutdown timeout"
+    );
+}
+
+#[test]
+fn the_deployment_has_resources_and_runs_as_the_image_user() {
+    let d = deployment();
+    let c = container(&d);
+    for r in ["cpu", "memory"] {
+        assert!(
+            c["resources"]["requests"][r].is_string(),
+            "resources.requests.{r}"
+        );
+    }
+    assert!(
+        c["resources"]["limits"]["memory"].is_string(),
+        "a memory limit"
+    );
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let dockerfile = read("deploy/Dockerfile");
+    let uid: u64 = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG HOOKQ_UID="))
+        .expect("ARG HOOKQ_UID in deploy/Dockerfile")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        pod["securityContext"]["runAsUser"].as_u64(),
+        Some(uid),
+        "runAsUser = the image's user"
+    );
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert!(labels_match(
+        &d["spec"]["selector"]["matchLabels"],
+        &d["spec"]["template"]["metadata"]["labels"]
+    ));
+    assert_eq!(
+        d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0,
+        "rolling upgrades keep capacity"
+    );
+}
+
+#[test]
+fn the_service_and_the_pdb_select_the_worker_pods() {
+    let d = deployment();
+    let c = container(&d);
+    let pod_labels = &d["spec"]["template"]["metadata"]["labels"];
+    let (_, config) = configmap_config();
+    let admin_port = port_of(&config.worker.admin_addr);
+
+    let s = one("Service");
+    assert!(
+        labels_match(&s["spec"]["selector"], pod_labels),
+        "the Service selects the worker pods"
+    );
+    let annotations = &s["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(
+        annotations["prometheus.io/port"],
+        admin_port.to_string(),
+        "scrape port = admin port"
+    );
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    let ports = s["spec"]["ports"].as_array().unwrap();
+    assert!(
+        ports
+            .iter()
+            .any(|p| resolve_port(&p["targetPort"], &c) == admin_port),
+        "the Service targets the admin port"
+    );
+
+    let pdb = one("PodDisruptionBudget");
+    assert_eq!(pdb["apiVersion"], "policy/v1");
+    assert!(
+        labels_match(&pdb["spec"]["selector"]["matchLabels"], pod_labels),
+        "the PDB selects the worker pods"
+    );
+    assert!(
+        pdb["spec"]["maxUnavailable"].is_number() || pdb["spec"]["minAvailable"].is_number(),
+        "the PDB sets a budget"
+    );
+}
+
+#[test]
+fn keda_scales_the_worker_on_the_redis_list_and_on_the_sqs_queue() {
+    let (_, config) = configmap_config();
+    let scaled = objects("ScaledObject");
+    let trigger_of = |kind: &str| -> (Value, Value) {
+        let so = scaled
+            .iter()
+            .find(|so| {
+                so["spec"]["triggers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t["type"] == kind)
+            })
+            .unwrap_or_else(|| panic!("a ScaledObject with a {kind} trigger"))
+            .clone();
+        assert_eq!(so["apiVersion"], "keda.sh/v1alpha1");
+        assert_eq!(
+            so["spec"]["scaleTargetRef"]["name"], "hookq-worker",
+            "{kind}: scales the worker Deployment"
+        );
+        let min = so["spec"]["minReplicaCount"].as_u64().unwrap_or(0);
+        let max = so["spec"]["maxReplicaCount"]
+            .as_u64()
+            .expect("maxReplicaCount");
+        assert!(min <= max);
+        let t = so["spec"]["triggers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == kind)
+            .unwrap()
+            .clone();
+        (so, t)
+    };
+
+    let (so, redis) = trigger_of("redis");
+    assert!(
+        so["spec"]["minReplicaCount"].as_u64().unwrap_or(0) >= 1,
+        "Redis needs a worker to move due retries"
+    );
+    let m = &redis["metadata"];
+    assert_eq!(
+        m["listName"].as_str().unwrap(),
+        hookq_queue::redis::ready_key(&config.queue.redis.prefix),
+        "the scaler watches the ready list of the ConfigMap's prefix"
+    );
+    let address = redis_address(&config.queue.redis.url);
+    assert_eq!(
+        m["address"].as_str().unwrap(),
+        address,
+        "the scaler reads the workers' Redis"
+    );
+    assert!(
+        m["listLength"].as_str().unwrap().parse::<u64>().unwrap() > 0,
+        "listLength is a positive string"
+    );
+    if let Some(auth) = redis["authenticationRef"]["name"].as_str() {
+        assert!(
+            objects("TriggerAuthentication")
+                .iter()
+                .any(|a| a["metadata"]["name"] == auth)
+        );
+    }
+
+    let (_, sqs) = trigger_of("aws-sqs-queue");
+    let m = &sqs["metadata"];
+    assert!(
+        m["queueURL"].as_str().unwrap().starts_with("https://sqs."),
+        "queueURL"
+    );
+    assert!(m["awsRegion"].is_string(), "awsRegion");
+    assert!(
+        m["queueLength"].as_str().unwrap().parse::<u64>().unwrap() > 0,
+        "queueLength is a positive string"
+    );
+    let auth = sqs["authenticationRef"]["name"]
+        .as_str()
+        .expect("the SQS trigger authenticates");
+    assert!(
+        objects("TriggerAuthentication")
+            .iter()
+            .any(|a| a["metadata"]["name"] == auth)
+    );
+
+    // One ScaledObject per Deployment: the kustomization applies exactly one,
+    // and names files that exist.
+    let files = kubernetes();
+    let kustomization = &files["kustomization.yaml"][0];
+    let resources: Vec<&str> = kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    for r in &resources {
+        assert!(
+            files.contains_key(*r),
+            "kustomization.yaml lists {r}, which does not exist"
+        );
+    }
+    let applied = resources
+        .iter()
+        .filter(|r| files[**r].iter().any(|d| d["kind"] == "ScaledObject"))
+        .count();
+    assert_eq!(
+        applied, 1,
+        "kustomization.yaml applies exactly one ScaledObject"
+    );
+}
+
+#[test]
+fn the_compose_file_runs_redis_durably_and_workers_from_variables() {
+    let compose = &yaml_documents("docker-compose.yml")[0];
+    let services = &compose["services"];
+    let redis = &services["redis"];
+    let command: Vec<&str> = redis["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let arg = |name: &str| {
+        command
+            .iter()
+            .position(|a| *a == name)
+            .map(|i| command[i + 1])
+    };
+    assert_eq!(arg("--appendonly"), Some("yes"), "Redis persists with AOF");
+    assert_eq!(
+        arg("--maxmemory-policy"),
+        Some("noeviction"),
+        "Redis never evicts jobs"
+    );
+    for (service, var) in [
+        ("redis", "REDIS_IMAGE"),
+        ("worker", "HOOKQ_IMAGE"),
+        ("receiver", "RECEIVER_IMAGE"),
+    ] {
+        let image = services[service]["image"].as_str().unwrap();
+        assert!(
+            image.starts_with(&format!("${{{var}:-")),
+            "{service}'s image comes from ${var} with a default: {image}"
+        );
+    }
+    for (name, s) in services.as_object().unwrap() {
+        for p in s["ports"].as_array().into_iter().flatten() {
+            assert!(
+                p.as_str().unwrap().starts_with("127.0.0.1:"),
+                "{name} publishes {p} beyond 127.0.0.1"
+            );
+        }
+    }
+    let file = compose_config_file(&services["worker"]);
+    assert_eq!(
+        compose_config_file(&services["receiver"]),
+        file,
+        "the receiver reads the workers' config"
+    );
+    let (config, _) = Config::parse(&read(&file), |_| None).unwrap();
+    assert!(
+        config.webhooks.event_ids,
+        "the compose config sends event ids (the receiver de-duplicates on them)"
+    );
+    assert!(
+        read("deploy/Dockerfile").contains("HEALTHCHECK"),
+        "the image has a HEALTHCHECK"
+    );
+    assert_eq!(
+        port_of(&config.worker.admin_addr),
+        9090,
+        "the image's HEALTHCHECK URL uses port 9090"
+    );
+}
+
+/// deploy/Dockerfile.build's runtime stage is deploy/Dockerfile's, but for
+/// where the binary comes from.
+#[test]
+fn the_two_dockerfiles_build_the_same_runtime_image() {
+    fn runtime_stage(text: &str) -> Vec<String> {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+            .collect();
+        let last_from = lines
+            .iter()
+            .rposition(|l| l.starts_with("FROM "))
+            .expect("a FROM");
+        lines[last_from..]
+            .iter()
+            .filter(|l| !l.starts_with("COPY "))
+            .map(|l| l.to_string())
+            .collect()
+    }
+    let plain = read("deploy/Dockerfile");
+    let multi = read("deploy/Dockerfile.build");
+    assert_eq!(runtime_stage(&plain), runtime_stage(&multi));
+    for text in [&plain, &multi] {
+        assert!(
+            text.contains("ARG BASE_IMAGE="),
+            "the base image is a build argument"
+        );
+        assert!(text.contains("FROM ${BASE_IMAGE}"));
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("USER ") && !l.contains("root") && !l.contains(" 0"))
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.contains("HEALTHCHECK") || l.contains("/health"))
+        );
+        assert!(text.contains("ca-certificates"));
+    }
+}

@@ -30,14 +30,15 @@ lint:
 build-bin:
 	$(CARGO) build -p hookq-worker --bin hookq
 
-# nextest runs each test in its own process, in parallel; doc tests run apart.
+# Doc tests first, then nextest (each test in its own process, in parallel),
+# whose summary closes the run.
 it: build-bin
+	$(CARGO) test --workspace --doc
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
 	  $(CARGO) test --workspace --no-fail-fast; \
 	fi
-	$(CARGO) test --workspace --doc
 
 test: test-deps lint it
 

@@ -415,13 +415,15 @@ impl Config {
 
     /// The longest request timeout of any endpoint (or the default when there are none).
     pub fn longest_request_timeout(&self) -> Duration {
-        self.apps
-            .iter()
-            .flat_map(|a| a.endpoints.iter().map(|e| e.request_timeout))
-            .max()
-            .unwrap_or(self.webhooks.request_timeout)
-            .max(self.webhooks.request_timeout)
+        longest_request_timeout(&self.apps, self.webhooks.request_timeout)
     }
+}
+
+/// The longest request timeout of any endpoint of `apps`, and at least `default`.
+fn longest_request_timeout(apps: &[Arc<App>], default: Duration) -> Duration {
+    apps.iter()
+        .flat_map(|a| a.endpoints.iter().map(|e| e.request_timeout))
+        .fold(default, Duration::max)
 }
 
 /// Top-level sections of Sockudo's config that hookq reads nothing from.
@@ -483,10 +485,7 @@ fn read_root(root: &Value, d: &mut Diagnostics) -> Option<Config> {
     let worker = read_worker(&mut top.obj("worker", d), d);
     let mut app_manager_obj = top.obj("app_manager", d);
     let (apps, driver, cache_ttl) = read_app_manager(&mut app_manager_obj, &webhooks, &worker, d);
-    let longest_request = apps
-        .iter()
-        .flat_map(|a| a.endpoints.iter().map(|e| e.request_timeout))
-        .fold(webhooks.request_timeout, Duration::max);
+    let longest_request = longest_request_timeout(&apps, webhooks.request_timeout);
     let mut database = top.obj("database", d);
     let queue = read_queue(
         &mut top.obj("queue", d),

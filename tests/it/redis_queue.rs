@@ -115,6 +115,41 @@ async fn an_external_lpush_is_received() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_extend_keeps_more_holds_than_a_script_chunk() {
+    // The claim and extend scripts work in chunks (unpack's stack limit):
+    // 1,200 holds span three extend chunks and two claims.
+    const N: usize = 1200;
+    let prefix = unique_prefix();
+    let a = driver(&shared().url(), &prefix).await;
+    let b = driver(&shared().url(), &prefix).await;
+    let jobs = (0..N)
+        .map(|i| Outgoing::now(format!("{i}"), "app", format!("{{\"n\":{i}}}")))
+        .collect();
+    a.push(jobs).await.unwrap();
+    let held = receive_n(&a, N, Duration::from_secs(10)).await;
+    assert_eq!(held.len(), N);
+    let mut tokens: Vec<&str> = held.iter().map(|r| r.handle.0.as_str()).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    assert_eq!(tokens.len(), N, "every claim has a token of its own");
+
+    // Twice the hold, extended every half hold: nothing may be reclaimed.
+    for _ in 0..4 {
+        tokio::time::sleep(HOLD / 2).await;
+        a.extend(&handles(&held)).await.unwrap();
+    }
+    let stolen = b.receive(N, Duration::ZERO).await.unwrap();
+    assert!(
+        stolen.is_empty(),
+        "{} extended holds were reclaimed",
+        stolen.len()
+    );
+    a.ack(&handles(&held)).await.unwrap();
+    let d = a.depth().await.unwrap();
+    assert_eq!((d.ready, d.delayed, d.held, d.dead), (0, 0, 0, 0), "{d:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_never_hold_one_job_and_reclaim_an_expired_lease() {
     let prefix = unique_prefix();
     let a = driver(&shared().url(), &prefix).await;

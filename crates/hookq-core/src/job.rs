@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub const VERSION: u32 = 1;
 
 /// One queue message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Job {
     /// A new event for an app, to fan out to every endpoint that wants it.
@@ -79,6 +79,9 @@ pub enum JobError {
     /// Not JSON, or not the shape of a job.
     #[error("malformed job: {0}")]
     Malformed(#[from] serde_json::Error),
+    /// A field its kind requires is absent.
+    #[error("malformed job: missing field `{0}`")]
+    Missing(&'static str),
     /// A wire format version this worker does not know.
     #[error("unsupported job version {0} (this worker reads {VERSION})")]
     Version(u32),
@@ -96,34 +99,52 @@ pub enum JobError {
 impl Job {
     /// Parses and checks a queue message. An event job's event gets the job id as its id.
     pub fn decode(text: &str) -> Result<Job, JobError> {
-        let mut job: Job = serde_json::from_str(text)?;
-        let (v, app_id) = match &job {
-            Job::Event(j) => (j.v, &j.app_id),
-            Job::Retry(j) => (j.v, &j.app_id),
-        };
-        if v != VERSION {
-            return Err(JobError::Version(v));
+        let wire: Wire = serde_json::from_str(text)?;
+        if wire.v != VERSION {
+            return Err(JobError::Version(wire.v));
         }
-        if app_id.is_empty() {
+        if wire.app_id.is_empty() {
             return Err(JobError::NoApp);
         }
-        match &mut job {
-            Job::Event(j) => {
-                j.event.validate()?;
-                if j.event.id.is_none() {
-                    j.event.id = Some(j.id.clone());
+        match wire.kind {
+            Kind::Event => {
+                let mut event = wire.event.ok_or(JobError::Missing("event"))?;
+                event.validate()?;
+                if event.id.is_none() {
+                    event.id = Some(wire.id.clone());
                 }
+                Ok(Job::Event(EventJob {
+                    v: wire.v,
+                    id: wire.id,
+                    app_id: wire.app_id,
+                    enqueued_at_ms: wire.enqueued_at_ms,
+                    not_before_ms: wire.not_before_ms,
+                    event,
+                }))
             }
-            Job::Retry(j) => {
-                if j.events.is_empty() {
+            Kind::Retry => {
+                let events = wire.events.ok_or(JobError::Missing("events"))?;
+                if events.is_empty() {
                     return Err(JobError::NoEvents);
                 }
-                for e in &j.events {
+                for e in &events {
                     e.validate()?;
                 }
+                Ok(Job::Retry(RetryJob {
+                    v: wire.v,
+                    id: wire.id,
+                    app_id: wire.app_id,
+                    enqueued_at_ms: wire.enqueued_at_ms,
+                    not_before_ms: wire.not_before_ms,
+                    endpoint: wire.endpoint.ok_or(JobError::Missing("endpoint"))?,
+                    attempt: wire.attempt.ok_or(JobError::Missing("attempt"))?,
+                    first_attempt_ms: wire.first_attempt_ms,
+                    webhook_id: wire.webhook_id.ok_or(JobError::Missing("webhook_id"))?,
+                    events,
+                    last_error: wire.last_error,
+                }))
             }
         }
-        Ok(job)
     }
 
     /// The JSON text of the job.
@@ -163,6 +184,42 @@ impl Job {
             Job::Retry(j) => j.not_before_ms = at,
         }
     }
+}
+
+/// Every field of either kind, for decoding in one pass: serde's internally
+/// tagged enums buffer the whole object before they read the tag, which costs
+/// a third of the decode.
+#[derive(Deserialize)]
+struct Wire {
+    v: u32,
+    kind: Kind,
+    id: String,
+    app_id: String,
+    #[serde(default)]
+    enqueued_at_ms: u64,
+    #[serde(default)]
+    not_before_ms: Option<u64>,
+    #[serde(default)]
+    event: Option<Event>,
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    attempt: Option<u32>,
+    #[serde(default)]
+    first_attempt_ms: u64,
+    #[serde(default)]
+    webhook_id: Option<String>,
+    #[serde(default)]
+    events: Option<Vec<Event>>,
+    #[serde(default)]
+    last_error: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    Event,
+    Retry,
 }
 
 impl EventJob {
@@ -277,6 +334,14 @@ mod tests {
             (
                 r#"{"v":1,"kind":"retry","id":"x","app_id":"a","endpoint":"e","attempt":2,"webhook_id":"w","events":[]}"#,
                 "no events",
+            ),
+            (
+                r#"{"v":1,"kind":"event","id":"x","app_id":"a"}"#,
+                "missing field `event`",
+            ),
+            (
+                r#"{"v":1,"kind":"retry","id":"x","app_id":"a","attempt":2,"webhook_id":"w","events":[{"name":"cache_miss","channel":"c"}]}"#,
+                "missing field `endpoint`",
             ),
         ];
         for (text, want) in cases {

@@ -4,11 +4,17 @@
 -- ARGV: 1 lease ms, 2.. tokens
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local deadline = now + tonumber(ARGV[1])
-local extended = 0
-for i = 2, #ARGV do
-  -- XX: a token that was reclaimed (absent) is not brought back.
-  redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i])
-  extended = extended + 1
+local deadline = string.format('%d', now + tonumber(ARGV[1]))
+-- One ZADD per chunk of tokens (unpack has a stack limit). XX: a token that
+-- was reclaimed (absent) is not brought back.
+local chunk = 500
+for i = 2, #ARGV, chunk do
+  local last = math.min(i + chunk - 1, #ARGV)
+  local args = {}
+  for j = i, last do
+    args[#args + 1] = deadline
+    args[#args + 1] = ARGV[j]
+  end
+  redis.call('ZADD', KEYS[1], 'XX', unpack(args))
 end
-return extended
+return #ARGV - 1

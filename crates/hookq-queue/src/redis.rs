@@ -56,22 +56,29 @@
 //!
 //! # Connections
 //!
-//! Acks, pushes and the other short commands go through a deadpool-redis pool
-//! of multiplexed connections with a 5 s response timeout (redis-rs's default
-//! is 500 ms). Each concurrent `receive` runs on a connection of its own,
-//! taken from a small free list, because a blocked `BLMOVE` holds up every
-//! other command on its connection; its response timeout is set above each
-//! block. Connection failures are [`QueueError::Unavailable`]; the pool and the
-//! free list replace dead connections and scripts are re-sent after a
-//! `NOSCRIPT`, so a restarted Redis works again without a new driver.
+//! Acks, pushes and the other short commands share `pool_size` multiplexed
+//! connections, taken in turn, with a 5 s response timeout (redis-rs's
+//! default is 500 ms). redis-rs pipelines concurrent requests on each, so
+//! taking one costs nothing: no checkout, no health-check round trip (a
+//! checkout pool's `PING` per command tripled what one `publish` cost). A
+//! connection is opened on first use and opened again after a command on it
+//! fails with a broken connection or a timeout. Each concurrent `receive` runs
+//! on a connection of its own, taken from a small free list, because a
+//! blocked `BLMOVE` holds up every other command on its connection; its
+//! response timeout is set above each block. Connection failures are
+//! [`QueueError::Unavailable`]; scripts are re-sent after a `NOSCRIPT`, so a
+//! restarted Redis works again without a new driver.
 
 use crate::{Depth, DlqFilter, Handle, Outgoing, QueueDriver, QueueError, Received};
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, RetryMethod, Script};
+use ::redis::{
+    AsyncConnectionConfig, Client, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError,
+    RetryMethod, Script, ScriptInvocation,
+};
 use async_trait::async_trait;
-use deadpool_redis::{Hook, Manager, Pool, PoolError, Runtime};
 use hookq_core::DeadLetter;
 use hookq_core::config::RedisSettings;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -149,10 +156,100 @@ impl Scripts {
     }
 }
 
+/// A connection lent for one short command, and which slot it came from.
+struct Lent {
+    conn: MultiplexedConnection,
+    slot: usize,
+    generation: u64,
+    /// Opened for this command, not used before.
+    fresh: bool,
+}
+
+/// The connections short commands share, opened on first use (see the module docs).
+struct Shared {
+    client: Client,
+    slots: Vec<tokio::sync::Mutex<(u64, Option<MultiplexedConnection>)>>,
+    next: AtomicUsize,
+}
+
+impl Shared {
+    fn new(client: Client, size: usize) -> Self {
+        Self {
+            client,
+            slots: (0..size.max(1))
+                .map(|_| tokio::sync::Mutex::new((0, None)))
+                .collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next slot's connection, opened now if it has none.
+    async fn next(&self) -> Result<Lent, RedisError> {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        self.get(slot).await
+    }
+
+    /// The connection of `slot`, opened now if it has none.
+    async fn get(&self, slot: usize) -> Result<Lent, RedisError> {
+        let mut guard = self.slots[slot].lock().await;
+        let (generation, conn) = &mut *guard;
+        if let Some(conn) = conn {
+            return Ok(Lent {
+                conn: conn.clone(),
+                slot,
+                generation: *generation,
+                fresh: false,
+            });
+        }
+        let opened = self
+            .client
+            .get_multiplexed_async_connection_with_config(&connection_config())
+            .await?;
+        *generation += 1;
+        *conn = Some(opened.clone());
+        Ok(Lent {
+            conn: opened,
+            slot,
+            generation: *generation,
+            fresh: true,
+        })
+    }
+
+    /// Notes how a command on `lent` failed: a broken or silent connection is
+    /// dropped (unless it was replaced meanwhile), so the slot opens a new one.
+    async fn failed(&self, lent: &Lent, e: &RedisError) {
+        if !(e.is_connection_dropped() || e.is_io_error() || e.is_timeout()) {
+            return;
+        }
+        let mut guard = self.slots[lent.slot].lock().await;
+        if guard.0 == lent.generation {
+            guard.1 = None;
+        }
+    }
+}
+
+/// One request for [`RedisQueue::run`].
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    Cmd(&'a Cmd),
+    Pipe(&'a Pipeline),
+    Script(&'a ScriptInvocation<'a>),
+    /// A script that may run long (DLQ replay and purge): [`ADMIN_TIMEOUT`].
+    LongScript(&'a ScriptInvocation<'a>),
+}
+
+/// How every connection is opened: a bounded connect, redis-rs's 500 ms
+/// default response timeout raised to [`COMMAND_TIMEOUT`].
+fn connection_config() -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(COMMAND_TIMEOUT))
+}
+
 /// The Redis [`QueueDriver`]. See the module docs for the keys and a job's life.
 pub struct RedisQueue {
     client: Client,
-    pool: Pool,
+    shared: Shared,
     /// Idle connections for receivers, at most `idle_receivers` of them.
     receivers: Mutex<Vec<MultiplexedConnection>>,
     idle_receivers: usize,
@@ -179,24 +276,9 @@ impl RedisQueue {
     pub async fn connect(settings: &RedisSettings) -> Result<Self, QueueError> {
         let client = Client::open(settings.url.as_str())
             .map_err(|e| QueueError::Backend(format!("redis url: {e}")))?;
-        let manager = Manager::new(settings.url.as_str())
-            .map_err(|e| QueueError::Backend(format!("redis url: {e}")))?;
-        let pool = Pool::builder(manager)
-            .max_size(settings.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(COMMAND_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            // The pool's connections come with redis-rs's 500 ms default.
-            .post_create(Hook::sync_fn(|conn: &mut MultiplexedConnection, _| {
-                conn.set_response_timeout(COMMAND_TIMEOUT);
-                Ok(())
-            }))
-            .build()
-            .map_err(|e| QueueError::Backend(format!("redis pool: {e}")))?;
         Ok(Self {
+            shared: Shared::new(client.clone(), settings.pool_size),
             client,
-            pool,
             receivers: Mutex::new(Vec::new()),
             idle_receivers: settings.pool_size.max(1),
             prefix: settings.prefix.clone(),
@@ -222,8 +304,47 @@ impl RedisQueue {
             .max(1)
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, QueueError> {
-        self.pool.get().await.map_err(pool_error)
+    /// Runs one short request (`what` names it in errors) on a shared
+    /// connection. A connection that broke since its last use (a Redis
+    /// restart) is replaced and the request sent once more on the new one.
+    async fn run<T: FromRedisValue>(
+        &self,
+        what: &str,
+        request: Request<'_>,
+    ) -> Result<T, QueueError> {
+        let mut retry = None;
+        loop {
+            let lent = match retry {
+                None => self.shared.next().await,
+                Some(slot) => self.shared.get(slot).await,
+            }
+            .map_err(|e| redis_error("connect", e))?;
+            let mut conn = lent.conn.clone();
+            let result = match request {
+                Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
+                Request::Pipe(pipe) => pipe.query_async(&mut conn).await,
+                Request::Script(call) => call.invoke_async(&mut conn).await,
+                Request::LongScript(call) => {
+                    // This clone's own timeout: the shared connection keeps its.
+                    conn.set_response_timeout(ADMIN_TIMEOUT);
+                    call.invoke_async(&mut conn).await
+                }
+            };
+            match result {
+                Ok(value) => return Ok(value),
+                Err(e) => {
+                    self.shared.failed(&lent, &e).await;
+                    let broken = e.is_connection_dropped() || e.is_io_error();
+                    if broken && retry.is_none() && !lent.fresh {
+                        debug!(error = %e, "redis connection dropped; reconnecting");
+                        // The slot has let go of it: the next get opens a new one.
+                        retry = Some(lent.slot);
+                        continue;
+                    }
+                    return Err(redis_error(what, e));
+                }
+            }
+        }
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<MultiplexedConnection>> {
@@ -236,12 +357,9 @@ impl RedisQueue {
         if let Some(conn) = self.idle().pop() {
             return Ok((conn, true));
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT));
         let conn = self
             .client
-            .get_multiplexed_async_connection_with_config(&config)
+            .get_multiplexed_async_connection_with_config(&connection_config())
             .await?;
         Ok((conn, false))
     }
@@ -340,24 +458,18 @@ impl RedisQueue {
 
     /// Replays or purges dead-letter entries in one script.
     async fn dlq_script(&self, mode: &str, filter: &DlqFilter) -> Result<usize, QueueError> {
-        let mut conn = self.conn().await?;
-        conn.set_response_timeout(ADMIN_TIMEOUT);
         let limit = filter
             .limit
             .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
-        let result: Result<usize, RedisError> = self
-            .scripts
-            .dlq
-            .key(&self.keys.dead)
+        let mut call = self.scripts.dlq.prepare_invoke();
+        call.key(&self.keys.dead)
             .key(&self.keys.ready)
             .arg(mode)
             .arg(if filter.app_id.is_some() { "1" } else { "0" })
             .arg(filter.app_id.as_deref().unwrap_or(""))
-            .arg(limit)
-            .invoke_async(&mut *conn)
-            .await;
-        conn.set_response_timeout(COMMAND_TIMEOUT);
-        result.map_err(|e| redis_error(&format!("dlq {mode}"), e))
+            .arg(limit);
+        self.run(&format!("dlq {mode}"), Request::LongScript(&call))
+            .await
     }
 }
 
@@ -389,17 +501,6 @@ fn redis_error(what: &str, e: RedisError) -> QueueError {
     }
 }
 
-fn pool_error(e: PoolError) -> QueueError {
-    match e {
-        PoolError::Backend(e) => redis_error("connect", e),
-        PoolError::Timeout(t) => {
-            QueueError::Unavailable(format!("redis connect: timed out ({t:?})"))
-        }
-        PoolError::Closed => QueueError::Unavailable("redis pool closed".into()),
-        other => QueueError::Backend(format!("redis pool: {other}")),
-    }
-}
-
 #[async_trait]
 impl QueueDriver for RedisQueue {
     fn name(&self) -> &'static str {
@@ -421,26 +522,21 @@ impl QueueDriver for RedisQueue {
                 delayed.push((ms.to_string(), m.body));
             }
         }
-        let mut conn = self.conn().await?;
-        let result = if delayed.is_empty() {
-            ::redis::cmd("LPUSH")
-                .arg(&self.keys.ready)
-                .arg(&ready)
-                .query_async::<()>(&mut *conn)
-                .await
-        } else {
-            let mut call = self.scripts.push.prepare_invoke();
-            call.key(&self.keys.ready)
-                .key(&self.keys.delayed)
-                .key(&self.keys.seq)
-                .arg(ready.len())
-                .arg(&ready);
-            for (ms, body) in &delayed {
-                call.arg(ms).arg(body);
-            }
-            call.invoke_async::<()>(&mut *conn).await
-        };
-        result.map_err(|e| redis_error("push", e))
+        if delayed.is_empty() {
+            let mut lpush = ::redis::cmd("LPUSH");
+            lpush.arg(&self.keys.ready).arg(&ready);
+            return self.run("push", Request::Cmd(&lpush)).await;
+        }
+        let mut call = self.scripts.push.prepare_invoke();
+        call.key(&self.keys.ready)
+            .key(&self.keys.delayed)
+            .key(&self.keys.seq)
+            .arg(ready.len())
+            .arg(&ready);
+        for (ms, body) in &delayed {
+            call.arg(ms).arg(body);
+        }
+        self.run("push", Request::Script(&call)).await
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, QueueError> {
@@ -477,32 +573,24 @@ impl QueueDriver for RedisQueue {
         if handles.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn().await?;
         let tokens: Vec<&str> = handles.iter().map(|h| h.0.as_str()).collect();
-        self.scripts
-            .ack
-            .key(&self.keys.held)
+        let mut call = self.scripts.ack.prepare_invoke();
+        call.key(&self.keys.held)
             .key(&self.keys.leases)
-            .arg(&tokens)
-            .invoke_async::<()>(&mut *conn)
-            .await
-            .map_err(|e| redis_error("ack", e))
+            .arg(&tokens);
+        self.run("ack", Request::Script(&call)).await
     }
 
     async fn extend(&self, handles: &[Handle]) -> Result<(), QueueError> {
         if handles.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn().await?;
         let tokens: Vec<&str> = handles.iter().map(|h| h.0.as_str()).collect();
-        self.scripts
-            .extend
-            .key(&self.keys.leases)
+        let mut call = self.scripts.extend.prepare_invoke();
+        call.key(&self.keys.leases)
             .arg(self.lease_ms())
-            .arg(&tokens)
-            .invoke_async::<()>(&mut *conn)
-            .await
-            .map_err(|e| redis_error("extend", e))
+            .arg(&tokens);
+        self.run("extend", Request::Script(&call)).await
     }
 
     async fn dead_letter(&self, entries: Vec<DeadLetter>) -> Result<(), QueueError> {
@@ -514,13 +602,9 @@ impl QueueDriver for RedisQueue {
             .map(serde_json::to_string)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| QueueError::Backend(format!("dead letter to JSON: {e}")))?;
-        let mut conn = self.conn().await?;
-        ::redis::cmd("RPUSH")
-            .arg(&self.keys.dead)
-            .arg(&json)
-            .query_async::<()>(&mut *conn)
-            .await
-            .map_err(|e| redis_error("dead letter", e))
+        let mut rpush = ::redis::cmd("RPUSH");
+        rpush.arg(&self.keys.dead).arg(&json);
+        self.run("dead letter", Request::Cmd(&rpush)).await
     }
 
     async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DeadLetter>, QueueError> {
@@ -529,16 +613,14 @@ impl QueueDriver for RedisQueue {
         if limit == 0 {
             return Ok(out);
         }
-        let mut conn = self.conn().await?;
         let mut start: isize = 0;
         loop {
-            let page: Vec<Vec<u8>> = ::redis::cmd("LRANGE")
+            let mut lrange = ::redis::cmd("LRANGE");
+            lrange
                 .arg(&self.keys.dead)
                 .arg(start)
-                .arg(start + DLQ_PAGE - 1)
-                .query_async(&mut *conn)
-                .await
-                .map_err(|e| redis_error("dlq list", e))?;
+                .arg(start + DLQ_PAGE - 1);
+            let page: Vec<Vec<u8>> = self.run("dlq list", Request::Cmd(&lrange)).await?;
             let n = page.len();
             for raw in page {
                 match serde_json::from_slice::<DeadLetter>(&raw) {
@@ -570,19 +652,17 @@ impl QueueDriver for RedisQueue {
     }
 
     async fn depth(&self) -> Result<Depth, QueueError> {
-        let mut conn = self.conn().await?;
-        let (ready, delayed, held, dead): (u64, u64, u64, u64) = ::redis::pipe()
-            .cmd("LLEN")
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("LLEN")
             .arg(&self.keys.ready)
             .cmd("ZCARD")
             .arg(&self.keys.delayed)
             .cmd("HLEN")
             .arg(&self.keys.held)
             .cmd("LLEN")
-            .arg(&self.keys.dead)
-            .query_async(&mut *conn)
-            .await
-            .map_err(|e| redis_error("depth", e))?;
+            .arg(&self.keys.dead);
+        let (ready, delayed, held, dead): (u64, u64, u64, u64) =
+            self.run("depth", Request::Pipe(&pipe)).await?;
         Ok(Depth {
             ready,
             delayed,
@@ -592,10 +672,6 @@ impl QueueDriver for RedisQueue {
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
-        let mut conn = self.conn().await?;
-        ::redis::cmd("PING")
-            .query_async::<()>(&mut *conn)
-            .await
-            .map_err(|e| redis_error("ping", e))
+        self.run("ping", Request::Cmd(&::redis::cmd("PING"))).await
     }
 }

@@ -229,8 +229,10 @@ async fn handle(
             && envelope["events"].is_array();
         let flaky = g.flaky.get_mut(&path).map(|(pct, n)| {
             *n += 1;
-            // Fails when this request moves the count of failures due so far.
-            (*n * *pct) / 100 != ((*n - 1) * *pct) / 100
+            // Fails when this request moves the count of failures due so far,
+            // rounded up: the first request fails, and at every point at
+            // least `pct` % of the requests so far have failed.
+            (*n * *pct).div_ceil(100) != ((*n - 1) * *pct).div_ceil(100)
         });
         let reply = g
             .scripts

@@ -135,7 +135,7 @@ pub struct RedisSettings {
     pub concurrency: usize,
     /// How long a claimed job stays leased before any worker may reclaim it.
     pub lease: Duration,
-    /// Pooled connections.
+    /// Connections shared by short commands; also the most idle receive connections kept.
     pub pool_size: usize,
 }
 

@@ -9,6 +9,7 @@
 //! so it could only reach real AWS: its test checks that it is parsed into an
 //! `Event` target and accepted by the worker, and what it would send.
 
+use crate::support::black_hole::BlackHole;
 use crate::support::inproc::{InProc, config, one_app};
 use crate::support::lambda_server::{Behaviour, Invocation, LambdaServer};
 use crate::support::receiver::hmac_hex;
@@ -378,6 +379,41 @@ async fn an_unreachable_endpoint_is_retried_then_dead_lettered() {
         entry.reason
     );
     assert_eq!(entry.last_status, None);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn connects_time_out_after_the_configured_connect_timeout() {
+    // HTTP and Lambda endpoints alike give up connecting after
+    // webhooks.connect_timeout_ms (300 ms), far below the request timeout
+    // (5 s) and the SDK's own default (3.1 s).
+    let hole = BlackHole::start();
+    let mut config = test_config(json!([
+        {"url": format!("{}/hook", hole.url()), "event_types": ["channel_occupied"]},
+        {"lambda": {"function_name": "f", "region": "us-east-1", "endpoint_url": hole.url()},
+         "event_types": ["channel_occupied"]}
+    ]));
+    config["webhooks"]["connect_timeout_ms"] = json!(300);
+    let started = std::time::Instant::now();
+    let h = InProc::start(config).await;
+    h.producer
+        .publish("app-1", Event::channel_occupied("room"))
+        .await
+        .unwrap();
+    let dlq = h.wait_dlq(2, WAIT).await;
+    let elapsed = started.elapsed();
+    assert_eq!(dlq.len(), 2, "{dlq:?}");
+    for entry in &dlq {
+        assert_eq!(entry.attempts, 3, "{entry:?}");
+        assert_eq!(entry.last_status, None, "{entry:?}");
+        assert!(entry.reason.contains("onnect"), "{}", entry.reason);
+    }
+    // Three attempts each, 100-200 ms apart: about 1.3 s with the 300 ms
+    // connect timeout; with the request timeout instead, 15 s.
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "dead-lettered only after {elapsed:?}: {dlq:?}"
+    );
     h.stop().await;
 }
 

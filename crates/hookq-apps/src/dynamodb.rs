@@ -7,13 +7,10 @@
 
 use crate::cache::{Lookup, Record, Source};
 use async_trait::async_trait;
-use aws_config::default_provider::credentials::DefaultCredentialsChain;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::{Credentials, ProvideCredentials};
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::AttributeValue;
+use hookq_aws::TimeoutConfig;
 use hookq_core::DynamoDbAppsSettings;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -28,39 +25,17 @@ impl DynamoDb {
     /// A client for `settings`: the standard credential chain, or static
     /// test credentials when a custom endpoint is set and the chain finds none.
     pub async fn connect(settings: &DynamoDbAppsSettings) -> Self {
-        let region = Region::new(settings.region.clone());
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
             .operation_attempt_timeout(Duration::from_secs(5))
             .build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(region.clone())
-            .timeout_config(timeouts);
-        if let Some(endpoint) = &settings.endpoint_url {
-            loader = loader.endpoint_url(endpoint);
-            let standard = DefaultCredentialsChain::builder()
-                .region(region)
-                .build()
-                .await;
-            match standard.provide_credentials().await {
-                Ok(_) => loader = loader.credentials_provider(standard),
-                Err(e) => {
-                    tracing::debug!(
-                        error = %DisplayErrorContext(&e),
-                        "no AWS credentials found; signing requests to the custom endpoint with test credentials"
-                    );
-                    loader = loader.credentials_provider(Credentials::new(
-                        "test",
-                        "test",
-                        None,
-                        None,
-                        "hookq-emulator",
-                    ));
-                }
-            }
-        }
+        let target = hookq_aws::Target {
+            region: Some(&settings.region),
+            endpoint_url: settings.endpoint_url.as_deref(),
+        };
+        let config = hookq_aws::sdk_config("dynamodb", target, timeouts).await;
         Self {
-            client: Client::new(&loader.load().await),
+            client: Client::new(&config),
             table: settings.table_name.clone(),
         }
     }

@@ -43,18 +43,15 @@
 
 use crate::{Depth, DlqFilter, Handle, Outgoing, QueueDriver, QueueError, Received};
 use async_trait::async_trait;
-use aws_config::default_provider::credentials::DefaultCredentialsChain;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::http::HttpResponse;
-use aws_sdk_sqs::config::{Credentials, ProvideCredentials};
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
     DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName,
     SendMessageBatchRequestEntry,
 };
+use hookq_aws::TimeoutConfig;
 use hookq_core::DeadLetter;
 use hookq_core::config::SqsSettings;
 use std::collections::{HashMap, HashSet};
@@ -680,42 +677,16 @@ impl QueueDriver for SqsQueue {
 /// The SQS client: standard credential chain (static test credentials as a
 /// fallback when an emulator endpoint is set), the settings' region and endpoint.
 async fn build_client(settings: &SqsSettings) -> Client {
-    let region = Region::new(settings.region.clone());
     // Long polls last up to 20 s: an attempt may take that long, not much longer.
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(5))
         .operation_attempt_timeout(Duration::from_secs(u64::from(MAX_WAIT_SECONDS) + 10))
         .build();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .region(region.clone())
-        .timeout_config(timeouts);
-    if let Some(endpoint) = &settings.endpoint_url {
-        loader = loader.endpoint_url(endpoint);
-        // An emulator needs some credentials to sign with; when the standard
-        // chain finds none (or fails, e.g. no instance metadata here), sign
-        // with static test credentials.
-        let standard = DefaultCredentialsChain::builder()
-            .region(region)
-            .build()
-            .await;
-        match standard.provide_credentials().await {
-            Ok(_) => loader = loader.credentials_provider(standard),
-            Err(e) => {
-                tracing::debug!(
-                    error = %DisplayErrorContext(&e),
-                    "no AWS credentials found; signing requests to the custom endpoint with test credentials"
-                );
-                loader = loader.credentials_provider(Credentials::new(
-                    "test",
-                    "test",
-                    None,
-                    None,
-                    "hookq-emulator",
-                ));
-            }
-        }
-    }
-    Client::new(&loader.load().await)
+    let target = hookq_aws::Target {
+        region: Some(&settings.region),
+        endpoint_url: settings.endpoint_url.as_deref(),
+    };
+    Client::new(&hookq_aws::sdk_config("sqs", target, timeouts).await)
 }
 
 /// The URL of the queue `name`, created with `attrs` when it does not exist.

@@ -23,7 +23,7 @@ impl Deliverer {
         Ok(Self {
             http: HttpDeliverer::new(settings.connect_timeout)?,
             #[cfg(feature = "lambda")]
-            lambda: crate::lambda::LambdaDeliverer::new(),
+            lambda: crate::lambda::LambdaDeliverer::new(settings.connect_timeout),
         })
     }
 

@@ -60,6 +60,7 @@ pub fn build_request(batch: &Batch, url: &url::Url, time_ms: u64) -> Request {
 #[derive(Clone)]
 pub struct HttpDeliverer {
     client: reqwest::Client,
+    connect_timeout: Duration,
 }
 
 impl HttpDeliverer {
@@ -71,7 +72,10 @@ impl HttpDeliverer {
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            connect_timeout,
+        })
     }
 
     /// Sends one request and classifies the answer.
@@ -87,7 +91,7 @@ impl HttpDeliverer {
         }
         let mut resp = match builder.send().await {
             Ok(resp) => resp,
-            Err(e) => return classify_error(&e, timeout_ms),
+            Err(e) => return classify_error(&e, timeout_ms, self.connect_timeout.as_millis()),
         };
         let status = resp.status().as_u16();
         let retry_after = resp
@@ -109,16 +113,20 @@ impl HttpDeliverer {
     }
 }
 
-fn classify_error(e: &reqwest::Error, timeout_ms: u128) -> Outcome {
+fn classify_error(e: &reqwest::Error, timeout_ms: u128, connect_timeout_ms: u128) -> Outcome {
     if e.is_builder() {
         return Outcome::Reject {
             failure: Failure::new(format!("request could not be built: {e}")),
         };
     }
-    let reason = if e.is_timeout() {
-        format!("timed out after {timeout_ms} ms")
+    // A connect timeout is both: the connection failed, within
+    // webhooks.connect_timeout_ms, not the request's timeout.
+    let reason = if e.is_connect() && e.is_timeout() {
+        format!("connection failed: not connected within {connect_timeout_ms} ms")
     } else if e.is_connect() {
         format!("connection failed: {}", root_cause(e))
+    } else if e.is_timeout() {
+        format!("timed out after {timeout_ms} ms")
     } else {
         format!("request failed: {}", root_cause(e))
     };

@@ -50,34 +50,30 @@
 //!
 //! **Clients.** One `aws_sdk_lambda::Client` per (region, `endpoint_url`),
 //! built on first use and shared by every clone of the [`LambdaDeliverer`].
-//! Credentials come from the standard AWS chain (environment, profile, web
-//! identity, ECS, EC2 instance metadata); the region from the target, else
-//! the standard chain. With `endpoint_url` set (an emulator, LocalStack),
-//! requests go there, and the standard chain is asked for credentials once,
-//! when the client is built: if it has none (or fails), invocations are signed
-//! with the static credentials `test`/`test` instead (and the region defaults to
-//! `us-east-1`), so an emulator needs no AWS setup. The SDK's own retries
+//! Region, endpoint and credentials are found as [`hookq_aws`] finds them for
+//! every AWS client of hookq: the target's region, else the standard chain's;
+//! the standard credential chain, or `test`/`test` for a custom endpoint
+//! (an emulator, LocalStack) when the chain has none. Connections time out
+//! after `webhooks.connect_timeout_ms`, as HTTP ones do. The SDK's own retries
 //! are off: hookq's retries are durable jobs with their own backoff and
 //! attempt budget, and a second retry layer would hide throttling from it.
 
 use crate::batch::Batch;
 use crate::outcome::{Failure, Outcome, excerpt, parse_retry_after};
-use aws_config::BehaviorVersion;
-use aws_config::default_provider::credentials::DefaultCredentialsChain;
-use aws_config::meta::region::RegionProviderChain;
 use aws_sdk_lambda::Client;
 use aws_sdk_lambda::config::http::HttpResponse;
 use aws_sdk_lambda::config::retry::RetryConfig;
-use aws_sdk_lambda::config::{Credentials, ProvideCredentials, Region, SharedCredentialsProvider};
 use aws_sdk_lambda::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_lambda::operation::invoke::{InvokeError, InvokeOutput};
 use aws_sdk_lambda::primitives::Blob;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use hookq_aws::TimeoutConfig;
 use hookq_core::endpoint::{InvocationType, LambdaTarget};
 use hookq_core::envelope::{self, Signer};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 use tokio::sync::OnceCell;
 
 /// The longest client context Lambda accepts, in bytes of base64.
@@ -129,15 +125,21 @@ type ClientKey = (Option<String>, Option<String>);
 
 /// Invokes Lambda functions, with one cached client per (region, `endpoint_url`).
 /// Cheap to clone; clones share the clients.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct LambdaDeliverer {
     clients: Arc<Mutex<HashMap<ClientKey, Arc<OnceCell<Client>>>>>,
+    connect_timeout: Duration,
 }
 
 impl LambdaDeliverer {
-    /// A deliverer with no clients yet; each is built when first needed.
-    pub fn new() -> Self {
-        Self::default()
+    /// A deliverer with no clients yet; each is built when first needed, and
+    /// its connections time out after `connect_timeout`
+    /// (`webhooks.connect_timeout_ms`).
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self {
+            clients: Arc::default(),
+            connect_timeout,
+        }
     }
 
     /// The client for `target`'s region and endpoint, built once.
@@ -150,9 +152,15 @@ impl LambdaDeliverer {
             .entry(key)
             .or_default()
             .clone();
-        cell.get_or_init(|| build_client(target.region.clone(), target.endpoint_url.clone()))
-            .await
-            .clone()
+        cell.get_or_init(|| {
+            build_client(
+                target.region.clone(),
+                target.endpoint_url.clone(),
+                self.connect_timeout,
+            )
+        })
+        .await
+        .clone()
     }
 
     /// One attempt of `batch` at `time_ms`: invokes the function and classifies the answer.
@@ -215,49 +223,21 @@ fn sdk_invocation_type(t: InvocationType) -> aws_sdk_lambda::types::InvocationTy
 }
 
 /// The client for one (region, endpoint): see the module docs.
-async fn build_client(region: Option<String>, endpoint_url: Option<String>) -> Client {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    match &endpoint_url {
-        None => {
-            if let Some(r) = region {
-                loader = loader.region(Region::new(r));
-            }
-        }
-        Some(endpoint) => {
-            let region = RegionProviderChain::first_try(region.map(Region::new))
-                .or_default_provider()
-                .region()
-                .await
-                .unwrap_or(Region::from_static("us-east-1"));
-            // An emulator needs some credentials to sign with: when the
-            // standard chain has none, sign with static test credentials.
-            let standard = DefaultCredentialsChain::builder()
-                .region(region.clone())
-                .build()
-                .await;
-            let credentials = match standard.provide_credentials().await {
-                Ok(_) => SharedCredentialsProvider::new(standard),
-                Err(e) => {
-                    tracing::warn!(
-                        endpoint_url = %endpoint, error = %error_chain(&e),
-                        "no AWS credentials found; signing Lambda invocations to the custom endpoint with test credentials"
-                    );
-                    SharedCredentialsProvider::new(Credentials::new(
-                        "test",
-                        "test",
-                        None,
-                        None,
-                        "hookq-emulator",
-                    ))
-                }
-            };
-            loader = loader
-                .region(region)
-                .endpoint_url(endpoint)
-                .credentials_provider(credentials);
-        }
-    }
-    let shared = loader.load().await;
+async fn build_client(
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    connect_timeout: Duration,
+) -> Client {
+    let target = hookq_aws::Target {
+        region: region.as_deref(),
+        endpoint_url: endpoint_url.as_deref(),
+    };
+    // The attempt as a whole is bounded by the endpoint's request timeout,
+    // around the call (see `deliver`).
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(connect_timeout)
+        .build();
+    let shared = hookq_aws::sdk_config("lambda", target, timeouts).await;
     let config = aws_sdk_lambda::config::Builder::from(&shared)
         .retry_config(RetryConfig::disabled())
         .build();
@@ -323,19 +303,10 @@ fn classify_error(e: &SdkError<InvokeError, HttpResponse>) -> Outcome {
 /// Most characters of an error chain kept in a reason.
 const REASON_LEN: usize = 512;
 
-/// An error and its sources, `: `-separated, without the repeats the SDK's
-/// layers add and without its debug dump, cut to [`REASON_LEN`] characters.
+/// An error and its sources ([`hookq_aws::error_chain`]), without the SDK's
+/// debug dump, cut to [`REASON_LEN`] characters.
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(e);
-    while let Some(err) = next {
-        let text = err.to_string();
-        if !parts.last().is_some_and(|last| last.ends_with(&text)) {
-            parts.push(text);
-        }
-        next = err.source();
-    }
-    let joined = parts.join(": ");
+    let joined = hookq_aws::error_chain(e);
     match joined.char_indices().nth(REASON_LEN) {
         Some((cut, _)) => format!("{}…", &joined[..cut]),
         None => joined,

@@ -1,6 +1,7 @@
 //! Services the suite starts for itself, each on a free loopback port, and
 //! workers run in-process over them.
 
+pub mod black_hole;
 pub mod inproc;
 pub mod lambda_server;
 pub mod mariadb;

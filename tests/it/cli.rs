@@ -1,6 +1,6 @@
 //! The `hookq` binary's commands that need no queue server: check-config on
-//! the fixtures, a worker refusing a bad config, and a worker's admin routes
-//! and clean SIGTERM exit.
+//! the fixtures, a worker refusing a bad config, and a worker's admin routes,
+//! `hookq healthcheck` against them, and clean SIGTERM exit.
 
 use crate::support::inproc::{config, one_app};
 use crate::support::process::{WorkerProcess, hookq, temp_dir, write_config};
@@ -104,6 +104,14 @@ async fn a_worker_serves_health_ready_metrics_and_stops_cleanly_on_sigterm() {
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }
+    // The image's HEALTHCHECK: `hookq healthcheck` against the admin server.
+    let admin_port = w.admin_port;
+    let url = |path: &str| format!("http://127.0.0.1:{admin_port}{path}");
+    let (ok, _, err) = hookq(&["healthcheck", "--url", &url("/health")]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = hookq(&["healthcheck", "--url", &url("/nope")]);
+    assert!(!ok && err.contains("HTTP 404"), "{err}");
+
     let status = w.terminate(Duration::from_secs(10));
     assert!(
         status.success(),
@@ -111,4 +119,6 @@ async fn a_worker_serves_health_ready_metrics_and_stops_cleanly_on_sigterm() {
         w.log_text()
     );
     assert!(w.log_text().contains("stopped"));
+    let (ok, _, err) = hookq(&["healthcheck", "--url", &url("/health")]);
+    assert!(!ok && err.contains("no answer"), "{err}");
 }

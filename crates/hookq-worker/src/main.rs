@@ -3,7 +3,9 @@
 //! `hookq worker` runs a worker; `hookq check-config` validates a config;
 //! `hookq enqueue` publishes events through the producer; `hookq dlq` lists,
 //! replays and purges the dead-letter queue; `hookq demo` runs producer,
-//! worker and a receiver in one process on the memory queue.
+//! worker and a receiver in one process on the memory queue; `hookq
+//! healthcheck` asks a worker's admin server whether it is healthy (the
+//! image's HEALTHCHECK, which so needs no curl).
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -63,6 +65,19 @@ enum Command {
         /// Keep producing until interrupted.
         #[arg(long)]
         forever: bool,
+    },
+    /// Exit 0 when a worker's /health answers 2xx within the timeout, else 1.
+    Healthcheck {
+        /// The URL to ask.
+        #[arg(
+            long,
+            env = "HOOKQ_HEALTH_URL",
+            default_value = "http://127.0.0.1:9090/health"
+        )]
+        url: String,
+        /// How long the answer may take, in ms.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
     },
 }
 
@@ -163,6 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => enqueue(load_config(&config.config)?, &app, event, file).await,
         Command::Dlq { action } => dlq(action).await,
         Command::Demo { forever } => demo::run(forever).await,
+        Command::Healthcheck { url, timeout_ms } => healthcheck(&url, timeout_ms).await,
     }
 }
 
@@ -385,6 +401,23 @@ async fn dlq(action: DlqAction) -> anyhow::Result<()> {
         }
         DlqAction::Replay(_) => println!("replayed {} entries", queue.dlq_replay(&filter).await?),
         DlqAction::Purge(_) => println!("purged {} entries", queue.dlq_purge(&filter).await?),
+    }
+    Ok(())
+}
+
+async fn healthcheck(url: &str, timeout_ms: u64) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(timeout_ms))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("{url}: no answer"))?;
+    let status = response.status();
+    if !status.is_success() {
+        bail!("{url}: HTTP {status}");
     }
     Ok(())
 }

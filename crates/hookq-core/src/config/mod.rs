@@ -131,7 +131,8 @@ pub struct RedisSettings {
     pub url: String,
     /// Key prefix; every key is `{prefix}:…`, one hash tag for Redis Cluster.
     pub prefix: String,
-    /// Jobs claimed per receive.
+    /// Sockudo's `concurrency`: read and validated, not used (a worker
+    /// runs one receive loop; see docs/operations.md).
     pub concurrency: usize,
     /// How long a claimed job stays leased before any worker may reclaim it.
     pub lease: Duration,
@@ -158,7 +159,8 @@ pub struct SqsSettings {
     pub wait_time_seconds: u32,
     /// Messages per receive (1–10).
     pub max_messages: u32,
-    /// Concurrent receive loops.
+    /// Sockudo's `concurrency`: read and validated, not used (a worker
+    /// runs one receive loop; see docs/operations.md).
     pub concurrency: usize,
     /// The dead-letter queue's URL; `{queue_name}-dlq` is resolved or created when absent.
     pub dead_letter_queue_url: Option<String>,

@@ -408,6 +408,12 @@ async fn connects_time_out_after_the_configured_connect_timeout() {
         assert_eq!(entry.last_status, None, "{entry:?}");
         assert!(entry.reason.contains("onnect"), "{}", entry.reason);
     }
+    assert!(
+        dlq.iter().any(|e| e
+            .reason
+            .contains("connection failed: not connected within 300 ms")),
+        "the HTTP endpoint's reason names the connect timeout: {dlq:?}"
+    );
     // Three attempts each, 100-200 ms apart: about 1.3 s with the 300 ms
     // connect timeout; with the request timeout instead, 15 s.
     assert!(

@@ -1,7 +1,9 @@
-//! Worker processes on the SQS emulator: one SIGKILLed mid-run loses
-//! nothing, and a FIFO queue's retries wait out their backoff.
+//! Workers on the SQS emulator: one SIGKILLed mid-run loses nothing, a FIFO
+//! queue's retries wait out their backoff, and `queue.sqs.concurrency`
+//! receives run at once.
 
-use crate::support::inproc::config;
+use crate::support::counting_proxy::CountingProxy;
+use crate::support::inproc::{InProc, config};
 use crate::support::moto::Moto;
 use crate::support::process::{WorkerProcess, temp_dir};
 use crate::support::receiver::{Receiver, Reply};
@@ -138,4 +140,43 @@ async fn a_fifo_retry_waits_for_its_backoff() {
         "the retry job was received {received} times: it spun instead of waiting"
     );
     assert!(w.terminate(Duration::from_secs(15)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_sqs_concurrency_is_how_many_receives_run_at_once() {
+    let r = Receiver::start(&[("key-1", "secret-1")]).await;
+    for loops in [1, 3] {
+        // A proxy of its own per run, counting ReceiveMessage calls in flight.
+        let proxy = CountingProxy::start(&Moto::shared().endpoint_url()).await;
+        let name = format!("loops{loops}-{}", std::process::id());
+        let mut cfg = sqs_config(&r, &name, false);
+        cfg["queue"]["sqs"]["endpoint_url"] = json!(proxy.url());
+        cfg["queue"]["sqs"]["concurrency"] = json!(loops);
+        let (config, _) = Config::parse(&cfg.to_string(), |_| None).unwrap();
+        let config = Arc::new(config);
+        let queue: Arc<dyn QueueDriver> =
+            Arc::new(SqsQueue::connect(&config.queue.sqs).await.unwrap());
+        let h = InProc::start_on(config, queue).await;
+        let before = r.delivered_events("/h").len();
+        let events = (0..30)
+            .map(|i| Event::client_event("private-c", "client-e", format!("{loops}-{i}"), "1.1"))
+            .collect();
+        h.producer.publish_batch("app-1", events).await.unwrap();
+        r.wait_for("30 events", Duration::from_secs(30), |r| {
+            r.delivered_events("/h").len() >= before + 30
+        })
+        .await;
+        // Idle receives long-poll for 1 s (wait_time_seconds), so the loops overlap.
+        let start = Instant::now();
+        while proxy.most_receives_at_once() < loops && start.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            proxy.most_receives_at_once(),
+            loops,
+            "with queue.sqs.concurrency {loops}"
+        );
+        h.stop().await;
+    }
 }

@@ -141,7 +141,24 @@ impl Worker {
             background.clone(),
         ));
 
-        receive_loop(&shared, &item_tx, &batch_tx, &shutdown).await;
+        // Every receive loop takes its jobs' permits from one budget.
+        let budget = Arc::new(Semaphore::new(config.worker.max_held_jobs));
+        let mut receivers = tokio::task::JoinSet::new();
+        for _ in 0..receive_loops(&config) {
+            let (shared, budget) = (shared.clone(), budget.clone());
+            let (items, batches, shutdown) = (item_tx.clone(), batch_tx.clone(), shutdown.clone());
+            receivers.spawn(async move {
+                receive_loop(&shared, &budget, &items, &batches, &shutdown).await
+            });
+        }
+        while let Some(ended) = receivers.join_next().await {
+            // A loop that panicked takes the worker down, as it did inline.
+            if let Err(e) = ended
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
 
         // Shutdown, in order.
         tracing::info!("stopping: flushing open batches");
@@ -179,13 +196,24 @@ fn hold_of(config: &Config) -> Duration {
     .max(Duration::from_millis(300))
 }
 
+/// How many receive loops run at once: `queue.sqs.concurrency` for SQS,
+/// where one `ReceiveMessage` returns at most 10 messages after a network
+/// round trip, so one loop bounds a worker's rate; one for Redis, where a
+/// single script call claims up to [`RECEIVE_MAX`] jobs, and for memory.
+fn receive_loops(config: &Config) -> usize {
+    match config.queue.driver {
+        QueueDriverKind::Sqs => config.queue.sqs.concurrency.max(1),
+        QueueDriverKind::Redis | QueueDriverKind::Memory => 1,
+    }
+}
+
 async fn receive_loop(
     shared: &Arc<Shared>,
+    budget: &Arc<Semaphore>,
     items: &mpsc::Sender<Item>,
     batches: &mpsc::Sender<Batch>,
     shutdown: &CancellationToken,
 ) {
-    let budget = Arc::new(Semaphore::new(shared.config.worker.max_held_jobs));
     let mut backoff = Duration::from_millis(100);
     // Ready as soon as the queue answers, not only after the first (blocking) receive.
     let reachable = shared.queue.ping().await.is_ok();

@@ -2,6 +2,7 @@
 //! workers run in-process over them.
 
 pub mod black_hole;
+pub mod counting_proxy;
 pub mod inproc;
 pub mod lambda_server;
 pub mod mariadb;

@@ -159,8 +159,7 @@ pub struct SqsSettings {
     pub wait_time_seconds: u32,
     /// Messages per receive (1–10).
     pub max_messages: u32,
-    /// Sockudo's `concurrency`: read and validated, not used (a worker
-    /// runs one receive loop; see docs/operations.md).
+    /// Receive loops per worker process.
     pub concurrency: usize,
     /// The dead-letter queue's URL; `{queue_name}-dlq` is resolved or created when absent.
     pub dead_letter_queue_url: Option<String>,

@@ -215,14 +215,15 @@ impl Shared {
         })
     }
 
-    /// Notes how a command on `lent` failed: a broken or silent connection is
-    /// dropped (unless it was replaced meanwhile), so the slot opens a new one.
-    async fn failed(&self, lent: &Lent, e: &RedisError) {
+    /// Notes how a command on the connection of `slot` and `generation`
+    /// failed: a broken or silent connection is dropped (unless it was
+    /// replaced meanwhile), so the slot opens a new one.
+    async fn failed(&self, slot: usize, generation: u64, e: &RedisError) {
         if !(e.is_connection_dropped() || e.is_io_error() || e.is_timeout()) {
             return;
         }
-        let mut guard = self.slots[lent.slot].lock().await;
-        if guard.0 == lent.generation {
+        let mut guard = self.slots[slot].lock().await;
+        if guard.0 == generation {
             guard.1 = None;
         }
     }
@@ -314,12 +315,16 @@ impl RedisQueue {
     ) -> Result<T, QueueError> {
         let mut retry = None;
         loop {
-            let lent = match retry {
+            let Lent {
+                mut conn,
+                slot,
+                generation,
+                fresh,
+            } = match retry {
                 None => self.shared.next().await,
                 Some(slot) => self.shared.get(slot).await,
             }
             .map_err(|e| redis_error("connect", e))?;
-            let mut conn = lent.conn.clone();
             let result = match request {
                 Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
                 Request::Pipe(pipe) => pipe.query_async(&mut conn).await,
@@ -333,12 +338,12 @@ impl RedisQueue {
             match result {
                 Ok(value) => return Ok(value),
                 Err(e) => {
-                    self.shared.failed(&lent, &e).await;
+                    self.shared.failed(slot, generation, &e).await;
                     let broken = e.is_connection_dropped() || e.is_io_error();
-                    if broken && retry.is_none() && !lent.fresh {
+                    if broken && retry.is_none() && !fresh {
                         debug!(error = %e, "redis connection dropped; reconnecting");
                         // The slot has let go of it: the next get opens a new one.
-                        retry = Some(lent.slot);
+                        retry = Some(slot);
                         continue;
                     }
                     return Err(redis_error(what, e));

@@ -360,10 +360,12 @@ mod tests {
 
     const TIME_MS: u64 = 1_700_000_000_123;
 
-    fn batch(lambda: &str) -> (Batch, LambdaTarget) {
+    /// A batch of two events for one Lambda webhook: `lambda` is its
+    /// `lambda` object, `extra` more members of the webhook (or nothing).
+    fn batch(lambda: &str, extra: &str) -> (Batch, LambdaTarget) {
         let text = format!(
             r#"{{"app_manager": {{"array": {{"apps": [{{"id": "a", "key": "the-key", "secret": "the-secret",
-                "webhooks": [{{"lambda": {lambda}, "event_types": ["member_added", "client_event"],
+                "webhooks": [{{"lambda": {lambda}, {extra} "event_types": ["member_added", "client_event"],
                   "headers": {{"x-custom": "not for lambda"}}}}]}}]}}}}}}"#
         );
         let (config, _) = Config::parse(&text, |_| None).unwrap();
@@ -397,9 +399,10 @@ mod tests {
     #[test]
     fn payload_is_the_http_envelope() {
         for t in ["Event", "RequestResponse"] {
-            let (batch, target) = batch(&format!(
-                r#"{{"function_name": "f", "invocation_type": "{t}"}}"#
-            ));
+            let (batch, target) = batch(
+                &format!(r#"{{"function_name": "f", "invocation_type": "{t}"}}"#),
+                "",
+            );
             let invocation = build_invocation(&target, &batch, TIME_MS);
             let want = envelope::body(TIME_MS, batch.events.iter().map(|e| e.json.as_slice()));
             assert_eq!(invocation.payload, want);
@@ -412,8 +415,10 @@ mod tests {
 
     #[test]
     fn request_response_carries_verifiable_signatures_in_the_client_context() {
-        let (batch, target) =
-            batch(r#"{"function_name": "f", "invocation_type": "RequestResponse"}"#);
+        let (batch, target) = batch(
+            r#"{"function_name": "f", "invocation_type": "RequestResponse"}"#,
+            "",
+        );
         let invocation = build_invocation(&target, &batch, TIME_MS);
         let cc = invocation.client_context.as_deref().unwrap();
         assert!(cc.len() <= CLIENT_CONTEXT_LIMIT, "{} bytes", cc.len());
@@ -440,19 +445,9 @@ mod tests {
 
     #[test]
     fn standard_webhooks_signature_is_included_when_configured() {
-        let text = r#"{"app_manager": {"array": {"apps": [{"id": "a", "key": "k", "secret": "s",
-            "webhooks": [{"lambda": {"function_name": "f", "invocation_type": "RequestResponse"},
-              "signing_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-              "event_types": ["member_added"]}]}]}}}"#;
-        let (config, _) = Config::parse(text, |_| None).unwrap();
-        let app = config.apps[0].clone();
-        let EndpointTarget::Lambda(target) = app.endpoints[0].target.clone() else {
-            panic!("a lambda target")
-        };
-        let mut batch = Batch::new(app, 0);
-        batch.add(
-            Encoded::new(Event::member_added("presence-a", "u1"), false),
-            &ticket(1),
+        let (batch, target) = batch(
+            r#"{"function_name": "f", "invocation_type": "RequestResponse"}"#,
+            r#""signing_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","#,
         );
         let invocation = build_invocation(&target, &batch, TIME_MS);
         let headers = context_headers(&invocation);
@@ -462,7 +457,7 @@ mod tests {
 
     #[test]
     fn event_invocations_have_no_client_context() {
-        let (batch, target) = batch(r#"{"function_name": "f"}"#);
+        let (batch, target) = batch(r#"{"function_name": "f"}"#, "");
         assert_eq!(target.invocation_type, InvocationType::Event);
         assert_eq!(
             build_invocation(&target, &batch, TIME_MS).client_context,
@@ -472,7 +467,7 @@ mod tests {
 
     #[test]
     fn oversized_payloads_are_rejected_before_invoking() {
-        let (batch, target) = batch(r#"{"function_name": "f"}"#);
+        let (batch, target) = batch(r#"{"function_name": "f"}"#, "");
         let mut invocation = build_invocation(&target, &batch, TIME_MS);
         assert_eq!(check_limits(&target, &invocation), None);
         invocation.payload = vec![b' '; 256 * 1024 + 1];

@@ -5,6 +5,9 @@
 //! `private-cache-`) and public channels have one too (`cache-`). Everything
 //! else is public. A cache channel has both its kind and the cache flag, so a
 //! filter on `private` matches `private-cache-x` and a filter on `cache` does too.
+//!
+//! A channel's [`namespace`] is the part of its name, after the type prefix,
+//! before the first `:` (Sockudo's channel namespaces).
 
 use std::fmt;
 
@@ -62,6 +65,29 @@ pub fn is_cache(channel: &str) -> bool {
     ]
     .iter()
     .any(|p| channel.starts_with(p))
+}
+
+/// The channel's namespace, as Sockudo derives it: the type prefix taken off
+/// (the first of these that it starts with: `private-encrypted-cache-`, `private-cache-`,
+/// `presence-cache-`, `cache-`, `private-encrypted-`, `presence-`,
+/// `private-`), then the text before the first `:`. `None` when there is no
+/// `:` or nothing before it: `presence-chat:room-1` is in `chat`, `chat` and
+/// `:room` are in none.
+pub fn namespace(channel: &str) -> Option<&str> {
+    let logical = [
+        "private-encrypted-cache-",
+        "private-cache-",
+        "presence-cache-",
+        "cache-",
+        "private-encrypted-",
+        "presence-",
+        "private-",
+    ]
+    .iter()
+    .find_map(|p| channel.strip_prefix(p))
+    .unwrap_or(channel);
+    let (namespace, _) = logical.split_once(':')?;
+    (!namespace.is_empty()).then_some(namespace)
 }
 
 /// What a `filter.channel_type` value matches: a channel kind, or any cache channel.
@@ -140,6 +166,33 @@ mod tests {
         for (name, kind, cache) in cases {
             assert_eq!(ChannelType::of(name), kind, "{name}");
             assert_eq!(is_cache(name), cache, "{name}");
+        }
+    }
+
+    #[test]
+    fn namespaces_are_derived_as_sockudo_derives_them() {
+        let cases = [
+            ("chat:room-1", Some("chat")),
+            ("private-chat:room-1", Some("chat")),
+            ("presence-orders:123", Some("orders")),
+            ("private-encrypted-chat:x", Some("chat")),
+            ("private-encrypted-cache-chat:x", Some("chat")),
+            ("private-cache-chat:x", Some("chat")),
+            ("presence-cache-chat:x", Some("chat")),
+            ("cache-chat:x", Some("chat")),
+            ("chat:a:b", Some("chat")),
+            // Only one prefix comes off: the rest is the logical name.
+            ("private-presence-x:y", Some("presence-x")),
+            ("cache-private-x:y", Some("private-x")),
+            ("chat", None),
+            ("private-chat", None),
+            (":room", None),
+            ("private-:room", None),
+            ("#server-to-user-1", None),
+            ("", None),
+        ];
+        for (channel, ns) in cases {
+            assert_eq!(namespace(channel), ns, "{channel}");
         }
     }
 

@@ -44,7 +44,7 @@ pub fn encode_event(event: &Event, with_id: bool) -> Vec<u8> {
     } else {
         serde_json::to_vec(&WithoutId(event))
     };
-    // Events hold only strings and a number: serializing cannot fail.
+    // Events hold strings, a number and JSON values: serializing cannot fail.
     r.unwrap_or_default()
 }
 
@@ -124,6 +124,9 @@ impl Serialize for WithoutId<'_> {
         }
         if let Some(v) = &e.subscription_count {
             m.serialize_entry("subscription_count", v)?;
+        }
+        for (k, v) in &e.extra {
+            m.serialize_entry(k, v)?;
         }
         m.end()
     }

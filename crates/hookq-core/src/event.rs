@@ -6,8 +6,15 @@
 //! producer is encoded to text, since receivers' libraries parse it as one),
 //! and `subscription_count` the only number. The optional `id` is hookq's
 //! per-event id, sent to receivers only when `webhooks.event_ids` is on.
+//!
+//! Fields hookq does not know (a newer server's, or a sender's own) are kept
+//! in [`Event::extra`] and written back after the known ones, so an event
+//! that came through the ingest reaches receivers with everything its sender
+//! put in it.
 
+use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
 use std::fmt;
 use std::str::FromStr;
 
@@ -76,7 +83,7 @@ impl FromStr for EventName {
 }
 
 /// One webhook event, in Pusher's shape.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
     /// hookq's per-event id; stable across retries. Sent only with `webhooks.event_ids`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,11 +96,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
     /// The client event's payload, always as a JSON string.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "data_as_string"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
     /// The sending socket (`client_event`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,6 +107,9 @@ pub struct Event {
     /// The channel's subscriber count (`subscription_count`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription_count: Option<u64>,
+    /// Every other field, as it came (empty for the events hookq makes).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// What is wrong with an event.
@@ -137,6 +143,7 @@ impl Event {
             socket_id: None,
             user_id: None,
             subscription_count: None,
+            extra: Map::new(),
         }
     }
 
@@ -227,12 +234,93 @@ impl Event {
 
 /// `data` may arrive as any JSON value; receivers need a string, so anything
 /// else is encoded to its JSON text.
-fn data_as_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(match Option::<serde_json::Value>::deserialize(d)? {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) => Some(s),
-        Some(other) => Some(other.to_string()),
-    })
+struct Data(Option<String>);
+
+impl<'de> Deserialize<'de> for Data {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Data(match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(other) => Some(other.to_string()),
+        }))
+    }
+}
+
+/// A field name, read without allocating unless it is one hookq does not know.
+enum Field {
+    Id,
+    Name,
+    Channel,
+    Event,
+    Data,
+    SocketId,
+    UserId,
+    SubscriptionCount,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl Visitor<'_> for FieldVisitor {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
+                Ok(match v {
+                    "id" => Field::Id,
+                    "name" => Field::Name,
+                    "channel" => Field::Channel,
+                    "event" => Field::Event,
+                    "data" => Field::Data,
+                    "socket_id" => Field::SocketId,
+                    "user_id" => Field::UserId,
+                    "subscription_count" => Field::SubscriptionCount,
+                    other => Field::Other(other.to_string()),
+                })
+            }
+        }
+        d.deserialize_identifier(FieldVisitor)
+    }
+}
+
+/// Reads the known fields into their places and keeps the rest in `extra`
+/// (serde's `flatten` would buffer the whole object first, which the job
+/// decode cannot afford).
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EventVisitor;
+        impl<'de> Visitor<'de> for EventVisitor {
+            type Value = Event;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an event object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Event, A::Error> {
+                let (mut name, mut channel) = (None, None);
+                let mut e = Event::new(EventName::CacheMiss, String::new());
+                while let Some(field) = map.next_key::<Field>()? {
+                    match field {
+                        Field::Id => e.id = map.next_value()?,
+                        Field::Name => name = Some(map.next_value()?),
+                        Field::Channel => channel = Some(map.next_value()?),
+                        Field::Event => e.event = map.next_value()?,
+                        Field::Data => e.data = map.next_value::<Data>()?.0,
+                        Field::SocketId => e.socket_id = map.next_value()?,
+                        Field::UserId => e.user_id = map.next_value()?,
+                        Field::SubscriptionCount => e.subscription_count = map.next_value()?,
+                        Field::Other(key) => {
+                            e.extra.insert(key, map.next_value()?);
+                        }
+                    }
+                }
+                e.name = name.ok_or_else(|| de::Error::missing_field("name"))?;
+                e.channel = channel.ok_or_else(|| de::Error::missing_field("channel"))?;
+                Ok(e)
+            }
+        }
+        d.deserialize_map(EventVisitor)
+    }
 }
 
 #[cfg(test)]
@@ -252,6 +340,18 @@ mod tests {
             out,
             r#"{"name":"client_event","channel":"c","event":"e","data":"{\"a\":1}","socket_id":"1.2"}"#
         );
+    }
+
+    #[test]
+    fn unknown_fields_are_kept_and_written_back() {
+        let text = r#"{"name":"member_added","channel":"presence-a","user_id":"u1","user_info":{"n":"Ann"},"zz":[1,2]}"#;
+        let e: Event = serde_json::from_str(text).unwrap();
+        assert_eq!(e.user_id.as_deref(), Some("u1"));
+        assert_eq!(e.extra["user_info"], serde_json::json!({"n": "Ann"}));
+        let back: Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(back, serde_json::from_str::<Value>(text).unwrap());
+        assert!(serde_json::from_str::<Event>(r#"{"channel":"c"}"#).is_err());
+        assert!(serde_json::from_str::<Event>(r#"{"name":"nope","channel":"c"}"#).is_err());
     }
 
     #[test]

@@ -27,6 +27,18 @@ pub fn pusher_signature(secret: &str, body: &[u8]) -> String {
     hex::encode(hmac(secret.as_bytes(), &[body]))
 }
 
+/// Whether `signature` (hex, either case) is the `X-Pusher-Signature` of
+/// `body` under `secret`; compared in constant time.
+pub fn verify_pusher_signature(secret: &str, body: &[u8], signature: &str) -> bool {
+    let Ok(expected) = hex::decode(signature.trim()) else {
+        return false;
+    };
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable!());
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
 /// A Standard Webhooks signing secret, decoded from its `whsec_` form.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SigningSecret(Vec<u8>);
@@ -90,6 +102,25 @@ mod tests {
             pusher_signature("7ad3773142a6692b25b8", body),
             "709fdb84c03664445f7698120b0edf0acc1ab1c8c6e93a0368c61841d6b998aa"
         );
+        let good = "709fdb84c03664445f7698120b0edf0acc1ab1c8c6e93a0368c61841d6b998aa";
+        assert!(verify_pusher_signature("7ad3773142a6692b25b8", body, good));
+        assert!(verify_pusher_signature(
+            "7ad3773142a6692b25b8",
+            body,
+            &good.to_uppercase()
+        ));
+        assert!(!verify_pusher_signature("other", body, good));
+        assert!(!verify_pusher_signature(
+            "7ad3773142a6692b25b8",
+            b"{}",
+            good
+        ));
+        assert!(!verify_pusher_signature("7ad3773142a6692b25b8", body, "zz"));
+        assert!(!verify_pusher_signature(
+            "7ad3773142a6692b25b8",
+            body,
+            &good[..62]
+        ));
     }
 
     // The worked example of the Standard Webhooks reference libraries' test suites:

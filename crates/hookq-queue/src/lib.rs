@@ -19,7 +19,9 @@ pub mod sqs;
 
 use async_trait::async_trait;
 use hookq_core::DeadLetter;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 pub use memory::MemoryQueue;
 
@@ -50,6 +52,70 @@ impl Outgoing {
     /// The same message, delayed.
     pub fn delayed(self, delay: Duration) -> Self {
         Self { delay, ..self }
+    }
+}
+
+/// What [`QueueDriver::push_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Once {
+    /// The messages were pushed.
+    Pushed,
+    /// A push under the same key went in within the window: nothing was pushed.
+    Duplicate,
+}
+
+/// Push keys seen within a window, kept in this process: how the drivers
+/// without a shared store (memory, SQS) answer [`QueueDriver::push_once`].
+/// Expired keys are dropped as new ones come, so it holds at most what one
+/// window brought.
+#[derive(Debug, Default)]
+pub struct OnceMarks {
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl OnceMarks {
+    /// Claims `key` for `window`: `false` when it is already claimed and not expired.
+    pub fn claim(&self, key: &str, window: Duration) -> bool {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.get(key).is_some_and(|until| *until > now) {
+            return false;
+        }
+        if seen.len() >= 1024 && seen.len().is_power_of_two() {
+            seen.retain(|_, until| *until > now);
+        }
+        seen.insert(key.to_string(), now + window);
+        true
+    }
+
+    /// Gives a claim back (its push failed, so a retry must be let through).
+    pub fn release(&self, key: &str) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// Pushes through `push` unless `key` is claimed; a failed push gives the claim back.
+    pub async fn push_once<F>(
+        &self,
+        key: &str,
+        window: Duration,
+        push: F,
+    ) -> Result<Once, QueueError>
+    where
+        F: Future<Output = Result<(), QueueError>>,
+    {
+        if !self.claim(key, window) {
+            return Ok(Once::Duplicate);
+        }
+        match push.await {
+            Ok(()) => Ok(Once::Pushed),
+            Err(e) => {
+                self.release(key);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -132,6 +198,21 @@ pub trait QueueDriver: Send + Sync + 'static {
 
     /// Pushes messages, each ready after its delay; all in as few round trips as the backend allows.
     async fn push(&self, messages: Vec<Outgoing>) -> Result<(), QueueError>;
+
+    /// Pushes `messages` unless a push under the same `key` went in within
+    /// `window` (a sender re-sending what it already handed over). Redis
+    /// keeps the key beside the queue, so every producer sharing it sees it;
+    /// memory and SQS keep keys in this process only ([`OnceMarks`]). The
+    /// default keeps none and always pushes.
+    async fn push_once(
+        &self,
+        key: &str,
+        window: Duration,
+        messages: Vec<Outgoing>,
+    ) -> Result<Once, QueueError> {
+        let _ = (key, window);
+        self.push(messages).await.map(|()| Once::Pushed)
+    }
 
     /// Takes up to `max` ready messages and holds them; waits up to `wait` for the first one.
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, QueueError>;

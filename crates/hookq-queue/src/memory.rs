@@ -10,7 +10,9 @@
 //! time. The queue is bounded: a push that would exceed the capacity fails as
 //! a whole.
 
-use crate::{Depth, DlqFilter, Handle, Outgoing, QueueDriver, QueueError, Received};
+use crate::{
+    Depth, DlqFilter, Handle, Once, OnceMarks, Outgoing, QueueDriver, QueueError, Received,
+};
 use async_trait::async_trait;
 use hookq_core::DeadLetter;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -78,6 +80,7 @@ pub struct MemoryQueue {
     pushed: Notify,
     capacity: usize,
     hold: Duration,
+    marks: OnceMarks,
 }
 
 impl MemoryQueue {
@@ -88,6 +91,7 @@ impl MemoryQueue {
             pushed: Notify::new(),
             capacity,
             hold,
+            marks: OnceMarks::default(),
         }
     }
 
@@ -133,6 +137,15 @@ fn token(h: &Handle) -> Option<u64> {
 impl QueueDriver for MemoryQueue {
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    async fn push_once(
+        &self,
+        key: &str,
+        window: Duration,
+        messages: Vec<Outgoing>,
+    ) -> Result<Once, QueueError> {
+        self.marks.push_once(key, window, self.push(messages)).await
     }
 
     async fn push(&self, messages: Vec<Outgoing>) -> Result<(), QueueError> {

@@ -14,6 +14,7 @@
 //! | `{prefix}:leases`   | zset   | token scored by lease deadline (server ms)               |
 //! | `{prefix}:dead`     | list   | [`DeadLetter`] JSON, oldest on the left                  |
 //! | `{prefix}:seq`      | string | counter for tokens and delayed members                   |
+//! | `{prefix}:once:<k>` | string | a `push_once` key, expiring after its window             |
 //!
 //! [`ready_key`] names the list external producers push to: a plain
 //! `LPUSH {hookq}:ready '<job json>'` enqueues a job.
@@ -43,6 +44,9 @@
 //!    whose lease expired and was reclaimed is simply absent, so a late ack
 //!    never touches the job's new hold. **Extend** sets the deadline of tokens
 //!    still in `leases` (`ZADD XX`) to server time + lease.
+//!    [`QueueDriver::push_once`] runs the push script with a key,
+//!    `{prefix}:once:<key>`, set with `SET NX PX <window>` in the same step:
+//!    a push whose key is already set pushes nothing.
 //! 5. **Dead letters**: [`DeadLetter`] JSON is `RPUSH`ed to `dead`; replay and
 //!    purge run in one script that walks the list from the oldest entry and
 //!    pushes each replayed entry's `job` to `ready`.
@@ -69,7 +73,7 @@
 //! [`QueueError::Unavailable`]; scripts are re-sent after a `NOSCRIPT`, so a
 //! restarted Redis works again without a new driver.
 
-use crate::{Depth, DlqFilter, Handle, Outgoing, QueueDriver, QueueError, Received};
+use crate::{Depth, DlqFilter, Handle, Once, Outgoing, QueueDriver, QueueError, Received};
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{
     AsyncConnectionConfig, Client, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError,
@@ -352,6 +356,55 @@ impl RedisQueue {
         }
     }
 
+    /// Pushes ready and delayed jobs, with `once` (a key and its window in
+    /// ms) only if that key is not set; in one round trip either way.
+    async fn push_keyed(
+        &self,
+        once: Option<(&str, u128)>,
+        messages: Vec<Outgoing>,
+    ) -> Result<Once, QueueError> {
+        if messages.is_empty() {
+            return Ok(Once::Pushed);
+        }
+        let mut ready = Vec::new();
+        let mut delayed = Vec::new();
+        for m in messages {
+            if m.delay.is_zero() {
+                ready.push(m.body);
+            } else {
+                // Whole milliseconds, rounded up: never due early.
+                let ms = m.delay.as_nanos().div_ceil(1_000_000).min(MAX_DELAY_MS);
+                delayed.push((ms.to_string(), m.body));
+            }
+        }
+        if delayed.is_empty() && once.is_none() {
+            let mut lpush = ::redis::cmd("LPUSH");
+            lpush.arg(&self.keys.ready).arg(&ready);
+            return self
+                .run::<()>("push", Request::Cmd(&lpush))
+                .await
+                .map(|()| Once::Pushed);
+        }
+        let (marker, window_ms) = once.unwrap_or((&self.keys.seq, 0));
+        let mut call = self.scripts.push.prepare_invoke();
+        call.key(&self.keys.ready)
+            .key(&self.keys.delayed)
+            .key(&self.keys.seq)
+            .key(marker)
+            .arg(window_ms.to_string())
+            .arg(ready.len())
+            .arg(&ready);
+        for (ms, body) in &delayed {
+            call.arg(ms).arg(body);
+        }
+        let pushed: i64 = self.run("push", Request::Script(&call)).await?;
+        Ok(if pushed < 0 {
+            Once::Duplicate
+        } else {
+            Once::Pushed
+        })
+    }
+
     fn idle(&self) -> MutexGuard<'_, Vec<MultiplexedConnection>> {
         // The free list stays consistent whatever panicked while holding it.
         self.receivers.lock().unwrap_or_else(|p| p.into_inner())
@@ -513,35 +566,18 @@ impl QueueDriver for RedisQueue {
     }
 
     async fn push(&self, messages: Vec<Outgoing>) -> Result<(), QueueError> {
-        if messages.is_empty() {
-            return Ok(());
-        }
-        let mut ready = Vec::new();
-        let mut delayed = Vec::new();
-        for m in messages {
-            if m.delay.is_zero() {
-                ready.push(m.body);
-            } else {
-                // Whole milliseconds, rounded up: never due early.
-                let ms = m.delay.as_nanos().div_ceil(1_000_000).min(MAX_DELAY_MS);
-                delayed.push((ms.to_string(), m.body));
-            }
-        }
-        if delayed.is_empty() {
-            let mut lpush = ::redis::cmd("LPUSH");
-            lpush.arg(&self.keys.ready).arg(&ready);
-            return self.run("push", Request::Cmd(&lpush)).await;
-        }
-        let mut call = self.scripts.push.prepare_invoke();
-        call.key(&self.keys.ready)
-            .key(&self.keys.delayed)
-            .key(&self.keys.seq)
-            .arg(ready.len())
-            .arg(&ready);
-        for (ms, body) in &delayed {
-            call.arg(ms).arg(body);
-        }
-        self.run("push", Request::Script(&call)).await
+        self.push_keyed(None, messages).await.map(|_| ())
+    }
+
+    async fn push_once(
+        &self,
+        key: &str,
+        window: Duration,
+        messages: Vec<Outgoing>,
+    ) -> Result<Once, QueueError> {
+        let marker = self.key(&format!("once:{key}"));
+        let window_ms = window.as_millis().clamp(1, MAX_DELAY_MS);
+        self.push_keyed(Some((&marker, window_ms)), messages).await
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, QueueError> {

@@ -97,6 +97,8 @@ pub struct SqsQueue {
     max_receive_count: u32,
     /// Set by [`SqsQueue::serialize_receives`].
     receive_lock: Option<tokio::sync::Mutex<()>>,
+    /// The keys of [`QueueDriver::push_once`], in this process.
+    marks: crate::OnceMarks,
 }
 
 /// One DLQ message taken during a walk.
@@ -198,6 +200,7 @@ impl SqsQueue {
             group_id: settings.message_group_id.clone(),
             max_receive_count,
             receive_lock: None,
+            marks: crate::OnceMarks::default(),
         })
     }
 
@@ -492,6 +495,19 @@ impl SqsQueue {
 impl QueueDriver for SqsQueue {
     fn name(&self) -> &'static str {
         "sqs"
+    }
+
+    /// A FIFO queue also drops a message whose id it saw in the last five
+    /// minutes (its deduplication id), so a push that failed in part and is
+    /// pushed again whole enqueues only what was missing; a standard queue
+    /// has no such memory, and only this process's keys protect it.
+    async fn push_once(
+        &self,
+        key: &str,
+        window: Duration,
+        messages: Vec<Outgoing>,
+    ) -> Result<crate::Once, QueueError> {
+        self.marks.push_once(key, window, self.push(messages)).await
     }
 
     async fn push(&self, messages: Vec<Outgoing>) -> Result<(), QueueError> {

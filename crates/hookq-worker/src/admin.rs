@@ -1,4 +1,5 @@
-//! The admin HTTP server: `/metrics` (Prometheus text), `/health` (the process
+//! The admin HTTP server: `/metrics` (Prometheus text: the worker's, and an
+//! in-process ingest's when `ingest.enabled`), `/health` (the process
 //! answers) and `/ready` (the queue answered the last receive).
 
 use crate::worker::Shared;
@@ -7,31 +8,41 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use hookq_ingest::IngestMetrics;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio_util::sync::CancellationToken;
 
-/// The admin routes over a worker's shared state.
-pub fn router(shared: Arc<Shared>) -> Router {
+/// What the admin routes read: the worker's shared state and, when the
+/// worker serves the ingest too, the ingest's metrics.
+#[derive(Clone)]
+struct Admin {
+    shared: Arc<Shared>,
+    ingest: Option<Arc<IngestMetrics>>,
+}
+
+/// The admin routes over a worker's shared state (and an in-process ingest's metrics).
+pub fn router(shared: Arc<Shared>, ingest: Option<Arc<IngestMetrics>>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
-        .with_state(shared)
+        .with_state(Admin { shared, ingest })
 }
 
 /// Serves the admin routes on `listener` until `shutdown` fires.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
+    ingest: Option<Arc<IngestMetrics>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared))
+    axum::serve(listener, router(shared, ingest))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+async fn metrics(State(Admin { shared, ingest }): State<Admin>) -> impl IntoResponse {
     if let Ok(depth) = shared.queue.depth().await {
         shared.metrics.set_depth(&depth);
     }
@@ -41,11 +52,13 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        shared.metrics.render(),
+        shared
+            .metrics
+            .render_with(ingest.as_ref().map(|m| m.registry())),
     )
 }
 
-async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+async fn ready(State(Admin { shared, .. }): State<Admin>) -> impl IntoResponse {
     if !shared.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "queue not reachable\n")
     } else if !shared.apps.is_ready() {

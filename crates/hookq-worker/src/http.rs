@@ -91,7 +91,11 @@ impl HttpDeliverer {
         }
         let mut resp = match builder.send().await {
             Ok(resp) => resp,
-            Err(e) => return classify_error(&e, timeout_ms, self.connect_timeout.as_millis()),
+            // The URL may hold credentials or tokens: the reason goes into logs and DLQ entries.
+            Err(e) => {
+                let e = e.without_url();
+                return classify_error(&e, timeout_ms, self.connect_timeout.as_millis());
+            }
         };
         let status = resp.status().as_u16();
         let retry_after = resp
@@ -150,6 +154,28 @@ mod tests {
     use crate::batch::Encoded;
     use crate::settle::tests::ticket;
     use hookq_core::{Config, Event, sign};
+
+    /// The reason of a failure goes into logs and DLQ entries: it must not show the URL's secrets.
+    #[tokio::test]
+    async fn a_failure_reason_does_not_show_the_url() {
+        let deliverer = HttpDeliverer::new(Duration::from_secs(2)).unwrap();
+        // Nothing listens on port 1 of the loopback: the connection is refused at once.
+        let url = url::Url::parse("http://user:s3cret@127.0.0.1:1/hook?token=t0ken").unwrap();
+        let outcome = deliverer
+            .send(Request {
+                url,
+                headers: Vec::new(),
+                body: Vec::new(),
+                timeout: Duration::from_secs(2),
+            })
+            .await;
+        let text = format!("{outcome:?}");
+        assert!(matches!(outcome, Outcome::Retry { .. }), "{text}");
+        assert!(
+            !text.contains("s3cret") && !text.contains("t0ken") && !text.contains("user"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn request_is_signed_and_custom_headers_cannot_override() {

@@ -1,6 +1,7 @@
 //! `hookq`: the worker binary and its operator commands.
 //!
-//! `hookq worker` runs a worker; `hookq check-config` validates a config;
+//! `hookq worker` runs a worker; `hookq ingest` takes the webhooks realtime
+//! servers send and puts them on the queue; `hookq check-config` validates a config;
 //! `hookq enqueue` publishes events through the producer; `hookq dlq` lists,
 //! replays and purges the dead-letter queue; `hookq demo` runs producer,
 //! worker and a receiver in one process on the memory queue; `hookq
@@ -9,7 +10,8 @@
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use hookq_core::{AppManagerSettings, Config, Event, StaticApps};
+use hookq_core::{AppManagerSettings, AppRegistry, Config, Event, StaticApps};
+use hookq_ingest::{Ingest, IngestMetrics};
 use hookq_queue::DlqFilter;
 use hookq_worker::{Metrics, Worker, admin, demo, queue};
 use std::io::BufRead;
@@ -39,6 +41,9 @@ struct ConfigArg {
 enum Command {
     /// Run a worker until SIGTERM or SIGINT.
     Worker(ConfigArg),
+    /// Take the webhooks Sockudo, Soketi or Pusher send (POST /pusher/webhooks
+    /// on ingest.addr) and put them on the queue, until SIGTERM or SIGINT.
+    Ingest(ConfigArg),
     /// Validate a config file and print what it configures.
     CheckConfig(ConfigArg),
     /// Publish events for an app (JSON objects, one per line with --file).
@@ -165,6 +170,7 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Worker(c) => run_worker(c.config.clone(), load_config(&c.config)?).await,
+        Command::Ingest(c) => run_ingest(c.config.clone(), load_config(&c.config)?).await,
         Command::CheckConfig(c) => {
             let config = load_config(&c.config)?;
             print!("{} is valid.\n{config}", c.config.display());
@@ -206,14 +212,65 @@ fn cancel_on_signals(token: CancellationToken) {
     });
 }
 
+/// Binds `addr`, naming `what` in the error.
+async fn bind(addr: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} address {addr}"))
+}
+
+/// The app registry `app_manager` names: the config file's apps, reloaded
+/// live until `stop` (the task comes back), or a database's.
+async fn open_apps(
+    path: PathBuf,
+    config: &Arc<Config>,
+    stop: &CancellationToken,
+) -> anyhow::Result<(Arc<dyn AppRegistry>, Option<tokio::task::JoinHandle<()>>)> {
+    if config.app_manager == AppManagerSettings::Memory {
+        let apps = Arc::new(StaticApps::new(&config.apps));
+        let reload = tokio::spawn(reload_apps(path, apps.clone(), stop.clone()));
+        return Ok((apps, Some(reload)));
+    }
+    let registry = hookq_apps::open(config).await?;
+    tracing::info!(
+        app_manager = config.app_manager.driver(),
+        "apps are read from the database"
+    );
+    Ok((registry, None))
+}
+
+/// Starts the ingest on its address, serving until `shutdown` and then
+/// draining for at most the shutdown timeout.
+async fn start_ingest(
+    config: &Config,
+    apps: Arc<dyn AppRegistry>,
+    queue: Arc<dyn hookq_queue::QueueDriver>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Arc<Ingest>, tokio::task::JoinHandle<()>)> {
+    let settings = config.ingest.clone();
+    let listener = bind(&settings.addr.to_string(), "ingest").await?;
+    let ingest = Ingest::new(settings, apps, queue, Arc::new(IngestMetrics::new()));
+    tracing::info!(
+        addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        route = hookq_core::config::INGEST_ROUTE,
+        "ingest started"
+    );
+    let task = tokio::spawn(hookq_ingest::serve::serve(
+        listener,
+        ingest.router(),
+        config.ingest.header_timeout,
+        shutdown.clone(),
+        config.worker.shutdown_timeout,
+    ));
+    Ok((ingest, task))
+}
+
 async fn run_worker(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
     let addr = config.worker.admin_addr.clone();
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("binding the admin address {addr}"))?;
+    let listener = bind(&addr, "admin").await?;
     let queue = queue::open_patiently(&config, &shutdown).await?;
     tracing::info!(
         queue = queue.name(),
@@ -222,24 +279,54 @@ async fn run_worker(path: PathBuf, config: Config) -> anyhow::Result<()> {
         "worker started"
     );
     let admin_stop = CancellationToken::new();
-    let (worker, reload) = if config.app_manager == AppManagerSettings::Memory {
-        let apps = Arc::new(StaticApps::new(&config.apps));
-        let worker = Worker::with_apps(config, apps.clone(), queue, Arc::new(Metrics::new()))?;
-        let reload = tokio::spawn(reload_apps(path, apps, admin_stop.clone()));
-        (worker, Some(reload))
+    let (apps, reload) = open_apps(path, &config, &admin_stop).await?;
+    let ingest = if config.ingest.enabled {
+        Some(start_ingest(&config, apps.clone(), queue.clone(), &shutdown).await?)
     } else {
-        let registry = hookq_apps::open(&config).await?;
-        tracing::info!(
-            app_manager = config.app_manager.driver(),
-            "apps are read from the database"
-        );
-        (
-            Worker::with_apps(config, registry, queue, Arc::new(Metrics::new()))?,
-            None,
-        )
+        None
     };
-    let admin = tokio::spawn(admin::serve(listener, worker.shared(), admin_stop.clone()));
+    let worker = Worker::with_apps(config, apps, queue, Arc::new(Metrics::new()))?;
+    let admin = tokio::spawn(admin::serve(
+        listener,
+        worker.shared(),
+        ingest.as_ref().map(|(i, _)| i.metrics().clone()),
+        admin_stop.clone(),
+    ));
     worker.run(shutdown).await?;
+    if let Some((_, task)) = ingest {
+        let _ = task.await;
+    }
+    admin_stop.cancel();
+    let _ = admin.await;
+    if let Some(reload) = reload {
+        let _ = reload.await;
+    }
+    Ok(())
+}
+
+/// `hookq ingest`: the ingest on `ingest.addr`, its probes and metrics on
+/// `worker.admin_addr`. SIGTERM stops accepting, finishes the requests in
+/// flight (up to `worker.shutdown_timeout_ms`) and exits.
+async fn run_ingest(path: PathBuf, config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone());
+    let admin_listener = bind(&config.worker.admin_addr, "admin").await?;
+    let queue = queue::open_patiently(&config, &shutdown).await?;
+    let admin_stop = CancellationToken::new();
+    let (apps, reload) = open_apps(path, &config, &admin_stop).await?;
+    let (ingest, task) = start_ingest(&config, apps, queue, &shutdown).await?;
+    let admin = {
+        let stop = admin_stop.clone();
+        let routes = ingest.admin_router();
+        tokio::spawn(async move {
+            axum::serve(admin_listener, routes)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    };
+    let _ = task.await;
+    tracing::info!("ingest stopped");
     admin_stop.cancel();
     let _ = admin.await;
     if let Some(reload) = reload {

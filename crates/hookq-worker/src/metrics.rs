@@ -4,7 +4,7 @@
 //! read when scraped, so an idle worker issues no queue command for them
 //! between scrapes.
 
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -136,9 +136,19 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
+        self.render_with(None)
+    }
+
+    /// The text exposition format, with the metrics of `also` (an
+    /// in-process ingest's) after the worker's.
+    pub fn render_with(&self, also: Option<&Registry>) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry);
+        if let Some(registry) = also {
+            let _ = encode_registry(&mut out, registry);
+        }
+        let _ = encode_eof(&mut out);
         out
     }
 }

@@ -11,3 +11,4 @@ pub mod postgres;
 pub mod process;
 pub mod receiver;
 pub mod redis_server;
+pub mod sender;

@@ -1,6 +1,6 @@
-//! `hookq` worker processes: spawned from the built binary with a config
-//! written to a temporary file, an admin port of their own, and logs kept in
-//! a file that is printed when a test fails.
+//! `hookq` worker and ingest processes: spawned from the built binary with a
+//! config written to a temporary file, an admin port and an ingest port of
+//! their own, and logs kept in a file that is printed when a test fails.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -67,6 +67,8 @@ pub fn write_config(dir: &Path, name: &str, config: &Value) -> PathBuf {
 pub struct WorkerProcess {
     pub name: String,
     pub admin_port: u16,
+    /// Where its ingest listens (`ingest.addr`), whether or not it serves one.
+    pub ingest_port: u16,
     child: Child,
     log: PathBuf,
 }
@@ -75,13 +77,25 @@ impl WorkerProcess {
     /// Starts `hookq worker` with `config` (its `worker.admin_addr` is set here)
     /// and waits until `/health` answers.
     pub async fn start(dir: &Path, name: &str, config: &Value) -> WorkerProcess {
+        Self::start_as("worker", dir, name, config).await
+    }
+
+    /// Starts `hookq ingest` with `config` (its admin and ingest addresses set here).
+    pub async fn start_ingest(dir: &Path, name: &str, config: &Value) -> WorkerProcess {
+        Self::start_as("ingest", dir, name, config).await
+    }
+
+    /// Starts `hookq <command>` (`worker` or `ingest`) and waits until `/health` answers.
+    pub async fn start_as(command: &str, dir: &Path, name: &str, config: &Value) -> WorkerProcess {
         let admin_port = free_port();
+        let ingest_port = free_port();
         let mut config = config.clone();
         config["worker"]["admin_addr"] = Value::String(format!("127.0.0.1:{admin_port}"));
+        config["ingest"]["addr"] = Value::String(format!("127.0.0.1:{ingest_port}"));
         let path = write_config(dir, &format!("{name}.json"), &config);
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(hookq_bin())
-            .args(["worker", "--config"])
+            .args([command, "--config"])
             .arg(&path)
             .env("HOOKQ_LOG", "info")
             .stdin(Stdio::null())
@@ -92,11 +106,17 @@ impl WorkerProcess {
         let w = WorkerProcess {
             name: name.to_string(),
             admin_port,
+            ingest_port,
             child,
             log,
         };
         w.wait_healthy(Duration::from_secs(20)).await;
         w
+    }
+
+    /// The URL realtime servers post to on this process's ingest.
+    pub fn ingest_url(&self) -> String {
+        format!("http://127.0.0.1:{}/pusher/webhooks", self.ingest_port)
     }
 
     pub fn pid(&self) -> u32 {

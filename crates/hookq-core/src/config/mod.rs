@@ -4,13 +4,17 @@
 //! Loading goes text → [`crate::jsonc::strip`] (comments, trailing commas) →
 //! `serde_json::Value` → [`apply_env`] (the `HOOKQ_*` variables) → a walk over
 //! the value that builds a [`Config`] and collects [`Problem`]s, each with its
-//! JSON path. Any error refuses the whole file; unknown keys only warn.
+//! JSON path. Any error refuses the whole file; unknown keys only warn, except
+//! inside a webhook's `filter`, where an ignored key would widen the filter.
 //! docs/configuration.md lists every key.
 
+mod ingest;
 mod reader;
 
+pub use ingest::{IngestSettings, ROUTE as INGEST_ROUTE};
+
 use crate::channel::ChannelTypeFilter;
-use crate::endpoint::{Endpoint, EndpointTarget, Filter, InvocationType, LambdaTarget};
+use crate::endpoint::{Endpoint, EndpointTarget, Filter, InvocationType, LambdaTarget, redact_url};
 use crate::event::EventName;
 use crate::retry::RetryPolicy;
 use crate::sign::SigningSecret;
@@ -125,19 +129,31 @@ pub struct MemoryQueueSettings {
 }
 
 /// `queue.redis`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisSettings {
-    /// Connection URL.
+    /// Connection URL; it may hold a password, so `Debug` prints it redacted.
     pub url: String,
     /// Key prefix; every key is `{prefix}:…`, one hash tag for Redis Cluster.
     pub prefix: String,
-    /// Sockudo's `concurrency`: read and validated, not used (a worker
-    /// runs one receive loop; see docs/operations.md).
+    /// Sockudo's `concurrency` (default 5): read, warned about when set, not
+    /// used (a worker runs one receive loop; see docs/operations.md).
     pub concurrency: usize,
     /// How long a claimed job stays leased before any worker may reclaim it.
     pub lease: Duration,
     /// Connections shared by short commands; also the most idle receive connections kept.
     pub pool_size: usize,
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("concurrency", &self.concurrency)
+            .field("lease", &self.lease)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
 }
 
 /// `queue.sqs`.
@@ -322,6 +338,8 @@ pub struct Config {
     pub worker: WorkerSettings,
     /// `app_manager.driver` with its settings.
     pub app_manager: AppManagerSettings,
+    /// `ingest`.
+    pub ingest: IngestSettings,
 }
 
 /// Environment variables that override config keys: (variable, JSON path, is a string).
@@ -340,6 +358,8 @@ pub const ENV_OVERRIDES: &[(&str, &str, bool)] = &[
         false,
     ),
     ("HOOKQ_ADMIN_ADDR", "worker.admin_addr", true),
+    ("HOOKQ_INGEST_ADDR", "ingest.addr", true),
+    ("HOOKQ_INGEST_ENABLED", "ingest.enabled", false),
 ];
 
 /// Sets the keys named by [`ENV_OVERRIDES`] from `env`; returns the variables applied.
@@ -427,6 +447,22 @@ fn longest_request_timeout(apps: &[Arc<App>], default: Duration) -> Duration {
         .fold(default, Duration::max)
 }
 
+/// Every `queue.driver` value Sockudo accepts (its `QueueDriver`); hookq has `memory`, `redis` and `sqs`.
+const SOCKUDO_QUEUE_DRIVERS: &[&str] = &[
+    "memory",
+    "redis",
+    "redis-cluster",
+    "nats",
+    "pulsar",
+    "rabbitmq",
+    "google-pubsub",
+    "kafka",
+    "iggy",
+    "sqs",
+    "sns",
+    "none",
+];
+
 /// Top-level sections of Sockudo's config that hookq reads nothing from.
 const SOCKUDO_SECTIONS: &[&str] = &[
     "activity_timeout",
@@ -497,7 +533,12 @@ fn read_root(root: &Value, d: &mut Diagnostics) -> Option<Config> {
     let app_manager = read_app_databases(&mut database, driver, cache_ttl, d);
     database.ignore(&["mongodb", "surrealdb", "scylladb"]);
     database.finish(d);
+    let ingest = ingest::read_ingest(&mut top.obj("ingest", d), d);
     top.finish(d);
+    for (i, app) in apps.iter().enumerate() {
+        let at = |j| format!("app_manager.array.apps[{i}].webhooks[{j}]");
+        ingest::check_loops(&app.endpoints, &ingest, at, d);
+    }
     let mut config = Config {
         apps: Vec::new(),
         by_id: HashMap::new(),
@@ -505,6 +546,7 @@ fn read_root(root: &Value, d: &mut Diagnostics) -> Option<Config> {
         queue,
         worker,
         app_manager,
+        ingest,
     };
     config.set_apps(apps);
     check_lease(&config, d);
@@ -579,13 +621,40 @@ fn read_queue(
         Some("redis") => QueueDriverKind::Redis,
         Some("sqs") => QueueDriverKind::Sqs,
         Some(other) => {
-            d.error(
-                &o.at("driver"),
-                format!("unknown queue driver {other:?}; use \"memory\", \"redis\" or \"sqs\""),
-            );
+            let message = if other == "none" {
+                "Sockudo's \"none\" (no queue) leaves hookq nothing to read; use \"memory\", \"redis\" or \"sqs\"".to_string()
+            } else if other == "redis-cluster" {
+                "hookq has no Redis Cluster driver (Sockudo's \"redis-cluster\"); use \"redis\" with queue.redis.url naming one Redis server, or \"sqs\"".to_string()
+            } else if SOCKUDO_QUEUE_DRIVERS.contains(&other) {
+                format!(
+                    "Sockudo's queue driver {other:?} is not one hookq has; use \"memory\", \"redis\" or \"sqs\""
+                )
+            } else {
+                format!("unknown queue driver {other:?}; use \"memory\", \"redis\" or \"sqs\"")
+            };
+            d.error(&o.at("driver"), message);
             QueueDriverKind::Memory
         }
     };
+    // Settings of Sockudo's other drivers: unused, as they are by Sockudo
+    // when their driver is not the one chosen (choosing one is an error above).
+    o.ignore(&[
+        "redis_cluster",
+        "nats",
+        "pulsar",
+        "rabbitmq",
+        "google_pubsub",
+        "kafka",
+        "iggy",
+        "sns",
+    ]);
+    if o.has("reliability") {
+        o.ignore(&["reliability"]);
+        d.warnings.push(Problem {
+            path: o.at("reliability"),
+            message: "Sockudo's queue reliability settings are not used by hookq: its retries are webhooks.retry, its holds queue.<driver>.lease_ms (SQS: visibility_timeout)".into(),
+        });
+    }
     // A hold must outlive the longest request plus the batching window, or a
     // job is reclaimed while its delivery is still running and sent twice.
     let default_lease = busiest_hold.max(Duration::from_secs(30)) + Duration::from_secs(30);
@@ -608,13 +677,18 @@ fn read_queue(
         db.ignore(&[
             "key_prefix",
             "cluster_nodes",
-            "sentinels",
+            "sentinel_password",
             "name",
             "cluster",
         ]);
         host.and_then(|host| {
+            // Sockudo lets the host carry the scheme: `rediss://redis.internal` is TLS.
+            let (scheme, host) = match host.split_once("://") {
+                Some((scheme @ ("redis" | "rediss"), rest)) => (scheme, rest.to_string()),
+                _ => ("redis", host),
+            };
             let base = format!(
-                "redis://{host}:{}/{}",
+                "{scheme}://{host}:{}/{}",
                 port.unwrap_or(6379),
                 db_index.unwrap_or(0)
             );
@@ -634,25 +708,52 @@ fn read_queue(
             Some(url.to_string())
         })
     };
+    let sentinels = matches!(db.get("sentinels"), Some(Value::Array(a)) if !a.is_empty());
+    let explicit_url = r.str("url", d).or(r.str("url_override", d));
+    // Sockudo would go through Sentinel; hookq would connect to `host` directly.
+    if sentinels && explicit_url.is_none() && driver == QueueDriverKind::Redis {
+        d.error(
+            &db.at("sentinels"),
+            "hookq cannot connect through Redis Sentinel; set queue.redis.url (or url_override) to the master's redis:// URL",
+        );
+    }
     db.finish(d);
-    let url = r
-        .str("url", d)
-        .or(r.str("url_override", d))
+    let url = explicit_url
         .or(db_url)
         .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     if !url.starts_with("redis://") && !url.starts_with("rediss://") {
         d.error(&r.at("url"), "must start with redis:// or rediss://");
+    }
+    let concurrency = r.opt_u64("concurrency", 0, d);
+    if concurrency.is_some() {
+        d.warnings.push(Problem {
+            path: r.at("concurrency"),
+            message: "Sockudo's key, not used by hookq: a worker runs one Redis receive loop (up to 500 jobs a call); delivery concurrency is worker.endpoint_concurrency and a webhook's max_concurrency".into(),
+        });
+    }
+    if r.opt_u64("response_timeout_ms", 0, d).is_some() {
+        d.warnings.push(Problem {
+            path: r.at("response_timeout_ms"),
+            message: "Sockudo's key, not used by hookq: its Redis commands time out after 5 s"
+                .into(),
+        });
+    }
+    // Ignoring this would talk to a Redis Cluster as to one server.
+    if r.bool("cluster_mode", false, d) {
+        d.error(
+            &r.at("cluster_mode"),
+            "hookq has no Redis Cluster client; set it to false and queue.redis.url to one Redis server, or use the \"sqs\" driver",
+        );
     }
     let redis = RedisSettings {
         url,
         prefix: r
             .nonempty_str("prefix", d)
             .unwrap_or_else(|| "hookq".into()),
-        concurrency: r.u64("concurrency", 100, 1, d) as usize,
+        concurrency: concurrency.unwrap_or(5) as usize,
         lease: r.opt_u64("lease_ms", 1, d).map_or(default_lease, ms),
         pool_size: r.u64("pool_size", 8, 1, d) as usize,
     };
-    r.ignore(&["cluster_mode"]);
     r.finish(d);
 
     let mut s = o.obj("sqs", d);
@@ -815,7 +916,12 @@ fn read_app_manager(
 }
 
 /// Sockudo's database keys that concern its own cache, not hookq.
-const SOCKUDO_DB_KEYS: &[&str] = &["cache_cleanup_interval", "cache_max_capacity"];
+const SOCKUDO_DB_KEYS: &[&str] = &[
+    "cache_cleanup_interval",
+    "cache_max_capacity",
+    "pool_min",
+    "pool_max",
+];
 
 /// Sockudo's default cache TTL of a database app manager, in seconds.
 const DEFAULT_APP_CACHE_TTL: u64 = 300;
@@ -928,7 +1034,8 @@ fn check_table_name(name: &str, path: &str, d: &mut Diagnostics) {
 /// Compiles one app from a database record (Sockudo's applications table:
 /// `id`, `key`, `secret`, `enabled` and the `webhooks` JSON), with the same
 /// rules as an app of `app_manager.array.apps`. Problems come back with
-/// paths such as `webhooks[1].event_types`; unknown keys are allowed.
+/// paths such as `webhooks[1].event_types`; unknown keys are allowed, except
+/// inside a `filter` (an error there too, as in the file).
 pub fn app_from_record(
     id: &str,
     key: &str,
@@ -970,6 +1077,12 @@ pub fn app_from_record(
             endpoints.push(e);
         }
     }
+    ingest::check_loops(
+        &endpoints,
+        &config.ingest,
+        |j| format!("webhooks[{j}]"),
+        &mut d,
+    );
     if !d.errors.is_empty() {
         return Err(d.errors);
     }
@@ -1148,8 +1261,41 @@ fn read_endpoint(
                 .map_err(|e| d.error(&f.at("channel_pattern"), format!("invalid regex: {e}")))
                 .ok()
         }),
+        channel_namespace: f.nonempty_str("channel_namespace", d),
+        channel_namespaces: f.string_array("channel_namespaces", d),
     };
-    f.finish(d);
+    // A namespace never holds `:` and is never empty, so such a value could match no channel.
+    let namespaces_path = f.at("channel_namespaces");
+    if let Some(ns) = &filter.channel_namespace
+        && ns.contains(':')
+    {
+        d.error(
+            &f.at("channel_namespace"),
+            format!("{ns:?} cannot be a namespace: a namespace ends at the first ':'"),
+        );
+    }
+    match &filter.channel_namespaces {
+        Some(list) if list.is_empty() => d.error(
+            &namespaces_path,
+            "is empty; it would match no channel (leave it out to match every namespace)",
+        ),
+        Some(list) => {
+            for (i, ns) in list.iter().enumerate() {
+                if ns.trim().is_empty() || ns.contains(':') {
+                    d.error(
+                        &format!("{namespaces_path}[{i}]"),
+                        format!("{ns:?} cannot be a namespace: it must be non-empty, without ':'"),
+                    );
+                }
+            }
+        }
+        None => {}
+    }
+    // An ignored condition would send this endpoint events it did not ask for.
+    f.finish_strict(
+        "a filter condition hookq does not know would be ignored and let other channels through",
+        d,
+    );
 
     let headers_path = w.at("headers");
     let mut headers = Vec::new();
@@ -1201,11 +1347,16 @@ fn check_http_url(u: &str, path: &str, d: &mut Diagnostics) -> Option<url::Url> 
     match url::Url::parse(u) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
         Ok(_) => {
-            d.error(path, format!("{u:?} is not an absolute http(s) URL"));
+            let shown = redact_url(u);
+            d.error(path, format!("{shown:?} is not an absolute http(s) URL"));
             None
         }
         Err(e) => {
-            d.error(path, format!("{u:?} is not an absolute http(s) URL ({e})"));
+            let shown = redact_url(u);
+            d.error(
+                path,
+                format!("{shown:?} is not an absolute http(s) URL ({e})"),
+            );
             None
         }
     }
@@ -1278,10 +1429,13 @@ impl fmt::Display for Config {
                 s.region,
                 s.endpoint_url
                     .as_deref()
-                    .map(|u| format!(" at {u}"))
+                    .map(|u| format!(" at {}", redact_url(u)))
                     .unwrap_or_default(),
                 s.cache_ttl.as_secs()
             )?,
+        }
+        if self.ingest.enabled {
+            writeln!(f, "ingest: on in the worker, {}", self.ingest.addr)?;
         }
         writeln!(f, "apps: {}", self.apps.len())?;
         for app in &self.apps {
@@ -1311,6 +1465,12 @@ impl fmt::Display for Config {
                     }
                     if let Some(p) = &ft.channel_pattern {
                         parts.push(format!("pattern {:?}", p.as_str()));
+                    }
+                    if let Some(ns) = &ft.channel_namespace {
+                        parts.push(format!("namespace {ns:?}"));
+                    }
+                    if let Some(list) = &ft.channel_namespaces {
+                        parts.push(format!("namespaces {list:?}"));
                     }
                     writeln!(f, "      filter: {}", parts.join(", "))?;
                 }

@@ -2,7 +2,9 @@
 //!
 //! Each accessor marks its key as known, checks the type, and records an
 //! error (with the JSON path) instead of stopping; [`Obj::finish`] warns about
-//! every key nobody asked for, so typos do not pass silently.
+//! every key nobody asked for, so typos do not pass silently, and
+//! [`Obj::finish_strict`] refuses them where ignoring one would change what
+//! the config does (a webhook's `filter`).
 
 use super::{Diagnostics, Problem};
 use serde_json::{Map, Value};
@@ -193,16 +195,57 @@ impl<'v> Obj<'v> {
         }
     }
 
+    /// An optional array of strings (a bare string is refused); each wrong element is an
+    /// error at its index, and then the array counts as absent.
+    pub fn string_array(&mut self, key: &'static str, d: &mut Diagnostics) -> Option<Vec<String>> {
+        let path = self.at(key);
+        let items = self.typed(key, d, "an array of strings", Value::as_array)?;
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match item.as_str() {
+                Some(s) => out.push(s.to_string()),
+                None => d.error(
+                    &format!("{path}[{i}]"),
+                    format!("expected a string, found {}", type_name(item)),
+                ),
+            }
+        }
+        // Only a whole array: indices of later checks then stay the file's.
+        (out.len() == items.len()).then_some(out)
+    }
+
+    /// Whether a key is present (not null) without marking it known.
+    pub fn has(&self, key: &str) -> bool {
+        self.map
+            .and_then(|m| m.get(key))
+            .is_some_and(|v| !v.is_null())
+    }
+
+    fn unknown_keys(&self) -> impl Iterator<Item = &'v String> + '_ {
+        self.map
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .filter(|k| !self.known.contains(&k.as_str()))
+    }
+
     /// Warns about every key that no accessor asked for.
     pub fn finish(&self, d: &mut Diagnostics) {
-        let Some(map) = self.map else { return };
-        for key in map.keys() {
-            if !self.known.contains(&key.as_str()) {
-                d.warnings.push(Problem {
-                    path: join(&self.path, key),
-                    message: "unknown key, ignored".into(),
-                });
-            }
+        for key in self.unknown_keys() {
+            d.warnings.push(Problem {
+                path: join(&self.path, key),
+                message: "unknown key, ignored".into(),
+            });
+        }
+    }
+
+    /// Refuses every key that no accessor asked for, where ignoring one would
+    /// change what the config does (`why` says what); the message lists the known keys.
+    pub fn finish_strict(&self, why: &str, d: &mut Diagnostics) {
+        for key in self.unknown_keys() {
+            d.error(
+                &join(&self.path, key),
+                format!("unknown key; {why} (known: {})", self.known.join(", ")),
+            );
         }
     }
 }

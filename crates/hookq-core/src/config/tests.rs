@@ -346,3 +346,372 @@ fn a_database_record_compiles_with_the_config_files_rules() {
         "{text:?}"
     );
 }
+
+/// One app with one webhook whose `filter` is `filter`.
+fn with_filter(filter: &str) -> String {
+    format!(
+        r#"{{"app_manager": {{"array": {{"apps": [{{"id": "a", "key": "k", "secret": "s",
+            "webhooks": [{{"url": "https://example.com/h", "event_types": ["channel_occupied"],
+              "filter": {filter}}}]}}]}}}}}}"#
+    )
+}
+
+fn error_text(text: &str) -> String {
+    load(text).unwrap_err().to_string()
+}
+
+#[test]
+fn an_unknown_filter_key_is_an_error_with_its_path() {
+    let err = error_text(&with_filter(
+        r#"{"channel_prefix": "private-", "foo": "x"}"#,
+    ));
+    assert!(
+        err.contains("app_manager.array.apps[0].webhooks[0].filter.foo: unknown key;"),
+        "{err}"
+    );
+    assert!(
+        err.contains("channel_namespaces"),
+        "the known keys are listed: {err}"
+    );
+    // A misspelt condition too: ignoring it would let every channel through.
+    let err = error_text(&with_filter(r#"{"channel_prefx": "private-"}"#));
+    assert!(
+        err.contains("app_manager.array.apps[0].webhooks[0].filter.channel_prefx: unknown key"),
+        "{err}"
+    );
+    // Unknown keys elsewhere in a webhook still only warn.
+    let (_, d) = load(
+        r#"{"app_manager": {"array": {"apps": [{"id": "a", "key": "k", "secret": "s",
+            "webhooks": [{"url": "https://example.com/h", "event_types": ["channel_occupied"], "colour": 1}]}]}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        d.warnings[0].path,
+        "app_manager.array.apps[0].webhooks[0].colour"
+    );
+}
+
+#[test]
+fn an_unknown_filter_key_in_a_database_record_is_an_error() {
+    let (c, _) = load("{}").unwrap();
+    let webhooks = serde_json::json!([
+        {"url": "https://example.com/h", "event_types": ["channel_occupied"]},
+        {"url": "https://example.com/h", "event_types": ["channel_occupied"],
+         "filter": {"channel_namespace": "chat", "channel_typ": "private"}}
+    ]);
+    let problems = app_from_record("a", "k", "s", true, &webhooks, &c).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].path, "webhooks[1].filter.channel_typ");
+    assert!(
+        problems[0].message.starts_with("unknown key;"),
+        "{problems:?}"
+    );
+    // Other unknown keys of a record's webhook are still allowed.
+    let webhooks = serde_json::json!([
+        {"url": "https://example.com/h", "event_types": ["channel_occupied"], "colour": 1}
+    ]);
+    assert!(app_from_record("a", "k", "s", true, &webhooks, &c).is_ok());
+}
+
+#[test]
+fn namespace_filters_are_read_and_matched() {
+    let (c, d) = load(&with_filter(
+        r#"{"channel_namespace": "chat", "channel_namespaces": ["chat", "orders"], "channel_prefix": "private-"}"#,
+    ))
+    .unwrap();
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    let e = &c.app("a").unwrap().endpoints[0];
+    assert_eq!(e.filter.channel_namespace.as_deref(), Some("chat"));
+    assert_eq!(
+        e.filter.channel_namespaces.as_deref(),
+        Some(&["chat".to_string(), "orders".to_string()][..])
+    );
+    assert!(e.wants(&Event::channel_occupied("private-chat:room-1")));
+    assert!(!e.wants(&Event::channel_occupied("chat:room-1")), "prefix");
+    assert!(
+        !e.wants(&Event::channel_occupied("private-orders:1")),
+        "namespace"
+    );
+    assert!(
+        !e.wants(&Event::channel_occupied("private-chat")),
+        "no namespace"
+    );
+    let s = c.to_string();
+    assert!(
+        s.contains(r#"filter: prefix "private-", namespace "chat", namespaces ["chat", "orders"]"#),
+        "{s}"
+    );
+
+    let err = error_text(&with_filter(
+        r#"{"channel_namespace": "", "channel_namespaces": "chat"}"#,
+    ));
+    for want in [
+        "webhooks[0].filter.channel_namespace: must not be empty",
+        "webhooks[0].filter.channel_namespaces: expected an array of strings, found a string",
+    ] {
+        assert!(err.contains(want), "want {want:?} in:\n{err}");
+    }
+    let err = error_text(&with_filter(
+        r#"{"channel_namespace": "chat:x", "channel_namespaces": ["ok", "", "a:b"]}"#,
+    ));
+    for want in [
+        "webhooks[0].filter.channel_namespace: \"chat:x\" cannot be a namespace",
+        "webhooks[0].filter.channel_namespaces[1]: \"\" cannot be a namespace",
+        "webhooks[0].filter.channel_namespaces[2]: \"a:b\" cannot be a namespace",
+    ] {
+        assert!(err.contains(want), "want {want:?} in:\n{err}");
+    }
+    let err = error_text(&with_filter(r#"{"channel_namespaces": ["ok", 3]}"#));
+    assert!(
+        err.contains("webhooks[0].filter.channel_namespaces[1]: expected a string, found a number"),
+        "{err}"
+    );
+    let err = error_text(&with_filter(r#"{"channel_namespaces": []}"#));
+    assert!(
+        err.contains("webhooks[0].filter.channel_namespaces: is empty; it would match no channel"),
+        "{err}"
+    );
+}
+
+/// Sockudo's `WebhookRetryPolicy` keys and `request_timeout_ms`, per webhook, over `webhooks.retry`.
+#[test]
+fn per_webhook_retry_uses_sockudos_keys_over_the_global_ones() {
+    let (c, d) = load(
+        r#"{"webhooks": {"request_timeout_ms": 2000,
+              "retry": {"enabled": true, "max_attempts": 3, "max_elapsed_time_ms": 60000,
+                        "initial_backoff_ms": 500, "max_backoff_ms": 8000}},
+            "app_manager": {"array": {"apps": [{"id": "a", "key": "k", "secret": "s", "webhooks": [
+              {"url": "https://example.com/1", "event_types": ["channel_occupied"]},
+              {"url": "https://example.com/2", "event_types": ["channel_occupied"],
+               "request_timeout_ms": 700,
+               "retry": {"enabled": false, "max_attempts": 9, "max_elapsed_time_ms": 1000,
+                         "initial_backoff_ms": 100, "max_backoff_ms": 200}}]}]}}}"#,
+    )
+    .unwrap();
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    let app = c.app("a").unwrap();
+    let (a, b) = (&app.endpoints[0], &app.endpoints[1]);
+    assert_eq!(
+        a.retry,
+        RetryPolicy {
+            enabled: true,
+            max_attempts: Some(3),
+            max_elapsed: Duration::from_millis(60_000),
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_millis(8_000),
+        }
+    );
+    assert_eq!(a.request_timeout, Duration::from_millis(2000));
+    assert_eq!(
+        b.retry,
+        RetryPolicy {
+            enabled: false,
+            max_attempts: Some(9),
+            max_elapsed: Duration::from_millis(1000),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(200),
+        }
+    );
+    assert_eq!(b.request_timeout, Duration::from_millis(700));
+}
+
+#[test]
+fn batching_size_is_read() {
+    let (c, _) = load(r#"{"webhooks": {"batching": {"size": 7}}}"#).unwrap();
+    assert_eq!(c.webhooks.batching.size, 7);
+}
+
+/// Every `queue.driver` value of Sockudo: hookq's three are used, the others refused with a reason.
+#[test]
+fn sockudos_queue_drivers_are_used_or_refused_with_a_reason() {
+    for (driver, kind) in [
+        ("memory", QueueDriverKind::Memory),
+        ("redis", QueueDriverKind::Redis),
+        ("sqs", QueueDriverKind::Sqs),
+    ] {
+        let (c, _) = load(&format!(r#"{{"queue": {{"driver": "{driver}"}}}}"#)).unwrap();
+        assert_eq!(c.queue.driver, kind);
+    }
+    for (driver, want) in [
+        ("redis-cluster", "hookq has no Redis Cluster driver"),
+        (
+            "none",
+            "Sockudo's \"none\" (no queue) leaves hookq nothing to read",
+        ),
+        (
+            "kafka",
+            "Sockudo's queue driver \"kafka\" is not one hookq has",
+        ),
+        (
+            "nats",
+            "Sockudo's queue driver \"nats\" is not one hookq has",
+        ),
+        ("pulsar", "is not one hookq has"),
+        ("rabbitmq", "is not one hookq has"),
+        ("google-pubsub", "is not one hookq has"),
+        ("iggy", "is not one hookq has"),
+        ("sns", "is not one hookq has"),
+        ("rabbit", "unknown queue driver \"rabbit\""),
+        ("Redis", "unknown queue driver \"Redis\""),
+    ] {
+        let err = error_text(&format!(r#"{{"queue": {{"driver": "{driver}"}}}}"#));
+        assert!(err.contains("queue.driver: "), "{driver}: {err}");
+        assert!(err.contains(want), "{driver}: want {want:?} in:\n{err}");
+    }
+}
+
+/// Every key of Sockudo's `queue` section loads; the ones hookq cannot honour warn or, when
+/// ignoring them would connect somewhere else, refuse.
+#[test]
+fn sockudos_queue_keys_are_accepted() {
+    let text = r#"{
+      "queue": {
+        "driver": "redis",
+        "reliability": {"max_attempts": 5, "lease_duration_ms": 30000},
+        "redis": {"concurrency": 5, "prefix": "sockudo_queue:", "url_override": "redis://q:6379/2",
+                  "cluster_mode": false, "response_timeout_ms": 5000},
+        "redis_cluster": {"concurrency": 5, "prefix": "sockudo_queue:", "nodes": ["redis://127.0.0.1:7000"],
+                          "request_timeout_ms": 5000},
+        "nats": {}, "pulsar": {}, "rabbitmq": {}, "google_pubsub": {}, "kafka": {}, "iggy": {},
+        "sqs": {"region": "eu-west-1", "queue_url_prefix": "https://sqs.eu-west-1.amazonaws.com/1", "visibility_timeout": 90,
+                "endpoint_url": "http://127.0.0.1:4566", "max_messages": 10, "wait_time_seconds": 5,
+                "concurrency": 5, "fifo": false, "message_group_id": "default"},
+        "sns": {"region": "us-east-1", "topic_arn": "arn:aws:sns:us-east-1:1:t", "endpoint_url": null}
+      }
+    }"#;
+    let (c, d) = load(text).unwrap();
+    assert_eq!(c.queue.redis.url, "redis://q:6379/2");
+    assert_eq!(c.queue.redis.prefix, "sockudo_queue:");
+    assert_eq!(c.queue.redis.concurrency, 5);
+    assert_eq!(c.queue.sqs.region, "eu-west-1");
+    assert_eq!(c.queue.sqs.visibility_timeout, Duration::from_secs(90));
+    assert_eq!(c.queue.sqs.wait_time_seconds, 5);
+    assert_eq!(c.queue.sqs.concurrency, 5);
+    assert_eq!(c.queue.sqs.message_group_id.as_deref(), Some("default"));
+    let mut warned: Vec<_> = d.warnings.iter().map(|w| w.path.as_str()).collect();
+    warned.sort();
+    assert_eq!(
+        warned,
+        [
+            "queue.redis.concurrency",
+            "queue.redis.response_timeout_ms",
+            "queue.reliability"
+        ],
+        "{:?}",
+        d.warnings
+    );
+    assert!(
+        d.warnings.iter().all(|w| w.message.contains("not used")),
+        "{:?}",
+        d.warnings
+    );
+
+    let err = error_text(r#"{"queue": {"driver": "redis", "redis": {"cluster_mode": true}}}"#);
+    assert!(
+        err.contains("queue.redis.cluster_mode: hookq has no Redis Cluster client"),
+        "{err}"
+    );
+}
+
+#[test]
+fn database_redis_reads_sockudos_connection_keys() {
+    // The host may carry the scheme, as in Sockudo.
+    let (c, _) =
+        load(r#"{"database": {"redis": {"host": "rediss://r.internal", "port": 6380}}}"#).unwrap();
+    assert_eq!(c.queue.redis.url, "rediss://r.internal:6380/0");
+    let (_, d) = load(
+        r#"{"database": {"redis": {"host": "h", "sentinel_password": "x", "key_prefix": "sockudo:",
+            "name": "mymaster", "cluster": {"nodes": []}, "cluster_nodes": []}},
+            "database_pooling": {"enabled": true}}"#,
+    )
+    .unwrap();
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    // Sockudo would go through Sentinel: hookq refuses rather than connect to `host`.
+    let sentinel = r#"{"queue": {"driver": "redis"},
+        "database": {"redis": {"host": "h", "sentinels": [{"host": "s1", "port": 26379}]}}}"#;
+    assert!(
+        error_text(sentinel)
+            .contains("database.redis.sentinels: hookq cannot connect through Redis Sentinel"),
+        "{}",
+        error_text(sentinel)
+    );
+    // … unless the queue's URL is given, or the queue is not Redis.
+    load(
+        r#"{"queue": {"driver": "redis", "redis": {"url": "redis://m:6379"}},
+        "database": {"redis": {"sentinels": [{"host": "s1", "port": 26379}]}}}"#,
+    )
+    .unwrap();
+    load(r#"{"database": {"redis": {"sentinels": [{"host": "s1", "port": 26379}]}}}"#).unwrap();
+    // Sockudo's pool bounds of a SQL app manager are accepted.
+    let (_, d) = load(r#"{"database": {"postgres": {"pool_min": 1, "pool_max": 5}}}"#).unwrap();
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+}
+
+#[test]
+fn the_summary_hides_secrets_in_urls_and_passwords() {
+    let text = r#"{
+      "app_manager": {"driver": "pgsql", "array": {"apps": [{"id": "a", "key": "k", "secret": "app-s3cret",
+        "webhooks": [
+          {"url": "https://hook-user:hook-pass@api.example.com/hook?token=tok3n&v=2", "event_types": ["channel_occupied"]},
+          {"url": "https://api.example.com/other?key=k3y", "event_types": ["channel_occupied"]}
+        ]}]}},
+      "database": {"postgres": {"username": "pg", "password": "pg-pa55"},
+                   "dynamodb": {"endpoint_url": "http://dyn:dyn-pa55@127.0.0.1:8000/?x=y"},
+                   "redis": {"host": "r", "password": "redis-pa55"}},
+      "queue": {"driver": "redis"}
+    }"#;
+    let (c, _) = load(text).unwrap();
+    let s = c.to_string();
+    for secret in [
+        "hook-user",
+        "hook-pass",
+        "tok3n",
+        "k3y",
+        "app-s3cret",
+        "pg-pa55",
+        "redis-pa55",
+    ] {
+        assert!(!s.contains(secret), "{secret:?} in the summary:\n{s}");
+    }
+    assert!(
+        s.contains("https://***@api.example.com/hook?token=***&v=***"),
+        "{s}"
+    );
+    assert!(s.contains("https://api.example.com/other?key=***"), "{s}");
+    assert!(
+        s.contains("table \"applications\" in pg@localhost:5432/sockudo"),
+        "{s}"
+    );
+    // Debug output of the settings hides the Redis password too.
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("redis-pa55"), "{debug}");
+    assert!(!debug.contains("pg-pa55"), "{debug}");
+
+    let (c, _) = load(
+        r#"{"app_manager": {"driver": "dynamodb"},
+            "database": {"dynamodb": {"endpoint_url": "http://dyn:dyn-pa55@127.0.0.1:8000/?x=y"}}}"#,
+    )
+    .unwrap();
+    let s = c.to_string();
+    assert!(s.contains("at http://***@127.0.0.1:8000/?x=***"), "{s}");
+}
+
+#[test]
+fn url_errors_do_not_echo_secrets() {
+    let err = error_text(
+        r#"{"app_manager": {"array": {"apps": [{"id": "a", "key": "k", "secret": "s", "webhooks": [
+            {"url": "ftp://u:pw@example.com/x?token=t0k", "event_types": ["channel_occupied"]},
+            {"url": "example.com/x?token=t0k", "event_types": ["channel_occupied"]}]}]}}}"#,
+    );
+    assert!(!err.contains("t0k") && !err.contains("pw"), "{err}");
+    assert!(
+        err.contains(
+            "webhooks[0].url: \"ftp://***@example.com/x?token=***\" is not an absolute http(s) URL"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("webhooks[1].url: \"example.com/x?token=***\" is not an absolute http(s) URL"),
+        "{err}"
+    );
+}

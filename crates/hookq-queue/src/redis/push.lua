@@ -1,17 +1,24 @@
 -- push: ready jobs to the back of the queue, delayed ones to the delayed set
--- with a due time in the server's clock. Used when a push has delayed jobs;
--- a push of ready jobs only is a plain LPUSH.
+-- with a due time in the server's clock; with a window, only when the push's
+-- key was not set within it (push_once), the key set in the same step. Used
+-- when a push has delayed jobs or a key; a push of ready jobs only is a
+-- plain LPUSH.
 --
--- KEYS: 1 ready, 2 delayed, 3 seq
--- ARGV: 1 n, the number of ready bodies; 2..n+1 the ready bodies; then pairs
---       (delay ms, body)
+-- KEYS: 1 ready, 2 delayed, 3 seq, 4 the push's key (read only with a window)
+-- ARGV: 1 window ms (0: no key); 2 n, the number of ready bodies;
+--       3..n+2 the ready bodies; then pairs (delay ms, body)
+-- Returns the number of jobs pushed, or -1 when the key was already set.
 local ready, delayed, seq = KEYS[1], KEYS[2], KEYS[3]
-local n = tonumber(ARGV[1])
-for i = 2, n + 1 do
+local window = tonumber(ARGV[1])
+if window > 0 and not redis.call('SET', KEYS[4], '1', 'NX', 'PX', window) then
+  return -1
+end
+local n = tonumber(ARGV[2])
+for i = 3, n + 2 do
   redis.call('LPUSH', ready, ARGV[i])
 end
-local start = n + 2
-local m = (#ARGV - n - 1) / 2
+local start = n + 3
+local m = (#ARGV - n - 2) / 2
 if m >= 1 then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

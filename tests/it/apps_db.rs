@@ -498,3 +498,68 @@ async fn the_worker_binary_reads_apps_from_postgres() {
         w.log_text()
     );
 }
+
+/// Sockudo and hookq sharing one applications table: Sockudo's `webhooks`
+/// column points at hookq's ingest, hookq reads its own endpoints from the
+/// column `webhooks_column` names, and an app whose hookq endpoints point
+/// back at the ingest is refused with the reason.
+#[tokio::test]
+async fn a_shared_table_gives_hookq_a_webhooks_column_of_its_own() {
+    let mut db = Db::postgres().await;
+    let Db::Pg(_, pool) = &db else { unreachable!() };
+    sqlx::query("ALTER TABLE applications ADD COLUMN hookq_webhooks JSONB")
+        .execute(pool)
+        .await
+        .unwrap();
+    let ingest = "http://127.0.0.1:8080/pusher/webhooks";
+    for (id, key, hookq) in [
+        ("app-1", "key-1", "https://backend.example.com/hooks"),
+        ("app-2", "key-2", ingest),
+    ] {
+        sqlx::query(
+            r#"INSERT INTO applications (id, "key", secret, webhooks, hookq_webhooks)
+               VALUES ($1, $2, 's', $3::jsonb, $4::jsonb)"#,
+        )
+        .bind(id)
+        .bind(key)
+        .bind(hook(ingest.into()).to_string())
+        .bind(hook(hookq.into()).to_string())
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    let registry = async |column: Option<&str>| {
+        let mut c = config(json!([]), json!({}));
+        let (app_manager, mut database) = db.settings();
+        if let Some(column) = column {
+            database["postgres"]["webhooks_column"] = json!(column);
+        }
+        c["app_manager"] = app_manager;
+        c["database"] = database;
+        let (config, _) = Config::parse(&c.to_string(), |_| None).unwrap();
+        hookq_apps::open(&Arc::new(config)).await.unwrap()
+    };
+    let loop_reason = |e: LookupError| match e {
+        LookupError::Invalid { reason, .. } => reason,
+        other => panic!("expected an invalid app, got {other:?}"),
+    };
+
+    let own = registry(Some("hookq_webhooks")).await;
+    let app = own.app("app-1").await.unwrap();
+    assert_eq!(
+        app.endpoints[0].target.describe(),
+        "https://backend.example.com/hooks"
+    );
+    let reason = loop_reason(own.app_by_key("key-2").await.unwrap_err());
+    assert!(
+        reason.contains("webhooks[0].url: points at hookq's own ingest"),
+        "{reason}"
+    );
+    // Reading Sockudo's column, every app would loop: refused, not delivered.
+    let shared = registry(None).await;
+    let reason = loop_reason(shared.app("app-1").await.unwrap_err());
+    assert!(reason.contains("points at hookq's own ingest"), "{reason}");
+    // A fast shutdown: a server that waits for its clients would wait for ever.
+    drop((own, shared));
+    db.stop().await;
+}

@@ -1,8 +1,8 @@
 //! Sockudo's applications table in DynamoDB (`dynamodb`).
 //!
 //! Items are keyed by the string attribute `id`, with `key`, `secret`,
-//! `enabled` (a boolean, or a number 0/1) and `webhooks` as a JSON string
-//! attribute. A lookup by id is a `GetItem`; a lookup by key scans with a
+//! `enabled` (a boolean, or a number 0/1) and `webhooks` (or the attribute
+//! `webhooks_attribute` names) as a JSON string attribute. A lookup by id is a `GetItem`; a lookup by key scans with a
 //! filter on `key` (as Sockudo does; the cache keeps it rare).
 
 use crate::cache::{Lookup, Record, Source};
@@ -19,6 +19,7 @@ use std::time::Duration;
 pub struct DynamoDb {
     client: Client,
     table: String,
+    webhooks: String,
 }
 
 impl DynamoDb {
@@ -37,6 +38,7 @@ impl DynamoDb {
         Self {
             client: Client::new(&config),
             table: settings.table_name.clone(),
+            webhooks: settings.webhooks_attribute.clone(),
         }
     }
 }
@@ -49,14 +51,14 @@ fn string(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> 
     }
 }
 
-fn to_record(item: &HashMap<String, AttributeValue>) -> Record {
+fn to_record(item: &HashMap<String, AttributeValue>, webhooks_attribute: &str) -> Record {
     let enabled = match item.get("enabled") {
         Some(AttributeValue::Bool(b)) => *b,
         Some(AttributeValue::N(n)) => n.trim() != "0",
         Some(AttributeValue::S(s)) => !matches!(s.as_str(), "false" | "0"),
         _ => true,
     };
-    let webhooks = match item.get("webhooks") {
+    let webhooks = match item.get(webhooks_attribute) {
         None | Some(AttributeValue::Null(_)) => None,
         Some(AttributeValue::S(s)) => Some(s.clone()),
         // Not a JSON string: passed on as text that does not parse, so the
@@ -88,7 +90,7 @@ impl Source for DynamoDb {
                     .send()
                     .await
                     .map_err(|e| DisplayErrorContext(&e).to_string())?;
-                Ok(out.item.as_ref().map(to_record))
+                Ok(out.item.as_ref().map(|i| to_record(i, &self.webhooks)))
             }
             Lookup::Key(key) => {
                 let mut start = None;
@@ -105,7 +107,7 @@ impl Source for DynamoDb {
                         .await
                         .map_err(|e| DisplayErrorContext(&e).to_string())?;
                     if let Some(item) = out.items().first() {
-                        return Ok(Some(to_record(item)));
+                        return Ok(Some(to_record(item, &self.webhooks)));
                     }
                     match out.last_evaluated_key {
                         Some(next) if !next.is_empty() => start = Some(next),

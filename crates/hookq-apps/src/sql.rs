@@ -1,7 +1,9 @@
 //! Sockudo's applications table in PostgreSQL (`pgsql`/`postgres`) and MySQL
 //! or MariaDB (`mysql`), read with sqlx.
 //!
-//! Each lookup is one query by `id` or by `key`. Columns are cast to text on
+//! Each lookup is one query by `id` or by `key`; the endpoints come from the
+//! column `webhooks_column` names (`webhooks`, or a column of hookq's own
+//! when Sockudo shares the table). Columns are cast to text on
 //! the server so that either column type Sockudo's schemas use (`JSONB` or
 //! `JSON` for `webhooks`, `BOOLEAN` or `TINYINT(1)` for `enabled`) reads the
 //! same way; the table name is checked by the config reader to be a plain
@@ -58,8 +60,8 @@ impl Postgres {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options);
         let select = format!(
-            "SELECT id::text, \"key\"::text, secret::text, COALESCE(enabled, TRUE), webhooks::text FROM {}",
-            settings.table_name
+            "SELECT id::text, \"key\"::text, secret::text, COALESCE(enabled, TRUE), {}::text FROM {}",
+            settings.webhooks_column, settings.table_name
         );
         Ok(Self {
             pool,
@@ -118,8 +120,8 @@ impl Mysql {
             .connect_lazy_with(options);
         let select = format!(
             "SELECT CAST(id AS CHAR), CAST(`key` AS CHAR), CAST(secret AS CHAR), \
-             CAST(COALESCE(enabled, 1) AS SIGNED), CAST(webhooks AS CHAR) FROM {}",
-            settings.table_name
+             CAST(COALESCE(enabled, 1) AS SIGNED), CAST({} AS CHAR) FROM {}",
+            settings.webhooks_column, settings.table_name
         );
         Ok(Self {
             pool,

@@ -255,6 +255,11 @@ pub struct SqlAppsSettings {
     pub database: String,
     /// `table_name`, default `applications`.
     pub table_name: String,
+    /// `webhooks_column`, default `webhooks`: the JSON column hookq reads an
+    /// app's endpoints from. When Sockudo shares the table, its own
+    /// `webhooks` column points at hookq's ingest, so hookq's endpoints need
+    /// a column of their own (e.g. `hookq_webhooks`; docs/senders.md).
+    pub webhooks_column: String,
     /// `connection_pool_size`: most open connections.
     pub connection_pool_size: u32,
     /// How long a looked-up app is kept before it is read again
@@ -286,6 +291,9 @@ pub struct DynamoDbAppsSettings {
     pub region: String,
     /// `endpoint_url`: a custom endpoint (DynamoDB Local, an emulator).
     pub endpoint_url: Option<String>,
+    /// `webhooks_attribute`, default `webhooks`: the attribute hookq reads
+    /// an app's endpoints from (as [`SqlAppsSettings::webhooks_column`]).
+    pub webhooks_attribute: String,
     /// How long a looked-up app is kept (as for [`SqlAppsSettings::cache_ttl`]).
     pub cache_ttl: Duration,
 }
@@ -967,6 +975,9 @@ fn read_app_databases(
             table_name: o
                 .nonempty_str("table_name", d)
                 .unwrap_or_else(|| "applications".into()),
+            webhooks_column: o
+                .nonempty_str("webhooks_column", d)
+                .unwrap_or_else(|| "webhooks".into()),
             connection_pool_size: o.u64("connection_pool_size", 10, 1, d).min(u32::MAX as u64)
                 as u32,
             cache_ttl: o
@@ -975,6 +986,17 @@ fn read_app_databases(
                 .unwrap_or(manager_ttl.unwrap_or(Duration::from_secs(DEFAULT_APP_CACHE_TTL))),
         };
         check_table_name(&settings.table_name, &o.at("table_name"), d);
+        let column = &settings.webhooks_column;
+        let plain = !column.starts_with(|c: char| c.is_ascii_digit())
+            && column
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !plain {
+            d.error(
+                &o.at("webhooks_column"),
+                format!("{column:?} is not a plain column name (letters, digits, _)"),
+            );
+        }
         o.ignore(SOCKUDO_DB_KEYS);
         o.finish(d);
         settings
@@ -990,6 +1012,9 @@ fn read_app_databases(
             .nonempty_str("region", d)
             .unwrap_or_else(|| "us-east-1".into()),
         endpoint_url: o.nonempty_str("endpoint_url", d),
+        webhooks_attribute: o
+            .nonempty_str("webhooks_attribute", d)
+            .unwrap_or_else(|| "webhooks".into()),
         cache_ttl: o
             .opt_u64("cache_ttl", 0, d)
             .map(Duration::from_secs)

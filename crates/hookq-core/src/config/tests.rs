@@ -268,6 +268,7 @@ fn database_app_managers_read_sockudos_settings() {
             table_name: "sockudo-applications".into(),
             region: "eu-west-1".into(),
             endpoint_url: Some("http://127.0.0.1:4566".into()),
+            webhooks_attribute: "webhooks".into(),
             cache_ttl: Duration::ZERO,
         })
     );
@@ -278,7 +279,7 @@ fn database_settings_problems_have_paths() {
     let err = load(
         r#"{"app_manager": {"driver": "postgres", "cache": {"ttl": "x"}},
             "database": {"postgres": {"port": 70000, "table_name": "apps; drop table x",
-              "username": "a", "user": "b"},
+              "username": "a", "user": "b", "webhooks_column": "w; x"},
               "dynamodb": {"endpoint_url": "localhost:8000"}}}"#,
     )
     .unwrap_err()
@@ -288,6 +289,7 @@ fn database_settings_problems_have_paths() {
         "database.postgres.port: 70000 is not a port",
         "database.postgres.table_name: \"apps; drop table x\" is not a plain table name",
         "database.postgres.user: \"b\" differs from username \"a\"",
+        "database.postgres.webhooks_column: \"w; x\" is not a plain column name",
         "database.dynamodb.endpoint_url:",
     ] {
         assert!(err.contains(want), "want {want:?} in:\n{err}");

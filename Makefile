@@ -42,7 +42,7 @@ it: build-bin
 
 test: test-deps lint it
 
-.PHONY: images
+.PHONY: images send-webhook
 
 ## Docker (docs/operations.md). `make images` builds the hookq image from a
 ## release binary (deploy/Dockerfile) and the example receiver's image.
@@ -65,6 +65,7 @@ endif
 ## (symbols stay, so backtraces keep function names). IMAGE_STRIP=true keeps them.
 IMAGE_STRIP ?= strip --strip-debug
 WORKERS ?= 3
+INGESTS ?= 2
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 COMPOSE_IMAGES = HOOKQ_IMAGE=$(HOOKQ_IMAGE) RECEIVER_IMAGE=$(RECEIVER_IMAGE) REDIS_IMAGE=$(REDIS_IMAGE)
 
@@ -78,16 +79,32 @@ endif
 	docker build -q -f deploy/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(HOOKQ_IMAGE) target/image
 	docker build -q --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(RECEIVER_IMAGE) deploy/receiver
 
-## redis + WORKERS workers + the example receiver (docker-compose.yml), from `make images`.
+## redis + WORKERS workers + INGESTS ingest replicas + the example receiver
+## (docker-compose.yml), from `make images`. INGESTS is at most the number of
+## ports in INGEST_PORTS (8080-8081 by default).
 up: images
-	$(COMPOSE_IMAGES) $(COMPOSE) up -d --no-build --scale worker=$(WORKERS)
+	$(COMPOSE_IMAGES) $(COMPOSE) up -d --no-build --scale worker=$(WORKERS) --scale ingest=$(INGESTS)
 	@echo "receiver: curl -s 127.0.0.1:8000/stats; logs: $(COMPOSE) logs -f receiver; stop: make down"
+	@echo "ingest (where Sockudo/Soketi/Pusher post): 127.0.0.1:8080 and :8081; send it a signed webhook: make send-webhook (the curl is in docs/senders.md)"
+
+## One signed webhook to the ingest of `make up`, as a realtime server sends
+## it (docs/senders.md): app-1's key and secret of deploy/config/compose.json.
+## The receiver logs it: $(COMPOSE) logs receiver. The same body twice within
+## ingest.dedup_window_ms (5 min) is answered {"duplicate":true} and sent once.
+INGEST_URL ?= http://127.0.0.1:8080/pusher/webhooks
+send-webhook:
+	@body='{"time_ms":'"$$(date +%s)"'000,"events":[{"name":"channel_occupied","channel":"room-1"}]}'; \
+	sig=$$(printf '%s' "$$body" | openssl dgst -sha256 -hmac 'app-1-secret-change-me' | awk '{print $$NF}'); \
+	echo "POST $(INGEST_URL) $$body"; \
+	curl -sS -X POST '$(INGEST_URL)' -H 'Content-Type: application/json' \
+	  -H 'X-Pusher-Key: app-1-key' -H "X-Pusher-Signature: $$sig" --data-binary "$$body"; echo
 
 ## Stops and removes the containers; Redis's data volume stays (docker compose down -v drops it).
 down:
 	$(COMPOSE_IMAGES) $(COMPOSE) down
 
-## The compose end-to-end test: 10,000 events, 3 workers, one SIGKILLed (scripts/e2e-compose.sh).
+## The compose end-to-end test: 10,000 events, 3 workers, one SIGKILLed, and
+## signed webhooks through 2 ingest replicas (scripts/e2e-compose.sh).
 e2e-compose:
 	./scripts/e2e-compose.sh
 

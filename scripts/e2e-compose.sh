@@ -5,8 +5,9 @@
 #   1. builds the release binary (incremental: seconds when it is up to date),
 #      the base images when they are missing (deploy/make-base-image.sh), and
 #      the hookq and receiver images (make images);
-#   2. starts redis + 3 workers + the example receiver under a project name of
-#      its own, ports on 127.0.0.1 only;
+#   2. starts redis + 3 workers + 2 ingest replicas + the example receiver
+#      under a project name of its own, ports on 127.0.0.1 only (the ingest's
+#      on ports Docker picks);
 #   3. LPUSHes 10,000 event jobs in paced batches; after a quarter it pauses
 #      the receiver's answers (RECEIVER_CONTROL, test-only), pushes a tenth at
 #      once, SIGKILLs one worker (docker kill) while it holds jobs with
@@ -14,12 +15,18 @@
 #   4. waits until the receiver has verified every event's signature and
 #      counted each one, reports duplicates, checks the queue drained and the
 #      dead-letter list is empty;
+#   4b. posts one signed webhook (3 events) to each ingest replica, as
+#      Sockudo would, re-sends each body to another replica (answered as a
+#      duplicate: the marker is shared in Redis) and one badly signed body
+#      (401), and waits until the receiver has verified exactly those events;
 #   5. then, with the same 3 workers, times 10,000 more events pushed at once,
-#      and checks every worker exits 0 on SIGTERM;
+#      and checks every worker and ingest replica exits 0 on SIGTERM;
 #   6. tears everything down (docker compose down -v), also on failure.
 #
-# Settings (environment): E2E_EVENTS (10000), E2E_WORKERS (3),
+# Settings (environment): E2E_EVENTS (10000), E2E_WORKERS (3), E2E_INGESTS (2),
 # E2E_DELIVERY_TIMEOUT seconds (300), E2E_BURST=0 skips step 5,
+# E2E_BUILD=0 builds nothing and uses the images E2E_HOOKQ_IMAGE and
+# E2E_RECEIVER_IMAGE as they are (e.g. an image made from a debug binary),
 # E2E_LOCAL_BASE=0 uses public base images (debian:bookworm-slim,
 # python:3-slim, redis:7) instead of making local ones, E2E_KEEP=1 leaves the
 # project running for a look (then: docker compose -p <project> down -v).
@@ -28,9 +35,12 @@ cd "$(dirname "$0")/.."
 
 EVENTS="${E2E_EVENTS:-10000}"
 WORKERS="${E2E_WORKERS:-3}"
+INGESTS="${E2E_INGESTS:-2}"
+BUILD="${E2E_BUILD:-1}"
 DELIVERY_TIMEOUT="${E2E_DELIVERY_TIMEOUT:-300}"
 BURST="${E2E_BURST:-1}"
 [ "$WORKERS" -ge 2 ] || { echo "E2E_WORKERS must be 2 or more (one is killed)" >&2; exit 2; }
+[ "$INGESTS" -ge 1 ] || { echo "E2E_INGESTS must be 1 or more" >&2; exit 2; }
 PROJECT="hookq-e2e-$(date +%s)-$$"
 PREFIX="hookq" # queue.redis.prefix of deploy/config/compose.json
 T0=$(date +%s)
@@ -60,12 +70,19 @@ export RECEIVER_IMAGE="${E2E_RECEIVER_IMAGE:-hookq-local/receiver:e2e}"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 export REDIS_PORT; REDIS_PORT=$(free_port)
 export RECEIVER_PORT; RECEIVER_PORT=$(free_port)
+export INGEST_PORTS="" # empty: Docker picks a host port per ingest replica (docker compose port)
 export HOOKQ_LOG=info
 export RECEIVER_CONTROL=1 # lets the test hold the receiver's answers while it kills a worker
 
 dc() { "${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml "$@"; }
 
 # ---- 1. images ----------------------------------------------------------
+if [ "$BUILD" = 0 ]; then
+  for image in "$HOOKQ_IMAGE" "$RECEIVER_IMAGE" "${REDIS_IMAGE:-redis:7}"; do
+    docker image inspect "$image" >/dev/null 2>&1 || fail "E2E_BUILD=0, but the image $image does not exist"
+  done
+  say "E2E_BUILD=0: using the images as they are: $HOOKQ_IMAGE, $RECEIVER_IMAGE, ${REDIS_IMAGE:-redis:7}"
+else
 say "building the release binary and the images (${COMPOSE[*]}, $(docker version --format '{{.Server.Version}}' 2>/dev/null) engine)"
 # The base images (network and disk) are made while the binary compiles (CPU).
 BASE_LOG="/tmp/$PROJECT.base-image.log"
@@ -94,6 +111,7 @@ make --no-print-directory images HOOKQ_IMAGE="$HOOKQ_IMAGE" RECEIVER_IMAGE="$REC
 # The previous run's images, now untagged.
 docker image prune -f --filter "label=org.opencontainers.image.source=https://github.com/hookq/hookq" >/dev/null || true
 say "images ready ($(( $(date +%s) - t )) s): $HOOKQ_IMAGE, $RECEIVER_IMAGE, ${REDIS_IMAGE:-redis:7}"
+fi
 
 # ---- teardown, whatever happens ------------------------------------------
 cleanup() {
@@ -102,7 +120,7 @@ cleanup() {
   if [ "$rc" != 0 ]; then
     echo "---- state at failure: ${COMPOSE[*]} -p $PROJECT ps ----" >&2
     dc ps >&2 || true
-    for s in worker receiver redis; do
+    for s in worker ingest receiver redis; do
       echo "---- last logs of $s ----" >&2
       dc logs --no-color --tail=40 "$s" >&2 || true
     done
@@ -119,13 +137,15 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---- 2. start -------------------------------------------------------------
-say "starting redis + $WORKERS workers + receiver as project $PROJECT (redis 127.0.0.1:$REDIS_PORT, receiver 127.0.0.1:$RECEIVER_PORT)"
-dc up -d --no-build --scale worker="$WORKERS" > "/tmp/$PROJECT.up.log" 2>&1 \
+say "starting redis + $WORKERS workers + $INGESTS ingest replicas + receiver as project $PROJECT (redis 127.0.0.1:$REDIS_PORT, receiver 127.0.0.1:$RECEIVER_PORT)"
+dc up -d --no-build --scale worker="$WORKERS" --scale ingest="$INGESTS" > "/tmp/$PROJECT.up.log" 2>&1 \
   || { cat "/tmp/$PROJECT.up.log" >&2; fail "compose up failed"; }
 rm -f "/tmp/$PROJECT.up.log"
 REDIS_CID=$(dc ps -q redis)
 mapfile -t WORKER_CIDS < <(dc ps -q worker)
 [ "${#WORKER_CIDS[@]}" = "$WORKERS" ] || fail "expected $WORKERS worker containers, found ${#WORKER_CIDS[@]}"
+mapfile -t INGEST_CIDS < <(dc ps -q ingest)
+[ "${#INGEST_CIDS[@]}" = "$INGESTS" ] || fail "expected $INGESTS ingest containers, found ${#INGEST_CIDS[@]}"
 
 redis() { docker exec "$REDIS_CID" redis-cli "$@"; }
 redis_in() { docker exec -i "$REDIS_CID" redis-cli; } # commands on standard input
@@ -138,13 +158,13 @@ until stats >/dev/null 2>&1; do
   [ "$(date +%s)" -lt "$deadline" ] || fail "the receiver did not answer on 127.0.0.1:$RECEIVER_PORT within 90 s"
   sleep 0.5
 done
-for cid in "${WORKER_CIDS[@]}"; do
+for cid in "${WORKER_CIDS[@]}" "${INGEST_CIDS[@]}"; do
   until [ "$(health "$cid")" = healthy ]; do
-    [ "$(date +%s)" -lt "$deadline" ] || fail "worker ${cid:0:12} not healthy within 90 s (status: $(health "$cid"))"
+    [ "$(date +%s)" -lt "$deadline" ] || fail "container ${cid:0:12} not healthy within 90 s (status: $(health "$cid"))"
     sleep 0.5
   done
 done
-say "all up: $WORKERS workers healthy (Docker HEALTHCHECK on /health), receiver answering"
+say "all up: $WORKERS workers and $INGESTS ingest replicas healthy (hookq healthcheck on /health), receiver answering"
 
 # Writes LPUSH commands for redis-cli: events FROM..TO-1, CHUNK per command.
 jobs() { # jobs TAG FROM TO CHUNK
@@ -246,6 +266,68 @@ until [ "$(health "$victim")" = healthy ]; do
   sleep 0.5
 done
 
+# ---- 4b. the ingest: signed webhooks, as a realtime server sends them ------
+# One body of 3 events per replica, posted to its published port; the same
+# body again to another replica (the dedup marker is shared in Redis, so it
+# is answered as a duplicate and enqueued once); one body with a wrong
+# signature (401). The workers then deliver exactly those events.
+webhook() { # webhook TAG [SECRET]: prints the body, then its signature, each on a line
+  python3 - "$1" "${2:-}" <<'PY'
+import hashlib, hmac, json, sys, time
+tag, secret = sys.argv[1], sys.argv[2]
+if not secret:
+    apps = json.load(open("deploy/config/compose.json"))["app_manager"]["array"]["apps"]
+    secret = next(a["secret"] for a in apps if a["key"] == "app-1-key")
+body = json.dumps({"time_ms": int(time.time() * 1000), "events": [
+    {"name": "channel_occupied", "channel": f"room-{tag}"},
+    {"name": "member_added", "channel": f"presence-{tag}", "user_id": "u1"},
+    {"name": "client_event", "channel": f"private-{tag}", "event": "client-hi", "data": "{}", "socket_id": "1.2"},
+]}, separators=(",", ":"))
+print(body)
+print(hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest())
+PY
+}
+post_webhook() { # post_webhook ADDR BODY SIGNATURE OUTFILE: prints the HTTP status
+  curl -sS --max-time 10 -o "$4" -w '%{http_code}' -X POST "http://$1/pusher/webhooks" \
+    -H 'Content-Type: application/json' -H 'X-Pusher-Key: app-1-key' -H "X-Pusher-Signature: $3" \
+    --data-binary "$2" || true
+}
+mapfile -t INGEST_ADDRS < <(for i in $(seq 1 "$INGESTS"); do dc port --index="$i" ingest 8080; done)
+[ "${#INGEST_ADDRS[@]}" = "$INGESTS" ] || fail "expected $INGESTS published ingest ports, found: ${INGEST_ADDRS[*]}"
+before=$(count distinct)
+out="/tmp/$PROJECT.ingest-answer"
+for i in $(seq 0 $(( INGESTS - 1 ))); do
+  addr="${INGEST_ADDRS[$i]}"
+  other="${INGEST_ADDRS[$(( (i + 1) % INGESTS ))]}"
+  { read -r body; read -r sig; } < <(webhook "ingest-$i-$PROJECT")
+  code=$(post_webhook "$addr" "$body" "$sig" "$out")
+  [ "$code" = 200 ] && grep -q '"accepted":3' "$out" || fail "ingest $addr: answered $code $(cat "$out" 2>/dev/null) to a signed webhook of 3 events"
+  code=$(post_webhook "$other" "$body" "$sig" "$out")
+  [ "$code" = 200 ] && grep -q '"duplicate":true' "$out" || fail "ingest $other: answered $code $(cat "$out" 2>/dev/null) to a body $addr had accepted"
+done
+{ read -r body; read -r sig; } < <(webhook "ingest-bad-$PROJECT" "not-the-secret")
+code=$(post_webhook "${INGEST_ADDRS[0]}" "$body" "$sig" "$out")
+[ "$code" = 401 ] || fail "ingest ${INGEST_ADDRS[0]}: answered $code $(cat "$out" 2>/dev/null) to a wrong signature"
+rm -f "$out"
+want=$(( before + 3 * INGESTS ))
+deadline=$(( $(date +%s) + 60 ))
+until [ "$(count distinct)" -ge "$want" ]; do
+  [ "$(date +%s)" -lt "$deadline" ] || fail "ingest: $(( $(count distinct) - before )) of $(( 3 * INGESTS )) events delivered within 60 s; receiver: $(stats)"
+  sleep 0.2
+done
+sleep 1 # a duplicate enqueued by mistake would arrive within this
+[ "$(count distinct)" = "$want" ] || fail "ingest: $(( $(count distinct) - before )) distinct events arrived, expected $(( 3 * INGESTS ))"
+[ "$(count rejected)" = 0 ] || fail "ingest: the receiver refused requests"
+[ "$(redis LLEN "{$PREFIX}:dead")" = 0 ] || fail "ingest: dead-letter entries: $(redis LRANGE "{$PREFIX}:dead" 0 2)"
+ingest_accepted=0
+for cid in "${INGEST_CIDS[@]}"; do
+  n=$(docker exec "$cid" curl -fsS --max-time 2 http://127.0.0.1:9090/metrics 2>/dev/null \
+    | awk '$1=="hookq_ingest_requests_total{outcome=\"accepted\"}"{print $2}')
+  ingest_accepted=$(( ingest_accepted + ${n:-0} ))
+done
+[ "$ingest_accepted" = "$INGESTS" ] || fail "ingest: hookq_ingest_requests_total{outcome=\"accepted\"} sums to $ingest_accepted over the replicas, expected $INGESTS"
+say "ingest: $INGESTS signed webhooks of 3 events accepted (one per replica, ${INGEST_ADDRS[*]}), each re-sent to another replica and answered as a duplicate, a wrong signature refused (401); the receiver verified exactly $(( 3 * INGESTS )) events"
+
 # ---- 5. burst: 10,000 more at once ---------------------------------------
 if [ "$BURST" = 1 ]; then
   jobs burst 0 "$EVENTS" 1000 > "/tmp/$PROJECT.burst"
@@ -267,10 +349,10 @@ fi
 
 # ---- graceful stop ---------------------------------------------------------
 t=$(date +%s)
-dc stop -t 30 worker >/dev/null 2>&1
-for cid in "${WORKER_CIDS[@]}"; do
+dc stop -t 30 worker ingest >/dev/null 2>&1
+for cid in "${WORKER_CIDS[@]}" "${INGEST_CIDS[@]}"; do
   code=$(docker inspect --format '{{.State.ExitCode}}' "$cid")
-  [ "$code" = 0 ] || fail "worker ${cid:0:12} exited with $code on SIGTERM (expected a clean 0)"
+  [ "$code" = 0 ] || fail "container ${cid:0:12} ($(docker inspect --format '{{.Name}}' "$cid")) exited with $code on SIGTERM (expected a clean 0)"
 done
-say "SIGTERM: all $WORKERS workers stopped cleanly (exit 0) in $(( $(date +%s) - t )) s"
-say "PASSED: $EVENTS events, $WORKERS workers, one killed and restarted: all delivered and verified, $duplicates duplicate(s), DLQ empty (total $(( $(date +%s) - T0 )) s)"
+say "SIGTERM: all $WORKERS workers and $INGESTS ingest replicas stopped cleanly (exit 0) in $(( $(date +%s) - t )) s"
+say "PASSED: $EVENTS events, $WORKERS workers, one killed and restarted: all delivered and verified, $duplicates duplicate(s), DLQ empty; the ingest took signed webhooks into the queue once each (total $(( $(date +%s) - T0 )) s)"

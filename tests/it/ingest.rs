@@ -592,3 +592,74 @@ fn an_endpoint_pointing_back_at_the_ingest_is_refused() {
         assert!(!err.contains("webhooks[0].url"), "{err}");
     }
 }
+
+/// On SQS FIFO a re-sent body pushes the same job ids, which the queue drops
+/// as duplicates within its five minutes: what went in before (a whole
+/// earlier push, or the batches of 10 that went through before one failed)
+/// is not enqueued twice, even through another replica that keeps no marker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqs_fifo_a_resent_body_enqueues_its_jobs_once() {
+    use crate::support::moto::Moto;
+    let r = receiver().await;
+    let dir = temp_dir("ingest-fifo");
+    let mut cfg = config(apps(&r), json!({}));
+    cfg["queue"] = json!({"driver": "sqs", "sqs": {
+        "queue_name": format!("ingest-{}", std::process::id()), "endpoint_url": Moto::shared().endpoint_url(),
+        "region": "us-east-1", "fifo": true}});
+    cfg["ingest"] = json!({"dedup_window_ms": 0});
+    let a = WorkerProcess::start_ingest(&dir, "ingest-a", &cfg).await;
+    let b = WorkerProcess::start_ingest(&dir, "ingest-b", &cfg).await;
+    let events: Vec<Value> = (0..25)
+        .map(|i| json!({"name": "client_event", "channel": "private-c", "event": "client-n",
+                        "data": i.to_string(), "socket_id": "1.1"}))
+        .collect();
+    let b_body = body(&events);
+    let sender = Sender::new();
+    for url in [a.ingest_url(), b.ingest_url()] {
+        let answer = sender.post(&url, "key-2", "secret-2", &b_body).await.unwrap();
+        assert!(answer.body.contains("\"accepted\":25"), "{answer:?}");
+    }
+    let (parsed, _) = Config::parse(&cfg.to_string(), |_| None).unwrap();
+    let queue = hookq_queue::sqs::SqsQueue::connect(&parsed.queue.sqs).await.unwrap();
+    let depth = queue.depth().await.unwrap();
+    assert_eq!(depth.ready, 25, "the second push was dropped by the queue: {depth:?}");
+}
+
+/// SIGTERM while a request is half sent: the ingest stops accepting, lets the
+/// request finish (answered 200, its job in the queue) and then exits.
+#[tokio::test]
+async fn a_shutdown_finishes_the_request_in_flight() {
+    let redis = RedisServer::start();
+    let r = receiver().await;
+    let dir = temp_dir("ingest-term");
+    let cfg = redis_config(&redis, "term", apps(&r));
+    let mut ingest = WorkerProcess::start_ingest(&dir, "ingest", &cfg).await;
+    let queue = queue_of(&cfg).await;
+    let b = body(&[json!({"name": "channel_occupied", "channel": "room"})]);
+    let sig = crate::support::receiver::hmac_hex(b"secret-1", &b);
+    let head = format!(
+        "POST /pusher/webhooks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         X-Pusher-Key: key-1\r\nX-Pusher-Signature: {sig}\r\nContent-Length: {}\r\n\r\n",
+        b.len()
+    );
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", ingest.ingest_port))
+        .await
+        .unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&b[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = ingest.pid().to_string();
+    let ok = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(ok.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", ingest.ingest_port)).await.is_err(),
+        "no new connections once SIGTERM arrived"
+    );
+    conn.write_all(&b[10..]).await.unwrap();
+    let answer = read_until_closed(&mut conn, Duration::from_secs(5)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let status = ingest.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "a clean exit: {status:?}");
+    assert_eq!(queue.depth().await.unwrap().ready, 1);
+}

@@ -767,3 +767,424 @@ fn the_two_dockerfiles_build_the_same_runtime_image() {
         assert!(text.contains("ca-certificates"));
     }
 }
+
+// ===========================================================================
+// The ingest's deployment files: deploy/kubernetes/ingest/ (a kustomization
+// of its own, applied beside the workers') and the compose `ingest` service.
+// Everything below this line is about the ingest only.
+// ===========================================================================
+
+/// The manifests of deploy/kubernetes/ingest/, by file name.
+fn ingest_kubernetes() -> BTreeMap<String, Vec<Value>> {
+    let dir = root().join("deploy/kubernetes/ingest");
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).expect("deploy/kubernetes/ingest exists") {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".yaml") || name.ends_with(".yml") {
+            let docs = yaml_documents(&format!("deploy/kubernetes/ingest/{name}"));
+            files.insert(name, docs);
+        }
+    }
+    files
+}
+
+fn ingest_one(files: &BTreeMap<String, Vec<Value>>, kind: &str) -> Value {
+    let mut all: Vec<Value> = files
+        .values()
+        .flatten()
+        .filter(|d| d["kind"] == kind)
+        .cloned()
+        .collect();
+    assert_eq!(
+        all.len(),
+        1,
+        "expected exactly one {kind} in deploy/kubernetes/ingest"
+    );
+    all.remove(0)
+}
+
+/// The manifests parse and match the ConfigMap's config (ports, probes, the
+/// grace period, `ingest.urls` naming the Service), the worker's objects and
+/// the ingest's select only their own pods, the compose `ingest` service
+/// runs the workers' image and config; and a real `hookq ingest` on the
+/// ConfigMap's config serves the probe routes and takes a signed webhook
+/// into the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingest_manifests_match_the_config_and_a_real_ingest_serves_them() {
+    let files = ingest_kubernetes();
+    for (file, docs) in &files {
+        assert!(!docs.is_empty(), "ingest/{file} has no document");
+        for d in docs {
+            let kind = d["kind"]
+                .as_str()
+                .unwrap_or_else(|| panic!("ingest/{file}: no kind"));
+            assert!(
+                d["apiVersion"].is_string(),
+                "ingest/{file}: {kind} without apiVersion"
+            );
+            if kind != "Kustomization" {
+                assert!(
+                    d["metadata"]["name"].is_string(),
+                    "ingest/{file}: {kind} without a name"
+                );
+            }
+        }
+    }
+    // The kustomization applies every manifest of the directory.
+    let kustomization = &files
+        .get("kustomization.yaml")
+        .expect("deploy/kubernetes/ingest/kustomization.yaml")[0];
+    let resources: Vec<&str> = kustomization["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    for file in files.keys().filter(|f| *f != "kustomization.yaml") {
+        assert!(
+            resources.contains(&file.as_str()),
+            "kustomization.yaml does not apply {file}"
+        );
+    }
+    for r in &resources {
+        assert!(
+            files.contains_key(*r),
+            "kustomization.yaml lists {r}, which does not exist"
+        );
+    }
+
+    let (text, config) = configmap_config();
+    let admin_port = port_of(&config.worker.admin_addr);
+    let ingest_port = config.ingest.addr.port();
+    let worker = deployment();
+    let d = ingest_one(&files, "Deployment");
+    assert_eq!(d["metadata"]["name"], "hookq-ingest");
+    let c = container(&d);
+    assert_eq!(
+        c["image"],
+        container(&worker)["image"],
+        "the ingest runs the workers' image"
+    );
+    assert_eq!(
+        c["args"],
+        json!(["ingest"]),
+        "the container runs `hookq ingest`"
+    );
+
+    // Ports and probes.
+    let mut ports: Vec<u16> = c["ports"]
+        .as_array()
+        .expect("container ports")
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap() as u16)
+        .collect();
+    ports.sort_unstable();
+    let mut wanted = vec![ingest_port, admin_port];
+    wanted.sort_unstable();
+    assert_eq!(
+        ports, wanted,
+        "the container exposes ingest.addr's and worker.admin_addr's ports"
+    );
+    let mut probe_paths = Vec::new();
+    for (probe, paths) in [
+        ("readinessProbe", &["/ready"][..]),
+        ("livenessProbe", &["/health"][..]),
+        ("startupProbe", &["/health", "/ready"][..]),
+    ] {
+        let get = &c[probe]["httpGet"];
+        assert!(get.is_object(), "{probe} is an httpGet probe");
+        let path = get["path"].as_str().unwrap();
+        assert!(
+            paths.contains(&path),
+            "{probe} checks {path}, expected one of {paths:?}"
+        );
+        assert_eq!(
+            resolve_port(&get["port"], &c),
+            admin_port,
+            "{probe} is on the admin port"
+        );
+        probe_paths.push(path.to_string());
+    }
+
+    // Config, grace period, security, rollout.
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "config")
+        .cloned()
+        .expect("the config is mounted");
+    let env_config = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "HOOKQ_CONFIG")
+        .cloned()
+        .expect("HOOKQ_CONFIG is set");
+    assert_eq!(
+        env_config["value"].as_str().unwrap(),
+        format!("{}/config.json", mount["mountPath"].as_str().unwrap()),
+        "HOOKQ_CONFIG names the mounted config.json"
+    );
+    let pod = &d["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "config")
+        .cloned()
+        .expect("a config volume");
+    assert_eq!(
+        volume["configMap"]["name"],
+        one("ConfigMap")["metadata"]["name"],
+        "the ingest reads the workers' ConfigMap"
+    );
+    let pre_stop = &c["lifecycle"]["preStop"];
+    let pause = if let Some(s) = pre_stop["sleep"]["seconds"].as_u64() {
+        s
+    } else if let Some(cmd) = pre_stop["exec"]["command"].as_array() {
+        assert_eq!(cmd[0], "sleep", "preStop pauses: {cmd:?}");
+        cmd[1].as_str().unwrap().parse().expect("sleep seconds")
+    } else {
+        0
+    };
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        Duration::from_secs(grace) > config.worker.shutdown_timeout + Duration::from_secs(pause),
+        "terminationGracePeriodSeconds {grace} s must exceed the preStop pause ({pause} s) plus \
+         worker.shutdown_timeout_ms ({:?})",
+        config.worker.shutdown_timeout
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["runAsUser"],
+        worker["spec"]["template"]["spec"]["securityContext"]["runAsUser"],
+        "the ingest runs as the image's user, like the workers"
+    );
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    for r in ["cpu", "memory"] {
+        assert!(
+            c["resources"]["requests"][r].is_string(),
+            "resources.requests.{r}"
+        );
+    }
+    assert!(
+        c["resources"]["limits"]["memory"].is_string(),
+        "a memory limit"
+    );
+    assert!(
+        d["spec"]["replicas"].as_u64().unwrap_or(1) >= 2,
+        "two replicas or more"
+    );
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    let account = pod["serviceAccountName"]
+        .as_str()
+        .expect("serviceAccountName");
+    assert!(
+        objects("ServiceAccount")
+            .iter()
+            .any(|a| a["metadata"]["name"] == account),
+        "the ServiceAccount {account} is in deploy/kubernetes"
+    );
+
+    // Selectors: each object takes its own pods only.
+    let ingest_labels = &d["spec"]["template"]["metadata"]["labels"];
+    let worker_labels = &worker["spec"]["template"]["metadata"]["labels"];
+    assert!(labels_match(
+        &d["spec"]["selector"]["matchLabels"],
+        ingest_labels
+    ));
+    assert!(!labels_match(
+        &d["spec"]["selector"]["matchLabels"],
+        worker_labels
+    ));
+    assert!(
+        !labels_match(&worker["spec"]["selector"]["matchLabels"], ingest_labels),
+        "the worker Deployment must not adopt ingest pods"
+    );
+    for kind in ["Service", "PodDisruptionBudget"] {
+        let w = one(kind);
+        let selector = if kind == "Service" {
+            &w["spec"]["selector"]
+        } else {
+            &w["spec"]["selector"]["matchLabels"]
+        };
+        assert!(
+            !labels_match(selector, ingest_labels),
+            "the worker {kind} must not select ingest pods"
+        );
+    }
+    let service = ingest_one(&files, "Service");
+    assert!(
+        labels_match(&service["spec"]["selector"], ingest_labels),
+        "the Service selects ingest pods"
+    );
+    assert!(!labels_match(&service["spec"]["selector"], worker_labels));
+    let service_port = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| resolve_port(&p["targetPort"], &c) == ingest_port)
+        .and_then(|p| p["port"].as_u64())
+        .expect("the Service targets the ingest port") as u16;
+    if let Some(port) = service["metadata"]["annotations"]["prometheus.io/port"].as_str() {
+        assert_eq!(
+            port,
+            admin_port.to_string(),
+            "metrics are scraped on the admin port"
+        );
+    }
+    let pdb = ingest_one(&files, "PodDisruptionBudget");
+    assert_eq!(pdb["apiVersion"], "policy/v1");
+    assert!(labels_match(
+        &pdb["spec"]["selector"]["matchLabels"],
+        ingest_labels
+    ));
+    assert!(pdb["spec"]["maxUnavailable"].is_number() || pdb["spec"]["minAvailable"].is_number());
+
+    // ingest.urls names the Service, however a sender in the cluster spells it:
+    // an endpoint there would be refused as a loop.
+    let name = service["metadata"]["name"].as_str().unwrap();
+    for host in [
+        name.to_string(),
+        format!("{name}.hookq"),
+        format!("{name}.hookq.svc"),
+        format!("{name}.hookq.svc.cluster.local"),
+    ] {
+        let url = reqwest::Url::parse(&format!(
+            "http://{host}:{service_port}{}",
+            hookq_core::config::INGEST_ROUTE
+        ))
+        .unwrap();
+        assert!(
+            config.ingest.is_ingest_url(&url),
+            "ingest.urls of the ConfigMap lacks {url}"
+        );
+    }
+    check_config("configmap-ingest", &text);
+
+    // The compose `ingest` service.
+    let compose = &yaml_documents("docker-compose.yml")[0];
+    let services = &compose["services"];
+    let ci = &services["ingest"];
+    assert_eq!(
+        ci["image"], services["worker"]["image"],
+        "compose: the ingest runs the workers' image"
+    );
+    assert_eq!(
+        ci["command"],
+        json!(["ingest"]),
+        "compose: the service runs `hookq ingest`"
+    );
+    let file = compose_config_file(ci);
+    assert_eq!(
+        file,
+        compose_config_file(&services["worker"]),
+        "compose: the workers' config"
+    );
+    let (compose_config, _) = Config::parse(&read(&file), |_| None).unwrap();
+    let compose_ingest_port = compose_config.ingest.addr.port();
+    let stop = compose_seconds(ci["stop_grace_period"].as_str().expect("stop_grace_period"));
+    assert!(
+        stop > compose_config.worker.shutdown_timeout.as_secs_f64(),
+        "compose: the ingest's stop_grace_period {stop} s must exceed {file}'s shutdown timeout"
+    );
+    let health: Vec<&str> = ci["healthcheck"]["test"]
+        .as_array()
+        .expect("compose: the ingest has a healthcheck")
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    assert!(
+        health.contains(&"hookq") && health.contains(&"healthcheck"),
+        "{health:?}"
+    );
+    assert_eq!(
+        port_of(&compose_config.worker.admin_addr),
+        9090,
+        "the HEALTHCHECK URL's port"
+    );
+    assert!(
+        ci["ports"]
+            .as_array()
+            .expect("compose: the ingest is published")
+            .iter()
+            .all(|p| p
+                .as_str()
+                .unwrap()
+                .ends_with(&format!(":{compose_ingest_port}"))),
+        "compose: the ingest publishes ingest.addr's port"
+    );
+    let dns = reqwest::Url::parse(&format!(
+        "http://ingest:{compose_ingest_port}{}",
+        hookq_core::config::INGEST_ROUTE
+    ))
+    .unwrap();
+    assert!(
+        compose_config.ingest.is_ingest_url(&dns),
+        "{file}: ingest.urls lacks {dns}"
+    );
+
+    // A real ingest on the ConfigMap's config (its Redis swapped for the
+    // suite's): the probe routes answer, a signed webhook becomes a job, a
+    // badly signed one is refused, SIGTERM stops it cleanly.
+    let redis = RedisServer::start();
+    let mut live: Value = serde_json::from_str(&hookq_core::jsonc::strip(&text)).unwrap();
+    live["queue"]["redis"]["url"] = json!(redis.url());
+    let dir = temp_dir("manifests-ingest");
+    let mut ingest = WorkerProcess::start_ingest(&dir, "ingest", &live).await;
+    probe_paths.push(
+        service["metadata"]["annotations"]["prometheus.io/path"]
+            .as_str()
+            .unwrap_or("/metrics")
+            .to_string(),
+    );
+    let start = std::time::Instant::now();
+    for path in &probe_paths {
+        loop {
+            let status = ingest.get(path).await.map(|(s, _)| s);
+            if status == Some(200) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{path} answers {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let app = config
+        .apps
+        .iter()
+        .find(|a| {
+            let e = hookq_core::Event::channel_occupied("room-1");
+            a.enabled && a.endpoints.iter().any(|ep| ep.wants(&e))
+        })
+        .expect("an app of the ConfigMap wants channel_occupied");
+    let sender = crate::support::sender::Sender::new();
+    let webhook =
+        crate::support::sender::body(&[json!({"name": "channel_occupied", "channel": "room-1"})]);
+    let ok = sender
+        .post(&ingest.ingest_url(), &app.key, &app.secret, &webhook)
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200, "a signed webhook: {}", ok.body);
+    let bad = sender
+        .post(&ingest.ingest_url(), &app.key, "not-the-secret", &webhook)
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 401, "a badly signed webhook: {}", bad.body);
+    let ready = hookq_queue::redis::ready_key(&config.queue.redis.prefix);
+    let queued = redis.command(&["LLEN", &ready]).unwrap();
+    assert_eq!(
+        queued,
+        crate::support::redis_server::Reply::Int(1),
+        "one job in {ready}"
+    );
+    let (_, metrics) = ingest.get("/metrics").await.unwrap();
+    assert!(metrics.contains("hookq_ingest_requests_total"), "{metrics}");
+    assert!(ingest.terminate(Duration::from_secs(30)).success());
+}

@@ -169,6 +169,11 @@ impl WorkerProcess {
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "kill -TERM failed");
+        self.wait_exit(limit)
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -10,7 +10,7 @@
 //! | answer | when |
 //! |---|---|
 //! | `200` | every job of the request is in the queue (or the same body was accepted within `ingest.dedup_window_ms`) |
-//! | `400` | the body is not a Pusher webhook (the message names the event) |
+//! | `400` | the body is not a Pusher webhook (the message names the event); an event whose name hookq does not know is skipped, not refused |
 //! | `401` | no key, an unknown key, or a wrong signature — one answer for all three |
 //! | `408` | the body did not arrive within `ingest.body_timeout_ms` |
 //! | `413` | the body is over `ingest.max_body_bytes` |
@@ -197,15 +197,15 @@ impl Ingest {
             debug!(app = %app.id, "ingest: invalid signature");
             return Answer::unauthorized();
         }
-        let events = match request::parse(body) {
-            Ok(events) => events,
+        let webhook = match request::parse(body) {
+            Ok(webhook) => webhook,
             Err(request::NotAWebhook(message)) => {
                 debug!(app = %app.id, %message, "ingest: not a webhook");
                 return Answer::error(StatusCode::BAD_REQUEST, "bad_request", message);
             }
         };
         let digest = request::digest(&app.id, body);
-        let jobs = request::jobs(&app, &digest, events, hookq_core::now_ms());
+        let jobs = request::jobs(&app, &digest, webhook, hookq_core::now_ms());
         let (accepted, skipped) = (jobs.messages.len(), jobs.skipped);
         self.metrics.events("skipped", skipped);
         if accepted == 0 {

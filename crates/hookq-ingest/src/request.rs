@@ -28,10 +28,22 @@ struct Envelope<'a> {
     events: Option<Vec<&'a serde_json::value::RawValue>>,
 }
 
+/// A webhook's events, each with its position in the body.
+#[derive(Debug, Default, PartialEq)]
+pub struct Webhook {
+    /// The events hookq knows, with their positions.
+    pub events: Vec<(usize, Event)>,
+    /// Events whose name hookq does not know (Sockudo's `member_updated`,
+    /// say): no endpoint can ask for them, so they are skipped, as events no
+    /// endpoint wants are, rather than refusing the whole body (which a
+    /// sender drops on a 4xx, known events and all).
+    pub unknown_names: usize,
+}
+
 /// Reads a body as `{"time_ms": <number>, "events": [<event>, …]}`; every
-/// event must name a known event and carry what that event needs. Fields
-/// hookq does not know are kept.
-pub fn parse(body: &[u8]) -> Result<Vec<Event>, NotAWebhook> {
+/// event must have a name and, when hookq knows the name, carry what that
+/// event needs. Fields hookq does not know are kept.
+pub fn parse(body: &[u8]) -> Result<Webhook, NotAWebhook> {
     let bad = |m: String| NotAWebhook(m);
     let text = std::str::from_utf8(body).map_err(|_| bad("the body is not UTF-8".into()))?;
     let envelope: Envelope =
@@ -44,31 +56,41 @@ pub fn parse(body: &[u8]) -> Result<Vec<Event>, NotAWebhook> {
     let raw = envelope
         .events
         .ok_or_else(|| bad("missing `events`, the array of events".into()))?;
-    let mut events = Vec::with_capacity(raw.len());
+    let mut webhook = Webhook::default();
     for (i, item) in raw.iter().enumerate() {
-        let event: Event = serde_json::from_str(item.get())
-            .map_err(|e| bad(format!("events[{i}]: {}", why_not_an_event(item.get(), e))))?;
+        let event: Event = match serde_json::from_str(item.get()) {
+            Ok(event) => event,
+            Err(e) => match why_not_an_event(item.get(), e) {
+                Reason::UnknownName => {
+                    webhook.unknown_names += 1;
+                    continue;
+                }
+                Reason::Bad(why) => return Err(bad(format!("events[{i}]: {why}"))),
+            },
+        };
         event
             .validate()
             .map_err(|e| bad(format!("events[{i}]: {e}")))?;
-        events.push(event);
+        webhook.events.push((i, event));
     }
-    Ok(events)
+    Ok(webhook)
+}
+
+enum Reason {
+    UnknownName,
+    Bad(String),
 }
 
 /// Why an event's JSON did not read as an event, in the sender's terms.
-fn why_not_an_event(text: &str, error: serde_json::Error) -> String {
+fn why_not_an_event(text: &str, error: serde_json::Error) -> Reason {
     let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
     let Some(object) = value.as_object() else {
-        return "not an object".into();
+        return Reason::Bad("not an object".into());
     };
     match object.get("name").and_then(|n| n.as_str()) {
-        None => "no `name`".into(),
-        Some(name) if name.parse::<EventName>().is_err() => format!(
-            "unknown event name {name:?}; known: {}",
-            EventName::ALL.map(EventName::as_str).join(", ")
-        ),
-        Some(_) => error.to_string(),
+        None => Reason::Bad("no `name`".into()),
+        Some(name) if name.parse::<EventName>().is_err() => Reason::UnknownName,
+        Some(_) => Reason::Bad(error.to_string()),
     }
 }
 
@@ -86,14 +108,18 @@ pub fn digest(app_id: &str, body: &[u8]) -> String {
 pub struct Jobs {
     /// One message per event some endpoint of the app wants.
     pub messages: Vec<Outgoing>,
-    /// Events no endpoint wants (or all of them, for a disabled app).
+    /// Events no endpoint wants (or all of them, for a disabled app), and
+    /// events whose name hookq does not know.
     pub skipped: usize,
 }
 
 /// One event job per wanted event, its id `ing_<digest prefix>_<position>`.
-pub fn jobs(app: &App, digest: &str, events: Vec<Event>, now_ms: u64) -> Jobs {
-    let mut out = Jobs::default();
-    for (position, event) in events.into_iter().enumerate() {
+pub fn jobs(app: &App, digest: &str, webhook: Webhook, now_ms: u64) -> Jobs {
+    let mut out = Jobs {
+        skipped: webhook.unknown_names,
+        ..Jobs::default()
+    };
+    for (position, event) in webhook.events {
         if !(app.enabled && app.endpoints.iter().any(|e| e.wants(&event))) {
             out.skipped += 1;
             continue;
@@ -135,16 +161,17 @@ mod tests {
         let body = br#"{"time_ms":1700000000000,"events":[
             {"name":"member_added","channel":"presence-r","user_id":"u1","user_info":{"n":1}},
             {"name":"channel_occupied","channel":"r"},
+            {"name":"member_updated","channel":"presence-r","user_id":"u1"},
             {"name":"client_event","channel":"private-c","event":"client-x","data":"{}","socket_id":"1.2"}]}"#;
-        let events = parse(body).unwrap();
-        assert_eq!(events.len(), 3);
-        assert_eq!(events[0].extra["user_info"], serde_json::json!({"n": 1}));
+        let webhook = parse(body).unwrap();
+        assert_eq!((webhook.events.len(), webhook.unknown_names), (3, 1));
+        assert_eq!(webhook.events[0].1.extra["user_info"], serde_json::json!({"n": 1}));
         let d = digest("a", body);
-        let jobs = jobs(&app(), &d, events, 5);
-        assert_eq!(jobs.skipped, 1, "nobody wants channel_occupied");
+        let jobs = jobs(&app(), &d, webhook, 5);
+        assert_eq!(jobs.skipped, 2, "nobody wants channel_occupied, nor can want member_updated");
         assert_eq!(jobs.messages.len(), 2);
         assert_eq!(jobs.messages[0].id, format!("ing_{}_0", &d[..32]));
-        assert_eq!(jobs.messages[1].id, format!("ing_{}_2", &d[..32]));
+        assert_eq!(jobs.messages[1].id, format!("ing_{}_3", &d[..32]), "positions in the body");
         let Job::Event(job) = Job::decode(&jobs.messages[0].body).unwrap() else {
             panic!("an event job")
         };
@@ -173,8 +200,8 @@ mod tests {
             (br#"{"time_ms":1,"events":[7]}"#, "events[0]: not an object"),
             (br#"{"time_ms":1,"events":[{"channel":"c"}]}"#, "events[0]: no `name`"),
             (
-                br#"{"time_ms":1,"events":[{"name":"channel_occupied","channel":"c"},{"name":"x","channel":"c"}]}"#,
-                "events[1]: unknown event name \"x\"",
+                br#"{"time_ms":1,"events":[{"name":"x","channel":"c"},{"name":"member_added"}]}"#,
+                "events[1]: missing field `channel`",
             ),
             (
                 br#"{"time_ms":1,"events":[{"name":"member_added","channel":"c"}]}"#,
@@ -188,6 +215,9 @@ mod tests {
             let err = parse(body).unwrap_err().0;
             assert!(err.starts_with(message), "{err:?} for {:?}", String::from_utf8_lossy(body));
         }
-        assert_eq!(parse(br#"{"time_ms":1,"events":[]}"#).unwrap(), vec![]);
+        assert_eq!(
+            parse(br#"{"time_ms":1,"events":[]}"#).unwrap(),
+            Webhook::default()
+        );
     }
 }

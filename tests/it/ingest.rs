@@ -120,12 +120,20 @@ async fn signed_webhooks_of_every_type_reach_their_endpoints_with_every_field() 
     let mut with_unknown = other.clone();
     with_unknown.push(json!({"name": "member_updated", "channel": "presence-c", "user_id": "u1"}));
     let a = sender
-        .post(&ingest.ingest_url(), "key-2", "secret-2", &body(&with_unknown))
+        .post(
+            &ingest.ingest_url(),
+            "key-2",
+            "secret-2",
+            &body(&with_unknown),
+        )
         .await
         .unwrap();
     assert_eq!(a.status, 200, "{}", a.body);
     let answer: Value = serde_json::from_str(&a.body).unwrap();
-    assert_eq!((answer["accepted"].as_u64(), answer["skipped"].as_u64()), (Some(7), Some(1)));
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["skipped"].as_u64()),
+        (Some(7), Some(1))
+    );
 
     r.wait_for(
         "every event at its endpoints",
@@ -609,19 +617,29 @@ async fn on_sqs_fifo_a_resent_body_enqueues_its_jobs_once() {
     let a = WorkerProcess::start_ingest(&dir, "ingest-a", &cfg).await;
     let b = WorkerProcess::start_ingest(&dir, "ingest-b", &cfg).await;
     let events: Vec<Value> = (0..25)
-        .map(|i| json!({"name": "client_event", "channel": "private-c", "event": "client-n",
-                        "data": i.to_string(), "socket_id": "1.1"}))
+        .map(|i| {
+            json!({"name": "client_event", "channel": "private-c", "event": "client-n",
+                        "data": i.to_string(), "socket_id": "1.1"})
+        })
         .collect();
     let b_body = body(&events);
     let sender = Sender::new();
     for url in [a.ingest_url(), b.ingest_url()] {
-        let answer = sender.post(&url, "key-2", "secret-2", &b_body).await.unwrap();
+        let answer = sender
+            .post(&url, "key-2", "secret-2", &b_body)
+            .await
+            .unwrap();
         assert!(answer.body.contains("\"accepted\":25"), "{answer:?}");
     }
     let (parsed, _) = Config::parse(&cfg.to_string(), |_| None).unwrap();
-    let queue = hookq_queue::sqs::SqsQueue::connect(&parsed.queue.sqs).await.unwrap();
+    let queue = hookq_queue::sqs::SqsQueue::connect(&parsed.queue.sqs)
+        .await
+        .unwrap();
     let depth = queue.depth().await.unwrap();
-    assert_eq!(depth.ready, 25, "the second push was dropped by the queue: {depth:?}");
+    assert_eq!(
+        depth.ready, 25,
+        "the second push was dropped by the queue: {depth:?}"
+    );
 }
 
 /// SIGTERM while a request is half sent: the ingest stops accepting, lets the
@@ -648,15 +666,22 @@ async fn a_shutdown_finishes_the_request_in_flight() {
     conn.write_all(&b[..10]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pid = ingest.pid().to_string();
-    let ok = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(ok.success());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        tokio::net::TcpStream::connect(("127.0.0.1", ingest.ingest_port)).await.is_err(),
+        tokio::net::TcpStream::connect(("127.0.0.1", ingest.ingest_port))
+            .await
+            .is_err(),
         "no new connections once SIGTERM arrived"
     );
     conn.write_all(&b[10..]).await.unwrap();
-    let answer = read_until_closed(&mut conn, Duration::from_secs(5)).await.unwrap();
+    let answer = read_until_closed(&mut conn, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     let status = ingest.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "a clean exit: {status:?}");

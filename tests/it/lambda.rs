@@ -442,7 +442,7 @@ async fn the_legacy_lambda_function_string_is_an_event_target() {
     // What it would send: the envelope and no client context.
     let mut batch = hookq_worker::batch::Batch::new(app.clone(), 0);
     let (settler, _acks) = hookq_worker::settle::Settler::new();
-    let ticket = settler.ticket(hookq_queue::Handle("t".into()), 1, 0, None);
+    let ticket = settler.ticket(hookq_queue::Handle("t".into()), 1, None, None);
     batch.add(
         hookq_worker::batch::Encoded::new(Event::member_added("presence-a", "u1"), false),
         &ticket,

@@ -3,7 +3,7 @@
 //! A request body is `{"time_ms":<this attempt>,"events":[...]}`, built from
 //! events encoded once ([`encode_event`]) and joined per attempt ([`body`]),
 //! so a retry is signed afresh with a current `time_ms`, as Pusher's Python
-//! library demands. [`signature_headers`] gives every header hookq itself sets;
+//! library demands. [`Signer::headers`] gives every header hookq itself sets;
 //! an endpoint's custom headers can never replace them.
 
 use crate::event::Event;

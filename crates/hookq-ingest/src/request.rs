@@ -165,13 +165,23 @@ mod tests {
             {"name":"client_event","channel":"private-c","event":"client-x","data":"{}","socket_id":"1.2"}]}"#;
         let webhook = parse(body).unwrap();
         assert_eq!((webhook.events.len(), webhook.unknown_names), (3, 1));
-        assert_eq!(webhook.events[0].1.extra["user_info"], serde_json::json!({"n": 1}));
+        assert_eq!(
+            webhook.events[0].1.extra["user_info"],
+            serde_json::json!({"n": 1})
+        );
         let d = digest("a", body);
         let jobs = jobs(&app(), &d, webhook, 5);
-        assert_eq!(jobs.skipped, 2, "nobody wants channel_occupied, nor can want member_updated");
+        assert_eq!(
+            jobs.skipped, 2,
+            "nobody wants channel_occupied, nor can want member_updated"
+        );
         assert_eq!(jobs.messages.len(), 2);
         assert_eq!(jobs.messages[0].id, format!("ing_{}_0", &d[..32]));
-        assert_eq!(jobs.messages[1].id, format!("ing_{}_3", &d[..32]), "positions in the body");
+        assert_eq!(
+            jobs.messages[1].id,
+            format!("ing_{}_3", &d[..32]),
+            "positions in the body"
+        );
         let Job::Event(job) = Job::decode(&jobs.messages[0].body).unwrap() else {
             panic!("an event job")
         };
@@ -198,7 +208,10 @@ mod tests {
             (br#"{"time_ms":1}"#, "missing `events`"),
             (br#"{"time_ms":1,"events":{}}"#, "not a webhook object"),
             (br#"{"time_ms":1,"events":[7]}"#, "events[0]: not an object"),
-            (br#"{"time_ms":1,"events":[{"channel":"c"}]}"#, "events[0]: no `name`"),
+            (
+                br#"{"time_ms":1,"events":[{"channel":"c"}]}"#,
+                "events[0]: no `name`",
+            ),
             (
                 br#"{"time_ms":1,"events":[{"name":"x","channel":"c"},{"name":"member_added"}]}"#,
                 "events[1]: missing field `channel`",
@@ -213,7 +226,11 @@ mod tests {
             ),
         ] {
             let err = parse(body).unwrap_err().0;
-            assert!(err.starts_with(message), "{err:?} for {:?}", String::from_utf8_lossy(body));
+            assert!(
+                err.starts_with(message),
+                "{err:?} for {:?}",
+                String::from_utf8_lossy(body)
+            );
         }
         assert_eq!(
             parse(br#"{"time_ms":1,"events":[]}"#).unwrap(),

@@ -53,22 +53,22 @@ use aws_sdk_sqs::types::{
 };
 use hookq_aws::TimeoutConfig;
 use hookq_core::DeadLetter;
-use hookq_core::config::SqsSettings;
+use hookq_core::config::{SqsSettings, sqs_limits};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// Most entries in one SQS batch call or messages in one receive.
-const BATCH: usize = 10;
+const BATCH: usize = sqs_limits::MAX_BATCH_ENTRIES;
 /// Most body bytes in one `SendMessageBatch` (SQS's classic limit; a bigger
 /// single message goes alone and SQS decides).
-const BATCH_BYTES: usize = 256 * 1024;
+const BATCH_BYTES: usize = sqs_limits::MAX_BATCH_BYTES;
 /// SQS's longest per-message delay.
-const MAX_DELAY: Duration = Duration::from_secs(900);
+const MAX_DELAY: Duration = sqs_limits::MAX_DELAY;
 /// SQS's longest long poll.
-const MAX_WAIT_SECONDS: u32 = 20;
+const MAX_WAIT_SECONDS: u32 = sqs_limits::MAX_WAIT_SECONDS;
 /// SQS's longest visibility timeout.
-const MAX_VISIBILITY_SECONDS: u64 = 43_200;
+const MAX_VISIBILITY_SECONDS: u64 = sqs_limits::MAX_VISIBILITY_SECONDS;
 /// Between short polls, when the wait left is under a second.
 const SHORT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Most `ReceiveMessage` calls one [`QueueDriver::receive`] makes to fill `max`.
@@ -78,7 +78,7 @@ const WALK_VISIBILITY_SECONDS: i32 = 60;
 /// Long poll of each DLQ walk step: long enough that SQS looks at every server.
 const WALK_WAIT_SECONDS: i32 = 1;
 /// DLQ retention this driver sets on a DLQ it creates (SQS's maximum, 14 days).
-const DLQ_RETENTION_SECONDS: &str = "1209600";
+const DLQ_RETENTION_SECONDS: u64 = sqs_limits::MAX_RETENTION_SECONDS;
 
 /// The SQS [`QueueDriver`]. See the module docs.
 pub struct SqsQueue {

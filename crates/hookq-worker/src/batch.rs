@@ -57,8 +57,8 @@ pub struct Batch {
     pub webhook_id: String,
     /// This attempt's number, from 1.
     pub attempt: u32,
-    /// When the first attempt was made (Unix ms); 0 when this is it.
-    pub first_attempt_ms: u64,
+    /// When the first attempt was made (Unix ms); none when this is it.
+    pub first_attempt_ms: Option<u64>,
     /// The events.
     pub events: Vec<Arc<Encoded>>,
     /// The jobs whose parts this batch carries, each once.
@@ -74,7 +74,7 @@ impl Batch {
             endpoint,
             webhook_id: hookq_core::new_id("msg"),
             attempt: 1,
-            first_attempt_ms: 0,
+            first_attempt_ms: None,
             events: Vec::new(),
             tickets: Vec::new(),
             bytes: envelope::OVERHEAD,
@@ -84,6 +84,24 @@ impl Batch {
     /// The endpoint this batch goes to.
     pub fn endpoint(&self) -> &Endpoint {
         &self.app.endpoints[self.endpoint]
+    }
+
+    /// The body of the attempt sent at `time_ms`: the envelope of the
+    /// events, the same bytes for an HTTP endpoint and a Lambda function.
+    pub fn body(&self, time_ms: u64) -> Vec<u8> {
+        envelope::body(time_ms, self.events.iter().map(|e| e.json.as_slice()))
+    }
+
+    /// What signs the attempt sent at `time_ms`: the app's key and secret,
+    /// the endpoint's Standard Webhooks secrets, the batch's `webhook-id`.
+    pub fn signer(&self, time_ms: u64) -> envelope::Signer<'_> {
+        envelope::Signer {
+            app_key: &self.app.key,
+            app_secret: &self.app.secret,
+            signing_secrets: &self.endpoint().signing_secrets,
+            webhook_id: &self.webhook_id,
+            time_ms,
+        }
     }
 
     /// The body size once sent.

@@ -9,7 +9,7 @@
 
 use crate::batch::Batch;
 use crate::outcome::{EXCERPT_LEN, Failure, Outcome, classify_status};
-use hookq_core::envelope::{self, Signer};
+use hookq_core::envelope;
 use std::time::Duration;
 
 /// A request ready to send: method POST, to `url`, these headers and this body.
@@ -27,17 +27,10 @@ pub struct Request {
 
 /// The signed request for one attempt of `batch` at `time_ms`.
 pub fn build_request(batch: &Batch, url: &url::Url, time_ms: u64) -> Request {
-    let app = &batch.app;
     let ep = batch.endpoint();
-    let body = envelope::body(time_ms, batch.events.iter().map(|e| e.json.as_slice()));
-    let signer = Signer {
-        app_key: &app.key,
-        app_secret: &app.secret,
-        signing_secrets: &ep.signing_secrets,
-        webhook_id: &batch.webhook_id,
-        time_ms,
-    };
-    let mut headers: Vec<(String, String)> = signer
+    let body = batch.body(time_ms);
+    let mut headers: Vec<(String, String)> = batch
+        .signer(time_ms)
         .headers(&body)
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

@@ -70,7 +70,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hookq_aws::TimeoutConfig;
 use hookq_core::endpoint::{InvocationType, LambdaTarget};
-use hookq_core::envelope::{self, Signer};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -94,18 +93,12 @@ pub struct Invocation {
 
 /// The invocation for one attempt of `batch` at `time_ms`.
 pub fn build_invocation(target: &LambdaTarget, batch: &Batch, time_ms: u64) -> Invocation {
-    let payload = envelope::body(time_ms, batch.events.iter().map(|e| e.json.as_slice()));
+    let payload = batch.body(time_ms);
     let client_context = match target.invocation_type {
         InvocationType::Event => None,
         InvocationType::RequestResponse => {
-            let signer = Signer {
-                app_key: &batch.app.key,
-                app_secret: &batch.app.secret,
-                signing_secrets: &batch.endpoint().signing_secrets,
-                webhook_id: &batch.webhook_id,
-                time_ms,
-            };
-            let headers: serde_json::Map<String, serde_json::Value> = signer
+            let headers: serde_json::Map<String, serde_json::Value> = batch
+                .signer(time_ms)
                 .headers(&payload)
                 .into_iter()
                 .filter(|(k, _)| !TRANSPORT_HEADERS.contains(k))
@@ -335,8 +328,7 @@ fn classify_service_error(err: &InvokeError, raw: &HttpResponse) -> Outcome {
             | InvokeError::ServiceException(_)
             | InvokeError::Ec2ThrottledException(_)
     );
-    let retryable_status = matches!(status, 408 | 425 | 429) || (status >= 500 && status != 501);
-    if not_ready_yet || retryable_status {
+    if not_ready_yet || crate::outcome::is_retryable_status(status) {
         Outcome::Retry {
             failure,
             after: raw.headers().get("retry-after").and_then(parse_retry_after),
@@ -355,6 +347,7 @@ mod tests {
     use aws_sdk_lambda::types::error::{ResourceConflictException, TooManyRequestsException};
     use hmac::{Hmac, KeyInit, Mac};
     use hookq_core::endpoint::EndpointTarget;
+    use hookq_core::envelope;
     use hookq_core::{Config, Event};
     use sha2::Sha256;
 

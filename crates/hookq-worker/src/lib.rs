@@ -2,13 +2,15 @@
 //! endpoint, delivers them over HTTP (Pusher-signed) or to AWS Lambda, retries
 //! with durable backoff, and dead-letters what cannot be delivered.
 //!
-//! Start at [`worker`] for the pipeline; [`batch`] forms batches, [`deliver`]
+//! Start at [`worker`] for the pipeline; [`decide`] holds its decisions as
+//! values (what a message becomes, what follows an attempt); [`batch`] forms batches, [`deliver`]
 //! sends them ([`http`], and `lambda` behind the feature of that name),
 //! [`outcome`] classifies answers, [`settle`] tracks jobs until they are
 //! acked. [`admin`] serves metrics and probes; [`demo`] is `hookq demo`.
 
 pub mod admin;
 pub mod batch;
+pub mod decide;
 pub mod deliver;
 pub mod demo;
 pub mod http;

@@ -71,6 +71,12 @@ pub fn excerpt(body: &[u8]) -> Option<String> {
     Some(text.trim_end_matches('\u{fffd}').to_string())
 }
 
+/// Whether an error status is worth trying again (HTTP's answers and
+/// Lambda's alike): 408, 425, 429, and 5xx but 501.
+pub fn is_retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 425 | 429) || (status >= 500 && status != 501)
+}
+
 /// Maps an HTTP answer to an outcome.
 pub fn classify_status(status: u16, retry_after: Option<&str>, body: &[u8]) -> Outcome {
     if (200..300).contains(&status) {
@@ -81,8 +87,7 @@ pub fn classify_status(status: u16, retry_after: Option<&str>, body: &[u8]) -> O
         status: Some(status),
         excerpt: excerpt(body),
     };
-    let retryable = matches!(status, 408 | 425 | 429) || (status >= 500 && status != 501);
-    if retryable {
+    if is_retryable_status(status) {
         Outcome::Retry {
             failure,
             after: retry_after.and_then(parse_retry_after),

@@ -82,7 +82,7 @@ impl Settler {
         &self,
         handle: Handle,
         parts: usize,
-        enqueued_at_ms: u64,
+        enqueued_at_ms: Option<u64>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Arc<Ticket> {
         self.held.insert(handle.clone());
@@ -102,8 +102,8 @@ pub struct Ticket {
     handle: Handle,
     remaining: AtomicUsize,
     abandoned: AtomicBool,
-    /// When the producer enqueued the job (Unix ms; 0 if unknown).
-    pub enqueued_at_ms: u64,
+    /// When the producer enqueued the job (Unix ms), if known.
+    pub enqueued_at_ms: Option<u64>,
     settler: Settler,
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -213,13 +213,13 @@ pub(crate) mod tests {
     /// A ticket on a settler whose acks go nowhere, for tests of other modules.
     pub(crate) fn ticket(parts: usize) -> Arc<Ticket> {
         let (settler, _rx) = Settler::new();
-        settler.ticket(Handle("t".into()), parts, 0, None)
+        settler.ticket(Handle("t".into()), parts, None, None)
     }
 
     #[test]
     fn acks_only_after_the_last_part() {
         let (settler, mut rx) = Settler::new();
-        let t = settler.ticket(Handle("h1".into()), 3, 0, None);
+        let t = settler.ticket(Handle("h1".into()), 3, None, None);
         t.settle();
         t.settle();
         assert!(rx.try_recv().is_err());
@@ -232,7 +232,7 @@ pub(crate) mod tests {
     #[test]
     fn an_abandoned_job_is_never_acked() {
         let (settler, mut rx) = Settler::new();
-        let t = settler.ticket(Handle("h2".into()), 2, 0, None);
+        let t = settler.ticket(Handle("h2".into()), 2, None, None);
         t.settle();
         t.abandon();
         assert!(settler.held().is_empty(), "no longer extended");

@@ -14,14 +14,14 @@
 //! waits only for its own endpoint's. Shutdown is [`Worker::run`]'s last part.
 
 use crate::batch::{self, Batch, Batcher, Encoded, Item};
+use crate::decide::{self, Accept, Disposition};
 use crate::deliver::Deliverer;
 use crate::metrics::Metrics;
-use crate::outcome::{Failure, Outcome};
+use crate::outcome::Outcome;
 use crate::settle::{self, Settler, Ticket};
 use hookq_core::config::QueueDriverKind;
-use hookq_core::job::{Job, RetryJob, VERSION};
-use hookq_core::{AppRegistry, Config, DeadLetter, LookupError, StaticApps, now_ms};
-use hookq_queue::{Outgoing, QueueDriver, Received};
+use hookq_core::{AppRegistry, Config, StaticApps, now_ms};
+use hookq_queue::{QueueDriver, Received};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,7 +52,8 @@ pub struct Shared {
     pub ready: Arc<AtomicBool>,
     deliverer: Deliverer,
     settler: Settler,
-    limits: Mutex<HashMap<(String, String), Arc<Semaphore>>>,
+    /// Per-endpoint concurrency limits: app id → endpoint id → semaphore.
+    limits: Mutex<HashMap<String, HashMap<String, Arc<Semaphore>>>>,
 }
 
 /// A worker over one queue and one config.
@@ -275,70 +276,39 @@ enum Work {
     Batch(Batch),
 }
 
-/// Decodes one received message and turns it into work, or settles it at once.
+/// Decides what one received message becomes ([`decide::accept`]), gives it
+/// its ticket, and returns the work for the batcher or the dispatcher; a
+/// message that needs no delivery is disposed of here.
 async fn accept(
     shared: &Arc<Shared>,
     msg: Received,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Option<Work> {
-    let config = &shared.config;
-    let job = match Job::decode(&msg.body) {
-        Ok(job) => job,
-        Err(e) => {
-            let app_id = serde_json::from_str::<serde_json::Value>(&msg.body)
-                .ok()
-                .and_then(|v| v.get("app_id")?.as_str().map(str::to_string));
-            tracing::warn!(error = %e, "dead-lettering an unusable job");
-            let entry = DeadLetter::unusable(&msg.body, e.to_string(), app_id);
-            reject_message(shared, msg, entry, "malformed").await;
-            return None;
-        }
-    };
-    let now = now_ms();
-    if let Some(not_before) = job.not_before_ms().filter(|t| *t > now) {
-        redelay(shared, msg, job, not_before - now).await;
+    let accepted = decide::accept(&*shared.apps, &msg.body, now_ms()).await;
+    if let Accept::Wait(why) = &accepted {
+        // No ticket: not acked, not extended; the job comes back when its hold expires.
+        tracing::warn!(error = %why, "cannot resolve the app now");
         return None;
     }
-    let app = match shared.apps.app(job.app_id()).await {
-        Ok(app) => app,
-        Err(LookupError::Unavailable(e)) => {
-            // Not acked: the job comes back when its hold expires.
-            tracing::warn!(app_id = job.app_id(), error = %e, "cannot resolve the app now");
-            return None;
+    let ticket = shared.settler.ticket(
+        msg.handle,
+        accepted.parts(),
+        accepted.enqueued_at_ms(),
+        permit,
+    );
+    let with_ids = shared.config.webhooks.event_ids;
+    let disposition = match accepted {
+        Accept::Fan { endpoints, .. } if endpoints.is_empty() => {
+            shared.metrics.events_skipped.inc();
+            Disposition::Ack
         }
-        Err(e) => {
-            let label = match e {
-                LookupError::Unknown(_) => "unknown_app",
-                _ => "invalid_app",
-            };
-            let entry =
-                DeadLetter::unusable(&msg.body, e.to_string(), Some(job.app_id().to_string()));
-            reject_message(shared, msg, entry, label).await;
-            return None;
-        }
-    };
-    if !app.enabled {
-        let entry = DeadLetter::unusable(&msg.body, "app disabled", Some(app.id.clone()));
-        reject_message(shared, msg, entry, "app_disabled").await;
-        return None;
-    }
-    let with_ids = config.webhooks.event_ids;
-    match job {
-        Job::Event(j) => {
-            let targets: Vec<usize> = (0..app.endpoints.len())
-                .filter(|&i| app.endpoints[i].wants(&j.event))
-                .collect();
-            let ticket =
-                shared
-                    .settler
-                    .ticket(msg.handle, targets.len().max(1), j.enqueued_at_ms, permit);
-            if targets.is_empty() {
-                shared.metrics.events_skipped.inc();
-                ticket.settle();
-                return None;
-            }
-            let event = Encoded::new(j.event, with_ids);
-            let items = targets
+        Accept::Fan {
+            job,
+            app,
+            endpoints,
+        } => {
+            let event = Encoded::new(job.event, with_ids);
+            let items = endpoints
                 .into_iter()
                 .map(|endpoint| Item {
                     app: app.clone(),
@@ -347,71 +317,68 @@ async fn accept(
                     ticket: ticket.clone(),
                 })
                 .collect();
-            Some(Work::Items(items))
+            return Some(Work::Items(items));
         }
-        Job::Retry(j) => {
-            let Some(endpoint) = app.endpoints.iter().position(|e| e.id == j.endpoint) else {
-                let reason = format!("endpoint removed: {:?} is no longer configured", j.endpoint);
-                let mut entry = DeadLetter::unusable(&msg.body, reason, Some(app.id.clone()));
-                entry.endpoint = Some(j.endpoint.clone());
-                entry.attempts = j.attempt.saturating_sub(1);
-                reject_message(shared, msg, entry, "endpoint_removed").await;
-                return None;
-            };
-            let ticket = shared.settler.ticket(msg.handle, 1, 0, permit);
+        Accept::Retry { job, app, endpoint } => {
             let mut batch = Batch::new(app, endpoint);
-            batch.webhook_id = j.webhook_id;
-            batch.attempt = j.attempt.max(1);
-            batch.first_attempt_ms = j.first_attempt_ms;
-            for e in j.events {
+            batch.webhook_id = job.webhook_id;
+            batch.attempt = job.attempt.max(1);
+            batch.first_attempt_ms = Some(job.first_attempt_ms).filter(|t| *t > 0);
+            for e in job.events {
                 batch.add(Encoded::new(e, with_ids), &ticket);
             }
-            Some(Work::Batch(batch))
+            return Some(Work::Batch(batch));
         }
-    }
+        Accept::NotDue { job, wait } => Disposition::not_due(job, wait, shared.queue.max_delay()),
+        Accept::Reject(rejection) => {
+            tracing::warn!(reason = %rejection.reason(), "dead-lettering an unusable job");
+            Disposition::reject(&rejection, &msg.body)
+        }
+        Accept::Wait(_) => unreachable!("handled above"),
+    };
+    execute(shared, std::slice::from_ref(&ticket), disposition).await;
+    None
 }
 
-/// Dead-letters a message that is not deliverable as it is, then acks it.
-async fn reject_message(shared: &Shared, msg: Received, entry: DeadLetter, reason: &'static str) {
-    let ticket = shared.settler.ticket(msg.handle, 1, 0, None);
-    match shared.queue.dead_letter(vec![entry]).await {
-        Ok(()) => {
-            shared.metrics.dead_letter(reason);
-            ticket.settle();
+/// Carries out a disposition for the jobs of `tickets`: each is settled once
+/// the outcome is durable, or abandoned (left to come back) when the queue
+/// refused it.
+async fn execute(shared: &Shared, tickets: &[Arc<Ticket>], disposition: Disposition) {
+    let durable = match disposition {
+        Disposition::Ack => true,
+        Disposition::Push { message, retry } => {
+            let pushed = shared.queue.push(vec![message]).await;
+            match &pushed {
+                Ok(()) if retry => {
+                    shared.metrics.retries_scheduled.inc();
+                }
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "could not push; the jobs will come back"),
+            }
+            pushed.is_ok()
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "could not dead-letter; the job will come back");
-            ticket.abandon();
+        Disposition::DeadLetter { entry, label } => {
+            let written = shared.queue.dead_letter(vec![entry]).await;
+            match &written {
+                Ok(()) => shared.metrics.dead_letter(label),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not dead-letter; the jobs will come back")
+                }
+            }
+            written.is_ok()
         }
-    }
-}
-
-/// Pushes a job that is not yet due back with the rest of its delay, then
-/// acks it; on a queue that cannot delay a push (SQS FIFO), hides the
-/// message itself until it is due instead.
-async fn redelay(shared: &Shared, msg: Received, mut job: Job, wait_ms: u64) {
-    if shared.queue.max_delay().is_zero() {
-        if let Err(e) = shared
-            .queue
-            .release(&msg.handle, Duration::from_millis(wait_ms))
-            .await
-        {
-            tracing::warn!(error = %e, "could not hide a job until due; it comes back when its hold ends");
+        Disposition::Release(after) => {
+            for t in tickets {
+                if let Err(e) = shared.queue.release(t.handle(), after).await {
+                    tracing::warn!(error = %e, "could not hide a job until due; it comes back when its hold ends");
+                }
+            }
+            // Never acked: the queue gives it back when due.
+            false
         }
-        return;
-    }
-    let ticket = shared.settler.ticket(msg.handle, 1, 0, None);
-    let delay = Duration::from_millis(wait_ms).min(shared.queue.max_delay());
-    if delay.as_millis() as u64 >= wait_ms {
-        job.set_not_before_ms(None);
-    }
-    let out = Outgoing::now(hookq_core::new_id("job"), job.app_id(), job.encode()).delayed(delay);
-    match shared.queue.push(vec![out]).await {
-        Ok(()) => ticket.settle(),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not re-delay a job; it will come back");
-            ticket.abandon();
-        }
+    };
+    for t in tickets {
+        if durable { t.settle() } else { t.abandon() }
     }
 }
 
@@ -421,154 +388,72 @@ impl Shared {
         self.settler.held().len()
     }
 
+    /// The concurrency limit of the batch's endpoint, by app and endpoint id
+    /// (so it outlives a reload of the app), found without allocating.
     fn limit(&self, batch: &Batch) -> Arc<Semaphore> {
         let ep = batch.endpoint();
-        let key = (batch.app.id.clone(), ep.id.clone());
         let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(limit) = limits
+            .get(&batch.app.id)
+            .and_then(|by_ep| by_ep.get(&ep.id))
+        {
+            return limit.clone();
+        }
+        let limit = Arc::new(Semaphore::new(ep.max_concurrency));
         limits
-            .entry(key)
-            .or_insert_with(|| Arc::new(Semaphore::new(ep.max_concurrency)))
-            .clone()
+            .entry(batch.app.id.clone())
+            .or_default()
+            .insert(ep.id.clone(), limit.clone());
+        limit
     }
 }
 
-/// One attempt of a batch, then its settlement.
+/// One attempt of a batch, then what follows from its outcome.
 async fn deliver(shared: Arc<Shared>, batch: Batch) {
     let permit = shared.limit(&batch).acquire_owned().await;
-    let time_ms = now_ms();
+    let sent_ms = now_ms();
     let started = Instant::now();
-    let outcome = shared.deliverer.deliver(&batch, time_ms).await;
+    let outcome = shared.deliverer.deliver(&batch, sent_ms).await;
     drop(permit);
     let m = &shared.metrics;
     m.delivery_seconds.observe(started.elapsed().as_secs_f64());
     m.batch_size.observe(batch.events.len() as f64);
     m.request(outcome.label());
-    let ep = batch.endpoint();
-    match outcome {
-        Outcome::Delivered => {
-            m.events_delivered.inc_by(batch.events.len() as u64);
-            let now = now_ms();
-            for t in &batch.tickets {
-                if t.enqueued_at_ms > 0 {
-                    m.end_to_end_seconds
-                        .observe(now.saturating_sub(t.enqueued_at_ms) as f64 / 1000.0);
-                }
-                t.settle();
+    let now = now_ms();
+    if outcome == Outcome::Delivered {
+        m.events_delivered.inc_by(batch.events.len() as u64);
+        for t in &batch.tickets {
+            if let Some(at) = t.enqueued_at_ms {
+                m.end_to_end_seconds
+                    .observe(now.saturating_sub(at) as f64 / 1000.0);
             }
         }
-        Outcome::Retry { failure, after } => {
-            let first = if batch.first_attempt_ms == 0 {
-                time_ms
-            } else {
-                batch.first_attempt_ms
-            };
-            let elapsed = Duration::from_millis(now_ms().saturating_sub(first));
-            match ep
-                .retry
-                .next_delay(batch.attempt, elapsed, after, rand::random())
-            {
-                Ok(delay) => {
-                    tracing::info!(
-                        app_id = %batch.app.id, endpoint = %ep.id, attempt = batch.attempt,
-                        reason = %failure.reason, retry_in_ms = delay.as_millis() as u64,
-                        "delivery failed, retrying"
-                    );
-                    schedule_retry(&shared, &batch, first, failure, delay).await;
-                }
-                Err(give_up) => {
-                    let reason = format!("{give_up}; last: {}", failure.reason);
-                    dead_letter_batch(&shared, &batch, failure, reason, "exhausted").await;
-                }
-            }
-        }
-        Outcome::Reject { failure } => {
-            let reason = failure.reason.clone();
-            dead_letter_batch(&shared, &batch, failure, reason, "rejected").await;
-        }
     }
-}
-
-fn retry_job(
-    batch: &Batch,
-    attempt: u32,
-    first_attempt_ms: u64,
-    last_error: Option<String>,
-) -> RetryJob {
-    RetryJob {
-        v: VERSION,
-        id: hookq_core::new_id("job"),
-        app_id: batch.app.id.clone(),
-        enqueued_at_ms: now_ms(),
-        not_before_ms: None,
-        endpoint: batch.endpoint().id.clone(),
-        attempt,
-        first_attempt_ms,
-        webhook_id: batch.webhook_id.clone(),
-        events: batch.events.iter().map(|e| e.event.clone()).collect(),
-        last_error,
-    }
-}
-
-fn settle_all(tickets: &[Arc<Ticket>], durable: bool) {
-    for t in tickets {
-        if durable { t.settle() } else { t.abandon() }
-    }
-}
-
-async fn schedule_retry(
-    shared: &Shared,
-    batch: &Batch,
-    first: u64,
-    failure: Failure,
-    delay: Duration,
-) {
-    let mut job = retry_job(batch, batch.attempt + 1, first, Some(failure.reason));
-    let max = shared.queue.max_delay();
-    if delay > max {
-        job.not_before_ms = Some(now_ms() + delay.as_millis() as u64);
-    }
-    let job_id = job.id.clone();
-    let out =
-        Outgoing::now(job_id, &batch.app.id, Job::Retry(job).encode()).delayed(delay.min(max));
-    let pushed = shared.queue.push(vec![out]).await;
-    if let Err(e) = &pushed {
-        tracing::warn!(error = %e, "could not push a retry job; the batch's jobs will come back");
-    } else {
-        shared.metrics.retries_scheduled.inc();
-    }
-    settle_all(&batch.tickets, pushed.is_ok());
-}
-
-async fn dead_letter_batch(
-    shared: &Shared,
-    batch: &Batch,
-    failure: Failure,
-    reason: String,
-    label: &'static str,
-) {
     let ep = batch.endpoint();
-    tracing::warn!(
-        app_id = %batch.app.id, endpoint = %ep.id, attempts = batch.attempt,
-        reason = %reason, "dead-lettering a batch"
+    if let Outcome::Retry { failure, .. } | Outcome::Reject { failure } = &outcome {
+        tracing::info!(
+            app_id = %batch.app.id, endpoint = %ep.id, attempt = batch.attempt,
+            reason = %failure.reason, "delivery failed"
+        );
+    }
+    let disposition = decide::dispose(
+        outcome,
+        &batch,
+        sent_ms,
+        now,
+        shared.queue.max_delay(),
+        rand::random(),
     );
-    // Replaying the entry starts a fresh budget for this endpoint only.
-    let replay = retry_job(batch, 1, 0, Some(failure.reason));
-    let entry = DeadLetter {
-        job: Job::Retry(replay).encode(),
-        reason,
-        failed_at_ms: now_ms(),
-        app_id: Some(batch.app.id.clone()),
-        endpoint: Some(ep.id.clone()),
-        attempts: batch.attempt,
-        last_status: failure.status,
-        body_excerpt: failure.excerpt,
-    };
-    let written = shared.queue.dead_letter(vec![entry]).await;
-    match &written {
-        Ok(()) => shared.metrics.dead_letter(label),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not dead-letter; the batch's jobs will come back")
-        }
+    match &disposition {
+        Disposition::Push { message, .. } => tracing::info!(
+            app_id = %batch.app.id, endpoint = %ep.id,
+            retry_in_ms = message.delay.as_millis() as u64, "retrying"
+        ),
+        Disposition::DeadLetter { entry, .. } => tracing::warn!(
+            app_id = %batch.app.id, endpoint = %ep.id, attempts = batch.attempt,
+            reason = %entry.reason, "dead-lettering a batch"
+        ),
+        Disposition::Ack | Disposition::Release(_) => {}
     }
-    settle_all(&batch.tickets, written.is_ok());
+    execute(&shared, &batch.tickets, disposition).await;
 }

@@ -1,5 +1,7 @@
 use super::*;
+use crate::endpoint::{EndpointTarget, InvocationType};
 use crate::event::Event;
+use crate::retry::RetryPolicy;
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
@@ -716,4 +718,24 @@ fn url_errors_do_not_echo_secrets() {
         err.contains("webhooks[1].url: \"example.com/x?token=***\" is not an absolute http(s) URL"),
         "{err}"
     );
+}
+
+#[test]
+fn sqs_settings_past_sqs_limits_are_refused() {
+    let (c, _) = load("{}").unwrap();
+    assert_eq!(c.queue.sqs.wait_time_seconds, sqs_limits::MAX_WAIT_SECONDS);
+    assert_eq!(c.queue.sqs.max_messages, sqs_limits::MAX_RECEIVE_MESSAGES);
+    let at_limits = r#"{"queue": {"driver": "sqs", "sqs":
+        {"wait_time_seconds": 20, "max_messages": 10, "visibility_timeout": 43200}}}"#;
+    load(at_limits).unwrap();
+    let err = error_text(
+        r#"{"queue": {"sqs": {"wait_time_seconds": 21, "max_messages": 11, "visibility_timeout": 43201}}}"#,
+    );
+    for want in [
+        "queue.sqs.wait_time_seconds: must be 20 or less (SQS's limit)",
+        "queue.sqs.max_messages: must be 10 or less (SQS's limit)",
+        "queue.sqs.visibility_timeout: must be 43200 seconds or less (SQS's limit)",
+    ] {
+        assert!(err.contains(want), "want {want:?} in:\n{err}");
+    }
 }

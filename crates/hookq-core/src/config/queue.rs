@@ -1,0 +1,355 @@
+//! The `queue` section (`queue.driver`, `queue.memory`, `queue.redis`,
+//! `queue.sqs`, Sockudo's other drivers and `queue.reliability`), with
+//! `database.redis`, which Sockudo's Redis queue connects with, and the check
+//! that a job's hold outlives its delivery.
+
+use super::apps::check_http_url;
+use super::reader::Obj;
+use super::sqs_limits::{MAX_RECEIVE_MESSAGES, MAX_VISIBILITY_SECONDS, MAX_WAIT_SECONDS};
+use super::{Config, Diagnostics, Problem, ms};
+use crate::endpoint::redact_url;
+use serde_json::Value;
+use std::fmt;
+use std::time::Duration;
+
+/// Which queue the producer and workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueDriverKind {
+    /// In-process; the embedded default.
+    Memory,
+    /// Redis lists.
+    Redis,
+    /// Amazon SQS.
+    Sqs,
+}
+
+impl QueueDriverKind {
+    /// The config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Redis => "redis",
+            Self::Sqs => "sqs",
+        }
+    }
+}
+
+/// `queue.memory`.
+#[derive(Debug, Clone)]
+pub struct MemoryQueueSettings {
+    /// Most jobs held (ready, delayed and leased together); a push beyond it fails.
+    pub capacity: usize,
+    /// How long a received job stays hidden before it returns to the queue.
+    pub lease: Duration,
+}
+
+/// `queue.redis`.
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// Connection URL; it may hold a password, so `Debug` prints it redacted.
+    pub url: String,
+    /// Key prefix; every key is `{prefix}:…`, one hash tag for Redis Cluster.
+    pub prefix: String,
+    /// Sockudo's `concurrency` (default 5): read, warned about when set, not
+    /// used (a worker runs one receive loop; see docs/operations.md).
+    pub concurrency: usize,
+    /// How long a claimed job stays leased before any worker may reclaim it.
+    pub lease: Duration,
+    /// Connections shared by short commands; also the most idle receive connections kept.
+    pub pool_size: usize,
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("concurrency", &self.concurrency)
+            .field("lease", &self.lease)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// `queue.sqs`.
+#[derive(Debug, Clone)]
+pub struct SqsSettings {
+    /// The queue's URL; resolved from `queue_name` when absent.
+    pub queue_url: Option<String>,
+    /// The queue's name, resolved (or created) at start.
+    pub queue_name: String,
+    /// Sockudo's `queue_url_prefix`: the URL is `{prefix}/{queue_name}`.
+    pub queue_url_prefix: Option<String>,
+    /// Region.
+    pub region: String,
+    /// A custom endpoint (an emulator).
+    pub endpoint_url: Option<String>,
+    /// Seconds a received message stays hidden.
+    pub visibility_timeout: Duration,
+    /// Long-poll wait, seconds (0–20).
+    pub wait_time_seconds: u32,
+    /// Messages per receive (1–10).
+    pub max_messages: u32,
+    /// Receive loops per worker process.
+    pub concurrency: usize,
+    /// The dead-letter queue's URL; `{queue_name}-dlq` is resolved or created when absent.
+    pub dead_letter_queue_url: Option<String>,
+    /// A FIFO queue (name ends in `.fifo`).
+    pub fifo: bool,
+    /// FIFO group id; the app id when absent.
+    pub message_group_id: Option<String>,
+    /// Receives after which SQS moves a message to the DLQ.
+    pub max_receive_count: u32,
+}
+
+/// `queue`.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// `queue.driver`.
+    pub driver: QueueDriverKind,
+    /// `queue.memory`.
+    pub memory: MemoryQueueSettings,
+    /// `queue.redis`.
+    pub redis: RedisSettings,
+    /// `queue.sqs`.
+    pub sqs: SqsSettings,
+}
+
+/// Every `queue.driver` value Sockudo accepts (its `QueueDriver`); hookq has `memory`, `redis` and `sqs`.
+const SOCKUDO_QUEUE_DRIVERS: &[&str] = &[
+    "memory",
+    "redis",
+    "redis-cluster",
+    "nats",
+    "pulsar",
+    "rabbitmq",
+    "google-pubsub",
+    "kafka",
+    "iggy",
+    "sqs",
+    "sns",
+    "none",
+];
+
+pub(super) fn read_queue(
+    o: &mut Obj,
+    database: &mut Obj,
+    busiest_hold: Duration,
+    d: &mut Diagnostics,
+) -> QueueSettings {
+    let driver = match o.str("driver", d).as_deref() {
+        None | Some("memory") => QueueDriverKind::Memory,
+        Some("redis") => QueueDriverKind::Redis,
+        Some("sqs") => QueueDriverKind::Sqs,
+        Some(other) => {
+            let message = if other == "none" {
+                "Sockudo's \"none\" (no queue) leaves hookq nothing to read; use \"memory\", \"redis\" or \"sqs\"".to_string()
+            } else if other == "redis-cluster" {
+                "hookq has no Redis Cluster driver (Sockudo's \"redis-cluster\"); use \"redis\" with queue.redis.url naming one Redis server, or \"sqs\"".to_string()
+            } else if SOCKUDO_QUEUE_DRIVERS.contains(&other) {
+                format!(
+                    "Sockudo's queue driver {other:?} is not one hookq has; use \"memory\", \"redis\" or \"sqs\""
+                )
+            } else {
+                format!("unknown queue driver {other:?}; use \"memory\", \"redis\" or \"sqs\"")
+            };
+            d.error(&o.at("driver"), message);
+            QueueDriverKind::Memory
+        }
+    };
+    // Settings of Sockudo's other drivers: unused, as they are by Sockudo
+    // when their driver is not the one chosen (choosing one is an error above).
+    o.ignore(&[
+        "redis_cluster",
+        "nats",
+        "pulsar",
+        "rabbitmq",
+        "google_pubsub",
+        "kafka",
+        "iggy",
+        "sns",
+    ]);
+    if o.has("reliability") {
+        o.ignore(&["reliability"]);
+        d.warnings.push(Problem {
+            path: o.at("reliability"),
+            message: "Sockudo's queue reliability settings are not used by hookq: its retries are webhooks.retry, its holds queue.<driver>.lease_ms (SQS: visibility_timeout)".into(),
+        });
+    }
+    // A hold must outlive the longest request plus the batching window, or a
+    // job is reclaimed while its delivery is still running and sent twice.
+    let default_lease = busiest_hold.max(Duration::from_secs(30)) + Duration::from_secs(30);
+
+    let mut m = o.obj("memory", d);
+    let memory = MemoryQueueSettings {
+        capacity: m.u64("capacity", 1_000_000, 1, d) as usize,
+        lease: m.opt_u64("lease_ms", 1, d).map_or(default_lease, ms),
+    };
+    m.finish(d);
+
+    let mut r = o.obj("redis", d);
+    let mut db = database.obj("redis", d);
+    let db_url = {
+        let host = db.str("host", d);
+        let port = db.opt_u64("port", 1, d);
+        let password = db.str("password", d);
+        let username = db.str("username", d);
+        let db_index = db.opt_u64("db", 0, d);
+        db.ignore(&[
+            "key_prefix",
+            "cluster_nodes",
+            "sentinel_password",
+            "name",
+            "cluster",
+        ]);
+        host.and_then(|host| {
+            // Sockudo lets the host carry the scheme: `rediss://redis.internal` is TLS.
+            let (scheme, host) = match host.split_once("://") {
+                Some((scheme @ ("redis" | "rediss"), rest)) => (scheme, rest.to_string()),
+                _ => ("redis", host),
+            };
+            let base = format!(
+                "{scheme}://{host}:{}/{}",
+                port.unwrap_or(6379),
+                db_index.unwrap_or(0)
+            );
+            let mut url = url::Url::parse(&base)
+                .map_err(|e| {
+                    d.error(
+                        &db.at("host"),
+                        format!("{host:?} does not make a valid URL: {e}"),
+                    )
+                })
+                .ok()?;
+            // The setters percent-encode, so any character may be in a password.
+            if password.is_some() || username.is_some() {
+                let _ = url.set_username(username.as_deref().unwrap_or(""));
+                let _ = url.set_password(password.as_deref());
+            }
+            Some(url.to_string())
+        })
+    };
+    let sentinels = matches!(db.get("sentinels"), Some(Value::Array(a)) if !a.is_empty());
+    let explicit_url = r.str("url", d).or(r.str("url_override", d));
+    // Sockudo would go through Sentinel; hookq would connect to `host` directly.
+    if sentinels && explicit_url.is_none() && driver == QueueDriverKind::Redis {
+        d.error(
+            &db.at("sentinels"),
+            "hookq cannot connect through Redis Sentinel; set queue.redis.url (or url_override) to the master's redis:// URL",
+        );
+    }
+    db.finish(d);
+    let url = explicit_url
+        .or(db_url)
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+        d.error(&r.at("url"), "must start with redis:// or rediss://");
+    }
+    let concurrency = r.opt_u64("concurrency", 0, d);
+    if concurrency.is_some() {
+        d.warnings.push(Problem {
+            path: r.at("concurrency"),
+            message: "Sockudo's key, not used by hookq: a worker runs one Redis receive loop (up to 500 jobs a call); delivery concurrency is worker.endpoint_concurrency and a webhook's max_concurrency".into(),
+        });
+    }
+    if r.opt_u64("response_timeout_ms", 0, d).is_some() {
+        d.warnings.push(Problem {
+            path: r.at("response_timeout_ms"),
+            message: "Sockudo's key, not used by hookq: its Redis commands time out after 5 s"
+                .into(),
+        });
+    }
+    // Ignoring this would talk to a Redis Cluster as to one server.
+    if r.bool("cluster_mode", false, d) {
+        d.error(
+            &r.at("cluster_mode"),
+            "hookq has no Redis Cluster client; set it to false and queue.redis.url to one Redis server, or use the \"sqs\" driver",
+        );
+    }
+    let redis = RedisSettings {
+        url,
+        prefix: r
+            .nonempty_str("prefix", d)
+            .unwrap_or_else(|| "hookq".into()),
+        concurrency: concurrency.unwrap_or(5) as usize,
+        lease: r.opt_u64("lease_ms", 1, d).map_or(default_lease, ms),
+        pool_size: r.u64("pool_size", 8, 1, d) as usize,
+    };
+    r.finish(d);
+
+    let mut s = o.obj("sqs", d);
+    let secs = |n: u64| Duration::from_secs(n);
+    let sqs = SqsSettings {
+        queue_url: s.nonempty_str("queue_url", d),
+        queue_name: s
+            .nonempty_str("queue_name", d)
+            .unwrap_or_else(|| "hookq".into()),
+        queue_url_prefix: s.nonempty_str("queue_url_prefix", d),
+        region: s
+            .nonempty_str("region", d)
+            .unwrap_or_else(|| "us-east-1".into()),
+        endpoint_url: s.nonempty_str("endpoint_url", d),
+        visibility_timeout: s.opt_u64("visibility_timeout", 1, d).map_or(
+            Duration::from_secs(default_lease.as_secs_f64().ceil() as u64),
+            secs,
+        ),
+        wait_time_seconds: s.u64("wait_time_seconds", MAX_WAIT_SECONDS.into(), 0, d) as u32,
+        max_messages: s.u64("max_messages", MAX_RECEIVE_MESSAGES.into(), 1, d) as u32,
+        concurrency: s.u64("concurrency", 4, 1, d) as usize,
+        dead_letter_queue_url: s.nonempty_str("dead_letter_queue_url", d),
+        fifo: s.bool("fifo", false, d),
+        message_group_id: s.nonempty_str("message_group_id", d),
+        max_receive_count: s.u64("max_receive_count", 10, 1, d) as u32,
+    };
+    if let Some(u) = &sqs.endpoint_url {
+        check_http_url(u, &s.at("endpoint_url"), d);
+    }
+    if sqs.wait_time_seconds > MAX_WAIT_SECONDS {
+        d.error(
+            &s.at("wait_time_seconds"),
+            format!("must be {MAX_WAIT_SECONDS} or less (SQS's limit)"),
+        );
+    }
+    if sqs.max_messages > MAX_RECEIVE_MESSAGES {
+        d.error(
+            &s.at("max_messages"),
+            format!("must be {MAX_RECEIVE_MESSAGES} or less (SQS's limit)"),
+        );
+    }
+    if sqs.visibility_timeout > Duration::from_secs(MAX_VISIBILITY_SECONDS) {
+        d.error(
+            &s.at("visibility_timeout"),
+            format!("must be {MAX_VISIBILITY_SECONDS} seconds or less (SQS's limit)"),
+        );
+    }
+    s.finish(d);
+    o.finish(d);
+    QueueSettings {
+        driver,
+        memory,
+        redis,
+        sqs,
+    }
+}
+
+pub(super) fn check_lease(c: &Config, d: &mut Diagnostics) {
+    let (lease, path) = match c.queue.driver {
+        QueueDriverKind::Memory => (c.queue.memory.lease, "queue.memory.lease_ms"),
+        QueueDriverKind::Redis => (c.queue.redis.lease, "queue.redis.lease_ms"),
+        QueueDriverKind::Sqs => (
+            c.queue.sqs.visibility_timeout,
+            "queue.sqs.visibility_timeout",
+        ),
+    };
+    let need = c.longest_request_timeout() + c.webhooks.batching.duration;
+    if lease <= need {
+        d.error(
+            path,
+            format!(
+                "the hold ({} ms) must be longer than the longest request timeout plus the batching window ({} ms), or jobs are delivered twice",
+                lease.as_millis(),
+                need.as_millis()
+            ),
+        );
+    }
+}

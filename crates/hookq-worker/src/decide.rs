@@ -1,0 +1,669 @@
+//! The worker's decisions, as values: what a received message becomes
+//! ([`accept`]), and what happens after a delivery attempt ([`dispose`]).
+//!
+//! Both only decide; [`crate::worker`] carries the decisions out (one
+//! executor pushes, dead-letters, releases or acks, and settles tickets), so
+//! every branch here is a unit test away. In the way Vector separates its
+//! `RetryLogic` (what an answer means) from the retry policy (when to try
+//! again): [`crate::outcome`] says what an answer means, the endpoint's
+//! [`RetryPolicy`](hookq_core::RetryPolicy) says when, and [`dispose`] puts the
+//! two together with the batch into a [`Disposition`].
+
+use crate::batch::Batch;
+use crate::outcome::{Failure, Outcome};
+use hookq_core::config::App;
+use hookq_core::job::{EventJob, Job, RetryJob, VERSION};
+use hookq_core::{AppRegistry, DeadLetter, LookupError};
+use hookq_queue::Outgoing;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a received message is dead-lettered without a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not a job: not JSON, a wrong shape or version, an invalid event.
+    Malformed {
+        /// What is wrong.
+        error: String,
+        /// The `app_id` field, if the text has one.
+        app_id: Option<String>,
+    },
+    /// No app has the job's id.
+    UnknownApp(String),
+    /// The app's stored configuration is not valid.
+    InvalidApp {
+        /// The app.
+        app_id: String,
+        /// What is wrong, with JSON paths.
+        reason: String,
+    },
+    /// The app is disabled.
+    AppDisabled(String),
+    /// A retry job for an endpoint the app no longer has.
+    EndpointRemoved {
+        /// The app.
+        app_id: String,
+        /// The endpoint's id.
+        endpoint: String,
+        /// Attempts already made.
+        attempts: u32,
+    },
+}
+
+impl Rejection {
+    /// The `reason` label of `hookq_dead_lettered_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Malformed { .. } => "malformed",
+            Self::UnknownApp(_) => "unknown_app",
+            Self::InvalidApp { .. } => "invalid_app",
+            Self::AppDisabled(_) => "app_disabled",
+            Self::EndpointRemoved { .. } => "endpoint_removed",
+        }
+    }
+
+    /// The dead-letter entry's reason.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Malformed { error, .. } => error.clone(),
+            Self::UnknownApp(id) => LookupError::Unknown(id.clone()).to_string(),
+            Self::InvalidApp { app_id, reason } => LookupError::Invalid {
+                id: app_id.clone(),
+                reason: reason.clone(),
+            }
+            .to_string(),
+            Self::AppDisabled(_) => "app disabled".into(),
+            Self::EndpointRemoved { endpoint, .. } => {
+                format!("endpoint removed: {endpoint:?} is no longer configured")
+            }
+        }
+    }
+
+    /// The dead-letter entry, keeping the message's text as it came.
+    pub fn dead_letter(&self, body: &str) -> DeadLetter {
+        let app_id = match self {
+            Self::Malformed { app_id, .. } => app_id.clone(),
+            Self::UnknownApp(id) | Self::AppDisabled(id) => Some(id.clone()),
+            Self::InvalidApp { app_id, .. } | Self::EndpointRemoved { app_id, .. } => {
+                Some(app_id.clone())
+            }
+        };
+        let entry = DeadLetter::unusable(body, self.reason(), app_id);
+        match self {
+            Self::EndpointRemoved {
+                endpoint, attempts, ..
+            } => DeadLetter {
+                endpoint: Some(endpoint.clone()),
+                attempts: *attempts,
+                ..entry
+            },
+            _ => entry,
+        }
+    }
+}
+
+/// What a received message becomes.
+#[derive(Debug)]
+pub enum Accept {
+    /// An event job for these endpoints of its app (none: nobody wants it).
+    Fan {
+        /// The job.
+        job: EventJob,
+        /// Its app.
+        app: Arc<App>,
+        /// The indexes of the endpoints that want the event.
+        endpoints: Vec<usize>,
+    },
+    /// A retry job for one endpoint.
+    Retry {
+        /// The job.
+        job: RetryJob,
+        /// Its app.
+        app: Arc<App>,
+        /// The endpoint's index in `app.endpoints`.
+        endpoint: usize,
+    },
+    /// A job not due before `wait` from now.
+    NotDue {
+        /// The job.
+        job: Job,
+        /// How long until it is due.
+        wait: Duration,
+    },
+    /// The app cannot be looked up now: leave the message, it comes back.
+    Wait(String),
+    /// Dead-letter it.
+    Reject(Rejection),
+}
+
+impl Accept {
+    /// How many parts the message's ticket counts: one per endpoint of an
+    /// event job (one when none wants it), one otherwise.
+    pub fn parts(&self) -> usize {
+        match self {
+            Self::Fan { endpoints, .. } => endpoints.len().max(1),
+            _ => 1,
+        }
+    }
+
+    /// When the producer enqueued an event job.
+    pub fn enqueued_at_ms(&self) -> Option<u64> {
+        match self {
+            Self::Fan { job, .. } => Some(job.enqueued_at_ms).filter(|t| *t > 0),
+            _ => None,
+        }
+    }
+}
+
+/// Decides what the message `body` becomes at `now_ms`: decode, due time,
+/// app lookup, fan-out or the retry job's endpoint.
+pub async fn accept(apps: &dyn AppRegistry, body: &str, now_ms: u64) -> Accept {
+    let job = match Job::decode(body) {
+        Ok(job) => job,
+        Err(e) => {
+            let app_id = serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v.get("app_id")?.as_str().map(str::to_string));
+            return Accept::Reject(Rejection::Malformed {
+                error: e.to_string(),
+                app_id,
+            });
+        }
+    };
+    if let Some(not_before) = job.not_before_ms().filter(|t| *t > now_ms) {
+        let wait = Duration::from_millis(not_before - now_ms);
+        return Accept::NotDue { job, wait };
+    }
+    let app = match apps.app(job.app_id()).await {
+        Ok(app) => app,
+        Err(LookupError::Unavailable(e)) => return Accept::Wait(e),
+        Err(LookupError::Unknown(id)) => return Accept::Reject(Rejection::UnknownApp(id)),
+        Err(LookupError::Invalid { id, reason }) => {
+            return Accept::Reject(Rejection::InvalidApp { app_id: id, reason });
+        }
+    };
+    if !app.enabled {
+        return Accept::Reject(Rejection::AppDisabled(app.id.clone()));
+    }
+    match job {
+        Job::Event(job) => {
+            let endpoints = (0..app.endpoints.len())
+                .filter(|&i| app.endpoints[i].wants(&job.event))
+                .collect();
+            Accept::Fan {
+                job,
+                app,
+                endpoints,
+            }
+        }
+        Job::Retry(job) => match app.endpoints.iter().position(|e| e.id == job.endpoint) {
+            Some(endpoint) => Accept::Retry { job, app, endpoint },
+            None => Accept::Reject(Rejection::EndpointRemoved {
+                app_id: app.id.clone(),
+                endpoint: job.endpoint.clone(),
+                attempts: job.attempt.saturating_sub(1),
+            }),
+        },
+    }
+}
+
+/// What becomes of a received message or of a batch's jobs.
+#[derive(Debug)]
+pub enum Disposition {
+    /// Done: settle (and so, in the end, ack).
+    Ack,
+    /// Push this message, then settle: a retry job, or a job pushed back
+    /// with the rest of its delay.
+    Push {
+        /// The message.
+        message: Outgoing,
+        /// Whether it is a retry of a failed delivery (counted as one).
+        retry: bool,
+    },
+    /// Write this dead-letter entry, then settle.
+    DeadLetter {
+        /// The entry.
+        entry: DeadLetter,
+        /// The metric label.
+        label: &'static str,
+    },
+    /// Leave the message in the queue, hidden for this long, not acked (SQS
+    /// FIFO, which cannot delay a push).
+    Release(Duration),
+}
+
+impl Disposition {
+    /// A rejected message's disposition.
+    pub fn reject(rejection: &Rejection, body: &str) -> Self {
+        Self::DeadLetter {
+            entry: rejection.dead_letter(body),
+            label: rejection.label(),
+        }
+    }
+
+    /// A job that is not due for `wait`: pushed back with as much of the
+    /// delay as the queue carries (the rest written into the job), or, on
+    /// a queue that cannot delay a push, released until it is due.
+    pub fn not_due(mut job: Job, wait: Duration, max_delay: Duration) -> Self {
+        if max_delay.is_zero() {
+            return Self::Release(wait);
+        }
+        let delay = wait.min(max_delay);
+        if delay >= wait {
+            job.set_not_before_ms(None);
+        }
+        let message =
+            Outgoing::now(hookq_core::new_id("job"), job.app_id(), job.encode()).delayed(delay);
+        Self::Push {
+            message,
+            retry: false,
+        }
+    }
+}
+
+/// The retry job for the attempt `attempt` of `batch`'s events at its endpoint.
+fn retry_job(
+    batch: &Batch,
+    attempt: u32,
+    first_attempt_ms: Option<u64>,
+    last_error: &str,
+    now_ms: u64,
+) -> RetryJob {
+    RetryJob {
+        v: VERSION,
+        id: hookq_core::new_id("job"),
+        app_id: batch.app.id.clone(),
+        enqueued_at_ms: now_ms,
+        not_before_ms: None,
+        endpoint: batch.endpoint().id.clone(),
+        attempt,
+        first_attempt_ms: first_attempt_ms.unwrap_or(0),
+        webhook_id: batch.webhook_id.clone(),
+        events: batch.events.iter().map(|e| e.event.clone()).collect(),
+        last_error: Some(last_error.to_string()),
+    }
+}
+
+/// What follows the attempt of `batch` sent at `sent_ms` and answered with
+/// `outcome`, at `now_ms`, on a queue whose pushes carry at most `max_delay`
+/// (`jitter` in `[0, 1)` spreads the backoff).
+pub fn dispose(
+    outcome: Outcome,
+    batch: &Batch,
+    sent_ms: u64,
+    now_ms: u64,
+    max_delay: Duration,
+    jitter: f64,
+) -> Disposition {
+    let endpoint = batch.endpoint();
+    let (failure, retry_after) = match outcome {
+        Outcome::Delivered => return Disposition::Ack,
+        Outcome::Reject { failure } => {
+            let reason = failure.reason.clone();
+            return dead_letter(batch, failure, reason, "rejected", now_ms);
+        }
+        Outcome::Retry { failure, after } => (failure, after),
+    };
+    let first = batch.first_attempt_ms.unwrap_or(sent_ms);
+    // A clock that went backwards counts as no time spent.
+    let elapsed = Duration::from_millis(now_ms.saturating_sub(first));
+    match endpoint
+        .retry
+        .next_delay(batch.attempt, elapsed, retry_after, jitter)
+    {
+        Ok(delay) => {
+            let mut job = retry_job(
+                batch,
+                batch.attempt + 1,
+                Some(first),
+                &failure.reason,
+                now_ms,
+            );
+            if delay > max_delay {
+                job.not_before_ms = Some(now_ms + delay.as_millis() as u64);
+            }
+            let message = Outgoing::now(job.id.clone(), &batch.app.id, Job::Retry(job).encode())
+                .delayed(delay.min(max_delay));
+            Disposition::Push {
+                message,
+                retry: true,
+            }
+        }
+        Err(give_up) => {
+            let reason = format!("{give_up}; last: {}", failure.reason);
+            dead_letter(batch, failure, reason, "exhausted", now_ms)
+        }
+    }
+}
+
+fn dead_letter(
+    batch: &Batch,
+    failure: Failure,
+    reason: String,
+    label: &'static str,
+    now_ms: u64,
+) -> Disposition {
+    // Replaying the entry starts a fresh budget for this endpoint only.
+    let replay = retry_job(batch, 1, None, &failure.reason, now_ms);
+    Disposition::DeadLetter {
+        entry: DeadLetter {
+            job: Job::Retry(replay).encode(),
+            reason,
+            failed_at_ms: now_ms,
+            app_id: Some(batch.app.id.clone()),
+            endpoint: Some(batch.endpoint().id.clone()),
+            attempts: batch.attempt,
+            last_status: failure.status,
+            body_excerpt: failure.excerpt,
+        },
+        label,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Encoded;
+    use crate::settle::Settler;
+    use hookq_core::{Config, Event, StaticApps};
+    use hookq_queue::Handle;
+
+    fn config(retry: &str) -> Config {
+        let text = format!(
+            r#"{{"app_manager": {{"array": {{"apps": [
+                {{"id": "a", "key": "ka", "secret": "sa", "webhooks": [
+                  {{"id": "ep", "url": "http://127.0.0.1:9/x", "event_types": ["member_added", "client_event"],
+                    "filter": {{"channel_prefix": "presence-"}}}},
+                  {{"id": "all", "url": "http://127.0.0.1:9/y", "event_types": ["member_added"]}}]}},
+                {{"id": "off", "key": "ko", "secret": "so", "enabled": false, "webhooks": []}}
+            ]}}}},
+            "webhooks": {{"retry": {retry}}}}}"#
+        );
+        Config::parse(&text, |_| None).unwrap().0
+    }
+
+    fn batch(config: &Config, attempt: u32, first: Option<u64>) -> Batch {
+        let (settler, _acks) = Settler::new();
+        let ticket = settler.ticket(Handle("h".into()), 1, None, None);
+        let mut b = Batch::new(config.apps[0].clone(), 0);
+        b.attempt = attempt;
+        b.first_attempt_ms = first;
+        b.add(
+            Encoded::new(Event::member_added("presence-x", "u1"), false),
+            &ticket,
+        );
+        b
+    }
+
+    fn retry(status: u16, after: Option<Duration>) -> Outcome {
+        Outcome::Retry {
+            failure: Failure {
+                reason: format!("HTTP {status}"),
+                status: Some(status),
+                excerpt: Some("busy".into()),
+            },
+            after,
+        }
+    }
+
+    const NOW: u64 = 1_700_000_000_000;
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn pushed_retry(d: Disposition) -> (RetryJob, Duration) {
+        let Disposition::Push {
+            message,
+            retry: true,
+        } = d
+        else {
+            panic!("a retry push expected, got {d:?}")
+        };
+        let Job::Retry(job) = Job::decode(&message.body).unwrap() else {
+            panic!("a retry job")
+        };
+        (job, message.delay)
+    }
+
+    fn dead(d: Disposition) -> (DeadLetter, &'static str) {
+        let Disposition::DeadLetter { entry, label } = d else {
+            panic!("a dead letter expected, got {d:?}")
+        };
+        (entry, label)
+    }
+
+    #[test]
+    fn delivered_is_an_ack() {
+        let c = config("{}");
+        let d = dispose(Outcome::Delivered, &batch(&c, 1, None), NOW, NOW, HOUR, 0.5);
+        assert!(matches!(d, Disposition::Ack));
+    }
+
+    #[test]
+    fn a_first_failure_schedules_the_next_attempt_from_this_one() {
+        let c = config(r#"{"initial_backoff_ms": 1000}"#);
+        let b = batch(&c, 1, None);
+        let (job, delay) = pushed_retry(dispose(retry(503, None), &b, NOW - 20, NOW, HOUR, 0.0));
+        assert_eq!((job.attempt, job.first_attempt_ms), (2, NOW - 20));
+        assert_eq!(
+            (job.endpoint.as_str(), job.webhook_id),
+            ("ep", b.webhook_id)
+        );
+        assert_eq!(job.last_error.as_deref(), Some("HTTP 503"));
+        assert_eq!(job.not_before_ms, None);
+        assert_eq!(delay, Duration::from_millis(500), "the lower half of 1 s");
+    }
+
+    #[test]
+    fn retry_after_is_a_floor() {
+        let c = config(r#"{"initial_backoff_ms": 1000}"#);
+        let b = batch(&c, 2, Some(NOW - 1000));
+        let after = Some(Duration::from_secs(30));
+        let (job, delay) = pushed_retry(dispose(retry(429, after), &b, NOW, NOW, HOUR, 0.0));
+        assert_eq!(delay, Duration::from_secs(30));
+        assert_eq!(
+            job.first_attempt_ms,
+            NOW - 1000,
+            "the first attempt's time is kept"
+        );
+    }
+
+    #[test]
+    fn a_delay_past_what_the_queue_carries_is_written_into_the_job() {
+        let c = config(
+            r#"{"initial_backoff_ms": 60000, "max_backoff_ms": 3600000, "max_elapsed_time_ms": 7200000}"#,
+        );
+        let b = batch(&c, 5, Some(NOW));
+        let max = Duration::from_secs(900);
+        let (job, delay) = pushed_retry(dispose(retry(500, None), &b, NOW, NOW, max, 0.99));
+        assert_eq!(delay, max);
+        let due = job
+            .not_before_ms
+            .expect("the rest of the delay is in the job");
+        assert!(due > NOW + 900_000, "{due}");
+    }
+
+    #[test]
+    fn a_reject_dead_letters_at_once_with_the_answer() {
+        let c = config("{}");
+        let outcome = Outcome::Reject {
+            failure: Failure {
+                reason: "HTTP 400".into(),
+                status: Some(400),
+                excerpt: Some("bad".into()),
+            },
+        };
+        let (entry, label) = dead(dispose(
+            outcome,
+            &batch(&c, 3, Some(NOW)),
+            NOW,
+            NOW,
+            HOUR,
+            0.5,
+        ));
+        assert_eq!(label, "rejected");
+        assert_eq!(entry.reason, "HTTP 400");
+        assert_eq!((entry.attempts, entry.last_status), (3, Some(400)));
+        assert_eq!(entry.body_excerpt.as_deref(), Some("bad"));
+        assert_eq!(entry.endpoint.as_deref(), Some("ep"));
+        let Job::Retry(replay) = Job::decode(&entry.job).unwrap() else {
+            panic!("a replayable retry job")
+        };
+        assert_eq!(
+            (replay.attempt, replay.first_attempt_ms),
+            (1, 0),
+            "a fresh budget"
+        );
+    }
+
+    #[test]
+    fn the_last_attempt_dead_letters_as_exhausted() {
+        let c = config(r#"{"max_attempts": 3}"#);
+        let (entry, label) = dead(dispose(
+            retry(503, None),
+            &batch(&c, 3, Some(NOW)),
+            NOW,
+            NOW,
+            HOUR,
+            0.5,
+        ));
+        assert_eq!(label, "exhausted");
+        assert!(
+            entry.reason.ends_with("; last: HTTP 503"),
+            "{}",
+            entry.reason
+        );
+        assert_eq!(entry.last_status, Some(503));
+    }
+
+    #[test]
+    fn the_elapsed_time_budget_ends_retries() {
+        let c = config(r#"{"max_elapsed_time_ms": 10000, "initial_backoff_ms": 1000}"#);
+        let b = batch(&c, 2, Some(NOW - 9_900));
+        let (_, label) = dead(dispose(retry(503, None), &b, NOW, NOW, HOUR, 0.5));
+        assert_eq!(label, "exhausted");
+    }
+
+    #[test]
+    fn a_clock_gone_backwards_counts_as_no_time_spent() {
+        let c = config(r#"{"max_elapsed_time_ms": 10000}"#);
+        let b = batch(&c, 2, Some(NOW + 60_000));
+        let (job, _) = pushed_retry(dispose(retry(503, None), &b, NOW, NOW, HOUR, 0.5));
+        assert_eq!(job.attempt, 3);
+    }
+
+    #[test]
+    fn retries_off_dead_letter_the_first_failure() {
+        let c = config(r#"{"enabled": false}"#);
+        let (_, label) = dead(dispose(
+            retry(503, None),
+            &batch(&c, 1, None),
+            NOW,
+            NOW,
+            HOUR,
+            0.5,
+        ));
+        assert_eq!(label, "exhausted");
+    }
+
+    fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("a static registry never waits"),
+        }
+    }
+
+    #[test]
+    fn accept_names_every_way_a_message_is_refused() {
+        let c = config("{}");
+        let apps = StaticApps::new(&c.apps);
+        let event = |app: &str, name: &str| {
+            format!(
+                r#"{{"v":1,"kind":"event","id":"j1","app_id":"{app}","event":{{"name":"{name}","channel":"presence-x","user_id":"u"}}}}"#
+            )
+        };
+        let reject = |body: &str| match block(accept(&apps, body, NOW)) {
+            Accept::Reject(r) => r,
+            other => panic!("a rejection expected, got {other:?}"),
+        };
+        assert!(matches!(
+            reject("{"),
+            Rejection::Malformed { app_id: None, .. }
+        ));
+        let r = reject(r#"{"v":9,"kind":"event","id":"j","app_id":"a"}"#);
+        assert_eq!(
+            (r.label(), r.dead_letter("x").app_id.as_deref()),
+            ("malformed", Some("a"))
+        );
+        assert_eq!(
+            reject(&event("zz", "member_added")),
+            Rejection::UnknownApp("zz".into())
+        );
+        assert_eq!(
+            reject(&event("off", "member_added")),
+            Rejection::AppDisabled("off".into())
+        );
+        let retry = r#"{"v":1,"kind":"retry","id":"r","app_id":"a","endpoint":"gone","attempt":4,
+            "webhook_id":"w","events":[{"name":"cache_miss","channel":"c"}]}"#;
+        let r = reject(retry);
+        assert_eq!(r.label(), "endpoint_removed");
+        let entry = r.dead_letter(retry);
+        assert_eq!(
+            (entry.attempts, entry.endpoint.as_deref()),
+            (3, Some("gone"))
+        );
+        assert_eq!(entry.job, retry, "the message is kept as it came");
+        assert_eq!(
+            entry.reason,
+            "endpoint removed: \"gone\" is no longer configured"
+        );
+    }
+
+    #[test]
+    fn accept_fans_out_routes_retries_and_waits_for_due_jobs() {
+        let c = config("{}");
+        let apps = StaticApps::new(&c.apps);
+        let body = r#"{"v":1,"kind":"event","id":"j1","app_id":"a","enqueued_at_ms":5,
+            "event":{"name":"member_added","channel":"presence-x","user_id":"u"}}"#;
+        let got = block(accept(&apps, body, NOW));
+        assert_eq!((got.parts(), got.enqueued_at_ms()), (2, Some(5)));
+        let Accept::Fan { endpoints, .. } = got else {
+            panic!("fan out")
+        };
+        assert_eq!(endpoints, [0, 1]);
+        let nobody = r#"{"v":1,"kind":"event","id":"j2","app_id":"a","event":{"name":"cache_miss","channel":"c"}}"#;
+        let got = block(accept(&apps, nobody, NOW));
+        assert_eq!(
+            (got.parts(), got.enqueued_at_ms()),
+            (1, None),
+            "one part, settled at once"
+        );
+        let retry = r#"{"v":1,"kind":"retry","id":"r","app_id":"a","endpoint":"all","attempt":2,
+            "webhook_id":"w","events":[{"name":"member_added","channel":"c","user_id":"u"}]}"#;
+        assert!(matches!(
+            block(accept(&apps, retry, NOW)),
+            Accept::Retry { endpoint: 1, .. }
+        ));
+        let later = format!(
+            r#"{{"v":1,"kind":"event","id":"j3","app_id":"a","not_before_ms":{},"event":{{"name":"cache_miss","channel":"c"}}}}"#,
+            NOW + 2000
+        );
+        let Accept::NotDue { job, wait } = block(accept(&apps, &later, NOW)) else {
+            panic!("not due")
+        };
+        assert_eq!(wait, Duration::from_secs(2));
+        assert!(matches!(
+            Disposition::not_due(job.clone(), wait, Duration::ZERO),
+            Disposition::Release(w) if w == wait
+        ));
+        let Disposition::Push {
+            message,
+            retry: false,
+        } = Disposition::not_due(job, wait, Duration::from_secs(900))
+        else {
+            panic!("pushed back")
+        };
+        assert_eq!(message.delay, wait);
+        assert_eq!(Job::decode(&message.body).unwrap().not_before_ms(), None);
+    }
+}

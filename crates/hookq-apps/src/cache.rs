@@ -53,11 +53,31 @@ pub struct Record {
     pub webhooks: Option<String>,
 }
 
+/// Why a database could not answer a lookup.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// PostgreSQL or MySQL failed (connection, pool timeout, query).
+    #[cfg(any(feature = "pgsql", feature = "mysql"))]
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    /// DynamoDB failed; the SDK's error with its context, as text (its
+    /// error types differ per operation).
+    #[error("{0}")]
+    DynamoDb(String),
+    /// Not asked: the last query failed less than a second ago.
+    #[error("the last query failed less than a second ago")]
+    Resting,
+    /// A test source's failure.
+    #[cfg(test)]
+    #[error("{0}")]
+    Test(&'static str),
+}
+
 /// A database that can read one app record.
 #[async_trait]
 pub trait Source: Send + Sync + 'static {
     /// The record, `None` when there is none; `Err` when the database cannot answer.
-    async fn fetch(&self, by: Lookup<'_>) -> Result<Option<Record>, String>;
+    async fn fetch(&self, by: Lookup<'_>) -> Result<Option<Record>, SourceError>;
 
     /// A name for logs (`postgres`, `mysql`, `dynamodb`).
     fn name(&self) -> &'static str;
@@ -217,7 +237,7 @@ impl<S: Source> CachedApps<S> {
             .unwrap_or_else(|p| p.into_inner())
             .is_some_and(|t| t.elapsed() < RETRY_AFTER_FAILURE);
         let fetched = if failed_recently {
-            Err("the last query failed less than a second ago".to_string())
+            Err(SourceError::Resting)
         } else {
             self.source.fetch(by).await
         };
@@ -308,10 +328,10 @@ mod tests {
 
     #[async_trait]
     impl Source for Arc<Fake> {
-        async fn fetch(&self, by: Lookup<'_>) -> Result<Option<Record>, String> {
+        async fn fetch(&self, by: Lookup<'_>) -> Result<Option<Record>, SourceError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             if self.down.load(Ordering::SeqCst) {
-                return Err("connection refused".into());
+                return Err(SourceError::Test("connection refused"));
             }
             let rows = self.rows.lock().unwrap();
             Ok(match by {

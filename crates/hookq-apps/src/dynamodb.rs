@@ -5,7 +5,7 @@
 //! `webhooks_attribute` names) as a JSON string attribute. A lookup by id is a `GetItem`; a lookup by key scans with a
 //! filter on `key` (as Sockudo does; the cache keeps it rare).
 
-use crate::cache::{Lookup, Record, Source};
+use crate::cache::{Lookup, Record, Source, SourceError};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
@@ -78,7 +78,7 @@ fn to_record(item: &HashMap<String, AttributeValue>, webhooks_attribute: &str) -
 
 #[async_trait]
 impl Source for DynamoDb {
-    async fn fetch(&self, by: Lookup<'_>) -> Result<Option<Record>, String> {
+    async fn fetch(&self, by: Lookup<'_>) -> Result<Option<Record>, SourceError> {
         match by {
             Lookup::Id(id) => {
                 let out = self
@@ -89,7 +89,7 @@ impl Source for DynamoDb {
                     .consistent_read(true)
                     .send()
                     .await
-                    .map_err(|e| DisplayErrorContext(&e).to_string())?;
+                    .map_err(|e| SourceError::DynamoDb(DisplayErrorContext(&e).to_string()))?;
                 Ok(out.item.as_ref().map(|i| to_record(i, &self.webhooks)))
             }
             Lookup::Key(key) => {
@@ -105,7 +105,7 @@ impl Source for DynamoDb {
                         .set_exclusive_start_key(start)
                         .send()
                         .await
-                        .map_err(|e| DisplayErrorContext(&e).to_string())?;
+                        .map_err(|e| SourceError::DynamoDb(DisplayErrorContext(&e).to_string()))?;
                     if let Some(item) = out.items().first() {
                         return Ok(Some(to_record(item, &self.webhooks)));
                     }

@@ -9,7 +9,7 @@
 //! same way; the table name is checked by the config reader to be a plain
 //! name, as it goes into the SQL text.
 
-use crate::cache::{Lookup, Record, Source};
+use crate::cache::{Lookup, Record, Source, SourceError};
 use async_trait::async_trait;
 use hookq_core::SqlAppsSettings;
 use std::time::Duration;
@@ -74,7 +74,7 @@ impl Postgres {
 #[cfg(feature = "pgsql")]
 #[async_trait]
 impl Source for Postgres {
-    async fn fetch(&self, by: Lookup<'_>) -> Result<Option<Record>, String> {
+    async fn fetch(&self, by: Lookup<'_>) -> Result<Option<Record>, SourceError> {
         let (sql, value) = match by {
             Lookup::Id(v) => (&self.by_id, v),
             Lookup::Key(v) => (&self.by_key, v),
@@ -83,7 +83,7 @@ impl Source for Postgres {
             .bind(value)
             .fetch_optional(&self.pool)
             .await
-            .map_err(|e| e.to_string())?;
+            ?;
         Ok(row
             .map(|(id, key, secret, enabled, webhooks)| record(id, key, secret, enabled, webhooks)))
     }
@@ -134,7 +134,7 @@ impl Mysql {
 #[cfg(feature = "mysql")]
 #[async_trait]
 impl Source for Mysql {
-    async fn fetch(&self, by: Lookup<'_>) -> Result<Option<Record>, String> {
+    async fn fetch(&self, by: Lookup<'_>) -> Result<Option<Record>, SourceError> {
         let (sql, value) = match by {
             Lookup::Id(v) => (&self.by_id, v),
             Lookup::Key(v) => (&self.by_key, v),
@@ -143,7 +143,7 @@ impl Source for Mysql {
             .bind(value)
             .fetch_optional(&self.pool)
             .await
-            .map_err(|e| e.to_string())?;
+            ?;
         Ok(row.map(|(id, key, secret, enabled, webhooks)| {
             record(id, key, secret, enabled != 0, webhooks)
         }))

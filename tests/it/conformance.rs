@@ -206,6 +206,21 @@ pub async fn depth_counts_each_state(q: Arc<dyn QueueDriver>) {
     assert_eq!((d.ready, d.delayed, d.held, d.dead), (1, 1, 1, 1), "{d:?}");
 }
 
+/// What the driver answers about itself: the hold it was built with, at
+/// least one receive loop, and a delay on pushes exactly when a push can
+/// carry one.
+pub async fn answers_its_capabilities(q: Arc<dyn QueueDriver>) {
+    assert_eq!(q.hold(), HOLD);
+    assert!(q.receive_concurrency() >= 1);
+    assert_eq!(
+        q.delays_pushes(),
+        !q.max_delay().is_zero(),
+        "delays_pushes {}, max_delay {:?}",
+        q.delays_pushes(),
+        q.max_delay()
+    );
+}
+
 /// Acking a handle whose hold expired (and was taken by another worker) must
 /// not remove the message from its new holder. Not for SQS, whose stale
 /// receipt handles may still delete.
@@ -230,7 +245,7 @@ macro_rules! conformance_suite {
     ($make:expr) => {
         conformance_suite!($make; push_receive_ack, expired_hold_returns, extend_keeps_the_hold,
             delayed_not_before_its_time, delayed_is_invisible_until_due, dlq_round_trip,
-            concurrent_consumers_never_share, depth_counts_each_state);
+            concurrent_consumers_never_share, depth_counts_each_state, answers_its_capabilities);
     };
     ($make:expr; $($case:ident),+ $(,)?) => {
         $(

@@ -1,7 +1,7 @@
 //! The memory driver against the conformance suite.
 
 use crate::conformance::{HOLD, conformance_suite};
-use hookq_queue::{MemoryQueue, QueueDriver};
+use hookq_queue::{DeadLetters, MemoryQueue, QueueDriver, QueuePush};
 use std::sync::Arc;
 
 fn make() -> Arc<dyn QueueDriver> {

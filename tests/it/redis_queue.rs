@@ -10,7 +10,9 @@ use crate::support::redis_server::{RedisServer, Reply};
 use hookq_core::DeadLetter;
 use hookq_core::config::RedisSettings;
 use hookq_queue::redis::{RedisQueue, ready_key};
-use hookq_queue::{DlqFilter, Handle, Outgoing, QueueDriver, Received};
+use hookq_queue::{
+    DeadLetters, DlqFilter, Handle, Outgoing, QueueConsume, QueueDriver, QueuePush, Received,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -9,7 +9,7 @@ use crate::support::receiver::{Receiver, Reply};
 use hookq_core::job::{Job, RetryJob, VERSION};
 use hookq_core::{Config, Event, EventName};
 use hookq_producer::Producer;
-use hookq_queue::{MemoryQueue, QueueDriver};
+use hookq_queue::{MemoryQueue, QueueConsume, QueueDriver};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;

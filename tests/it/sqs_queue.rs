@@ -9,7 +9,9 @@ use crate::conformance::{HOLD, conformance_suite};
 use crate::support::moto::Moto;
 use hookq_core::config::SqsSettings;
 use hookq_queue::sqs::SqsQueue;
-use hookq_queue::{DlqFilter, Handle, Outgoing, QueueDriver, Received};
+use hookq_queue::{
+    DeadLetters, DlqFilter, Handle, Outgoing, QueueConsume, QueueDriver, QueuePush, Received,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,12 +67,13 @@ mod fifo {
     // Left out on FIFO:
     // - delayed_not_before_its_time, delayed_is_invisible_until_due and
     //   depth_counts_each_state push delayed messages: a FIFO queue has no
-    //   per-message delay (max_delay is zero), the worker carries delays in
-    //   the job and re-delays on receipt.
+    //   per-message delay (max_delay is zero, delays_pushes false): the
+    //   worker carries delays in the job and hides a job received early
+    //   until it is due.
     // - push_receive_ack holds 25 messages of two groups at once: FIFO gives
     //   nothing more of a group while some of it is in flight.
     conformance_suite!(make_fifo().await; expired_hold_returns, extend_keeps_the_hold,
-        dlq_round_trip, concurrent_consumers_never_share);
+        dlq_round_trip, concurrent_consumers_never_share, answers_its_capabilities);
 }
 
 fn job(id: &str, app: &str) -> Outgoing {
@@ -205,6 +208,10 @@ async fn fifo_deduplicates_by_job_id() {
         Duration::ZERO,
         "FIFO has no per-message delay"
     );
+    assert!(
+        !q.delays_pushes(),
+        "a job not due yet is released, not pushed"
+    );
     q.push(vec![job("same", "app-a")]).await.unwrap();
     q.push(vec![job("same", "app-a"), job("other", "app-a")])
         .await
@@ -230,6 +237,8 @@ async fn fifo_deduplicates_by_job_id() {
 async fn a_delay_beyond_15_minutes_is_capped() {
     let q = connect(&settings(false)).await;
     assert_eq!(q.max_delay(), Duration::from_secs(900));
+    assert!(q.delays_pushes());
+    assert_eq!(q.receive_concurrency(), 4, "queue.sqs.concurrency");
     q.push(vec![
         job("later", "app-a").delayed(Duration::from_secs(3600)),
     ])

@@ -82,8 +82,7 @@ impl Source for Postgres {
         let row: Option<(String, String, String, bool, Option<String>)> = sqlx::query_as(sql)
             .bind(value)
             .fetch_optional(&self.pool)
-            .await
-            ?;
+            .await?;
         Ok(row
             .map(|(id, key, secret, enabled, webhooks)| record(id, key, secret, enabled, webhooks)))
     }
@@ -142,8 +141,7 @@ impl Source for Mysql {
         let row: Option<(String, String, String, i64, Option<String>)> = sqlx::query_as(sql)
             .bind(value)
             .fetch_optional(&self.pool)
-            .await
-            ?;
+            .await?;
         Ok(row.map(|(id, key, secret, enabled, webhooks)| {
             record(id, key, secret, enabled != 0, webhooks)
         }))

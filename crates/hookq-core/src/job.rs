@@ -153,14 +153,6 @@ impl Job {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// The job's id.
-    pub fn id(&self) -> &str {
-        match self {
-            Job::Event(j) => &j.id,
-            Job::Retry(j) => &j.id,
-        }
-    }
-
     /// The app the job belongs to.
     pub fn app_id(&self) -> &str {
         match self {

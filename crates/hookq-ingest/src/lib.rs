@@ -35,7 +35,7 @@ use bytes::Bytes;
 use hookq_core::config::{INGEST_ROUTE, IngestSettings};
 use hookq_core::sign::verify_pusher_signature;
 use hookq_core::{AppRegistry, LookupError};
-use hookq_queue::{Once, QueueDriver};
+use hookq_queue::{Once, QueuePush};
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,7 +49,7 @@ const RETRY_AFTER_SECS: &str = "1";
 /// The ingest: the app registry, the queue's push side, its settings and metrics.
 pub struct Ingest {
     apps: Arc<dyn AppRegistry>,
-    queue: Arc<dyn QueueDriver>,
+    queue: Arc<dyn QueuePush>,
     settings: IngestSettings,
     metrics: Arc<IngestMetrics>,
 }
@@ -129,7 +129,7 @@ impl Ingest {
     pub fn new(
         settings: IngestSettings,
         apps: Arc<dyn AppRegistry>,
-        queue: Arc<dyn QueueDriver>,
+        queue: Arc<dyn QueuePush>,
         metrics: Arc<IngestMetrics>,
     ) -> Arc<Self> {
         Arc::new(Self {

@@ -36,7 +36,7 @@
 
 use hookq_core::job::{EventJob, Job};
 use hookq_core::{AppRegistry, Config, Event, EventError, LookupError, StaticApps};
-use hookq_queue::{Outgoing, QueueDriver, QueueError};
+use hookq_queue::{Outgoing, QueueError, QueuePush};
 use std::sync::Arc;
 
 /// Why events could not be published.
@@ -75,18 +75,18 @@ pub struct Published {
 /// Publishes webhook events for apps onto a queue. Cheap to clone.
 #[derive(Clone)]
 pub struct Producer {
-    queue: Arc<dyn QueueDriver>,
+    queue: Arc<dyn QueuePush>,
     apps: Arc<dyn AppRegistry>,
 }
 
 impl Producer {
     /// A producer over `queue`, routing with the apps of `config`.
-    pub fn new(queue: Arc<dyn QueueDriver>, config: Arc<Config>) -> Self {
+    pub fn new(queue: Arc<dyn QueuePush>, config: Arc<Config>) -> Self {
         Self::with_apps(queue, Arc::new(StaticApps::new(&config.apps)))
     }
 
     /// A producer over `queue`, routing with the apps of a registry.
-    pub fn with_apps(queue: Arc<dyn QueueDriver>, apps: Arc<dyn AppRegistry>) -> Self {
+    pub fn with_apps(queue: Arc<dyn QueuePush>, apps: Arc<dyn AppRegistry>) -> Self {
         Self { queue, apps }
     }
 
@@ -134,7 +134,7 @@ impl Producer {
 mod tests {
     use super::*;
     use hookq_core::job::Job;
-    use hookq_queue::MemoryQueue;
+    use hookq_queue::{DeadLetters, MemoryQueue, QueueConsume};
     use std::time::Duration;
 
     fn setup() -> (Producer, Arc<MemoryQueue>) {

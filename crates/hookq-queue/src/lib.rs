@@ -1,12 +1,30 @@
-//! The queue between producers and workers: the [`QueueDriver`] trait and its drivers.
+//! The queue between producers and workers: the queue traits and their drivers.
 //!
-//! A job's life in any driver: [`QueueDriver::push`] makes it *ready* (or
-//! *delayed* until its delay passes); [`QueueDriver::receive`] moves it to
-//! *held* under a [`Handle`] for the driver's hold time (a lease, a visibility
-//! timeout); the worker either [`QueueDriver::ack`]s it once its outcome is
-//! durable, or dies, and then the hold expires and the job is ready again for
-//! any worker. [`QueueDriver::extend`] renews a hold that is still being worked
-//! on. What cannot be delivered goes to the dead-letter queue with a reason.
+//! A driver is one object with three sides, each a trait, so that each
+//! holder holds only the side it uses:
+//!
+//! - [`QueuePush`] — push, push once under a key, the longest delay a push
+//!   carries, ping: what `hookq_producer::Producer` and `hookq_ingest::Ingest`
+//!   hold;
+//! - [`QueueConsume`] — receive, ack, extend, release, dead-letter, and the
+//!   driver's answers about consuming from it (its hold, how many receive
+//!   loops suit it, whether a push can carry a delay): what a worker uses;
+//! - [`DeadLetters`] — list, replay and purge the dead-letter queue, and the
+//!   depth per state: what `hookq dlq` holds.
+//!
+//! [`QueueDriver`] is all three, implemented for every type that has them,
+//! so a driver stays one object: the worker holds an `Arc<dyn QueueDriver>`,
+//! which converts to the `Arc` of any one side for the parts that need only
+//! that one.
+//!
+//! A job's life in any driver: [`QueuePush::push`] makes it *ready* (or
+//! *delayed* until its delay passes); [`QueueConsume::receive`] moves it to
+//! *held* under a [`Handle`] for the driver's [hold](QueueConsume::hold) (a
+//! lease, a visibility timeout); the worker either [`QueueConsume::ack`]s it
+//! once its outcome is durable, or dies, and then the hold expires and the
+//! job is ready again for any worker. [`QueueConsume::extend`] renews a hold
+//! that is still being worked on. What cannot be delivered goes to the
+//! dead-letter queue with a reason.
 //!
 //! Delivery is at least once and ordering is not guaranteed. Drivers:
 //! [`memory`] (always), `redis` and `sqs` behind the features of those names.
@@ -55,7 +73,7 @@ impl Outgoing {
     }
 }
 
-/// What [`QueueDriver::push_once`] did.
+/// What [`QueuePush::push_once`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Once {
     /// The messages were pushed.
@@ -65,7 +83,7 @@ pub enum Once {
 }
 
 /// Push keys seen within a window, kept in this process: how the drivers
-/// without a shared store (memory, SQS) answer [`QueueDriver::push_once`].
+/// without a shared store (memory, SQS) answer [`QueuePush::push_once`].
 /// Expired keys are dropped as new ones come, so it holds at most what one
 /// window brought.
 #[derive(Debug, Default)]
@@ -190,9 +208,9 @@ impl QueueError {
     }
 }
 
-/// A queue hookq can run on: memory, Redis or SQS. See the crate docs for a job's life.
+/// The push side of a queue: what a producer and the ingest hold.
 #[async_trait]
-pub trait QueueDriver: Send + Sync + 'static {
+pub trait QueuePush: Send + Sync + 'static {
     /// The driver's name, for logs and metrics.
     fn name(&self) -> &'static str;
 
@@ -214,6 +232,19 @@ pub trait QueueDriver: Send + Sync + 'static {
         self.push(messages).await.map(|()| Once::Pushed)
     }
 
+    /// The longest delay one push can carry; longer delays are re-delayed on receipt.
+    fn max_delay(&self) -> Duration {
+        Duration::MAX
+    }
+
+    /// Checks that the backend answers.
+    async fn ping(&self) -> Result<(), QueueError>;
+}
+
+/// The consume side of a queue: what a worker receives, settles and
+/// extends through, and what it needs to know of the driver to do so.
+#[async_trait]
+pub trait QueueConsume: Send + Sync + 'static {
     /// Takes up to `max` ready messages and holds them; waits up to `wait` for the first one.
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, QueueError>;
 
@@ -225,7 +256,8 @@ pub trait QueueDriver: Send + Sync + 'static {
 
     /// Leaves a held message in the queue, to come back after `after` (as
     /// near as the driver can), without acking it. For queues that cannot
-    /// delay a push (SQS FIFO); by default the hold simply runs out.
+    /// delay a push ([`QueueConsume::delays_pushes`] is false: SQS FIFO); by
+    /// default the hold simply runs out.
     async fn release(&self, handle: &Handle, after: Duration) -> Result<(), QueueError> {
         let _ = (handle, after);
         Ok(())
@@ -234,6 +266,28 @@ pub trait QueueDriver: Send + Sync + 'static {
     /// Adds entries to the dead-letter queue.
     async fn dead_letter(&self, entries: Vec<DeadLetter>) -> Result<(), QueueError>;
 
+    /// How long a received message stays held without an extend: the
+    /// driver's lease or visibility timeout.
+    fn hold(&self) -> Duration;
+
+    /// How many receive loops a worker should run on this driver at once.
+    /// The default, one, suits a backend whose one receive claims many
+    /// messages (memory, Redis).
+    fn receive_concurrency(&self) -> usize {
+        1
+    }
+
+    /// Whether a pushed message can carry a delay, so that a job received
+    /// before it is due can be pushed back delayed. When false (SQS FIFO),
+    /// such a job is [released](QueueConsume::release) until it is due.
+    fn delays_pushes(&self) -> bool {
+        true
+    }
+}
+
+/// The dead-letter admin side of a queue, and its depth: what `hookq dlq` holds.
+#[async_trait]
+pub trait DeadLetters: Send + Sync + 'static {
     /// Dead-letter entries, oldest first.
     async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DeadLetter>, QueueError>;
 
@@ -245,12 +299,11 @@ pub trait QueueDriver: Send + Sync + 'static {
 
     /// Messages per state.
     async fn depth(&self) -> Result<Depth, QueueError>;
-
-    /// Checks that the backend answers.
-    async fn ping(&self) -> Result<(), QueueError>;
-
-    /// The longest delay one push can carry; longer delays are re-delayed on receipt.
-    fn max_delay(&self) -> Duration {
-        Duration::MAX
-    }
 }
+
+/// A queue hookq can run on (memory, Redis or SQS): all three sides in one
+/// object. Every type with the three is one; an `Arc<dyn QueueDriver>`
+/// converts to the `Arc` of any one side.
+pub trait QueueDriver: QueuePush + QueueConsume + DeadLetters {}
+
+impl<T: QueuePush + QueueConsume + DeadLetters + ?Sized> QueueDriver for T {}

@@ -11,7 +11,8 @@
 //! a whole.
 
 use crate::{
-    Depth, DlqFilter, Handle, Once, OnceMarks, Outgoing, QueueDriver, QueueError, Received,
+    DeadLetters, Depth, DlqFilter, Handle, Once, OnceMarks, Outgoing, QueueConsume, QueueError,
+    QueuePush, Received,
 };
 use async_trait::async_trait;
 use hookq_core::DeadLetter;
@@ -74,7 +75,7 @@ impl State {
     }
 }
 
-/// The in-memory [`QueueDriver`].
+/// The in-memory [`QueueDriver`](crate::QueueDriver).
 pub struct MemoryQueue {
     state: Mutex<State>,
     pushed: Notify,
@@ -134,7 +135,7 @@ fn token(h: &Handle) -> Option<u64> {
 }
 
 #[async_trait]
-impl QueueDriver for MemoryQueue {
+impl QueuePush for MemoryQueue {
     fn name(&self) -> &'static str {
         "memory"
     }
@@ -176,6 +177,13 @@ impl QueueDriver for MemoryQueue {
         Ok(())
     }
 
+    async fn ping(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl QueueConsume for MemoryQueue {
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, QueueError> {
         let deadline = Instant::now() + wait;
         loop {
@@ -224,6 +232,13 @@ impl QueueDriver for MemoryQueue {
         Ok(())
     }
 
+    fn hold(&self) -> Duration {
+        self.hold
+    }
+}
+
+#[async_trait]
+impl DeadLetters for MemoryQueue {
     async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DeadLetter>, QueueError> {
         let s = self.lock();
         Ok(s.dead
@@ -270,10 +285,6 @@ impl QueueDriver for MemoryQueue {
             held: s.held.len() as u64,
             dead: s.dead.len() as u64,
         })
-    }
-
-    async fn ping(&self) -> Result<(), QueueError> {
-        Ok(())
     }
 }
 

@@ -21,7 +21,7 @@
 //!
 //! # Life of a job
 //!
-//! 1. **Push**: [`QueueDriver::push`] `LPUSH`es ready jobs to `ready`; a job
+//! 1. **Push**: [`QueuePush::push`] `LPUSH`es ready jobs to `ready`; a job
 //!    with a delay goes to `delayed`, scored by the Redis server's time plus
 //!    the delay, behind a sequence number so identical bodies stay distinct.
 //! 2. **Receive**: one Lua script per call (`redis/receive.lua`) moves due
@@ -44,7 +44,7 @@
 //!    whose lease expired and was reclaimed is simply absent, so a late ack
 //!    never touches the job's new hold. **Extend** sets the deadline of tokens
 //!    still in `leases` (`ZADD XX`) to server time + lease.
-//!    [`QueueDriver::push_once`] runs the push script with a key,
+//!    [`QueuePush::push_once`] runs the push script with a key,
 //!    `{prefix}:once:<key>`, set with `SET NX PX <window>` in the same step:
 //!    a push whose key is already set pushes nothing.
 //! 5. **Dead letters**: [`DeadLetter`] JSON is `RPUSH`ed to `dead`; replay and
@@ -73,7 +73,10 @@
 //! [`QueueError::Unavailable`]; scripts are re-sent after a `NOSCRIPT`, so a
 //! restarted Redis works again without a new driver.
 
-use crate::{Depth, DlqFilter, Handle, Once, Outgoing, QueueDriver, QueueError, Received};
+use crate::{
+    DeadLetters, Depth, DlqFilter, Handle, Once, Outgoing, QueueConsume, QueueError, QueuePush,
+    Received,
+};
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{
     AsyncConnectionConfig, Client, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError,
@@ -251,7 +254,7 @@ fn connection_config() -> AsyncConnectionConfig {
         .set_response_timeout(Some(COMMAND_TIMEOUT))
 }
 
-/// The Redis [`QueueDriver`]. See the module docs for the keys and a job's life.
+/// The Redis [`QueueDriver`](crate::QueueDriver). See the module docs for the keys and a job's life.
 pub struct RedisQueue {
     client: Client,
     shared: Shared,
@@ -560,7 +563,7 @@ fn redis_error(what: &str, e: RedisError) -> QueueError {
 }
 
 #[async_trait]
-impl QueueDriver for RedisQueue {
+impl QueuePush for RedisQueue {
     fn name(&self) -> &'static str {
         "redis"
     }
@@ -580,6 +583,13 @@ impl QueueDriver for RedisQueue {
         self.push_keyed(Some((&marker, window_ms)), messages).await
     }
 
+    async fn ping(&self) -> Result<(), QueueError> {
+        self.run("ping", Request::Cmd(&::redis::cmd("PING"))).await
+    }
+}
+
+#[async_trait]
+impl QueueConsume for RedisQueue {
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, QueueError> {
         let max = max.max(1);
         let start = Instant::now();
@@ -648,6 +658,13 @@ impl QueueDriver for RedisQueue {
         self.run("dead letter", Request::Cmd(&rpush)).await
     }
 
+    fn hold(&self) -> Duration {
+        self.lease
+    }
+}
+
+#[async_trait]
+impl DeadLetters for RedisQueue {
     async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DeadLetter>, QueueError> {
         let limit = filter.limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
@@ -710,9 +727,5 @@ impl QueueDriver for RedisQueue {
             held,
             dead,
         })
-    }
-
-    async fn ping(&self) -> Result<(), QueueError> {
-        self.run("ping", Request::Cmd(&::redis::cmd("PING"))).await
     }
 }

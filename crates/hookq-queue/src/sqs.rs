@@ -13,20 +13,23 @@
 //!
 //! **Holds.** A received message is hidden for `visibility_timeout` (passed on
 //! every `ReceiveMessage`, so the hold is the configured one whatever the
-//! queue's default). [`QueueDriver::extend`] resets that visibility,
-//! [`QueueDriver::ack`] deletes the message, and a worker that dies simply
+//! queue's default). [`QueueConsume::extend`] resets that visibility,
+//! [`QueueConsume::ack`] deletes the message, and a worker that dies simply
 //! lets the visibility lapse: the message comes back for another worker.
 //! The [`Handle`] is the receipt handle. SQS may accept a stale receipt handle
 //! and delete a message another worker now holds: delivery stays at least
 //! once, and the worker's ack comes only after the outcome is durable.
 //!
 //! **Delays.** A standard queue delays each message with `DelaySeconds`, at
-//! most 900 s, so [`QueueDriver::max_delay`] is 15 minutes: the worker carries
+//! most 900 s, so [`QueuePush::max_delay`] is 15 minutes: the worker carries
 //! a longer delay in the job (`not_before_ms`) and re-delays it on receipt.
-//! FIFO queues have no per-message delay, so on FIFO `max_delay` is zero and
-//! every delay is the worker's. Delays are rounded up to whole seconds.
+//! FIFO queues have no per-message delay, so on FIFO `max_delay` is zero,
+//! [`QueueConsume::delays_pushes`] is false, and every delay is the
+//! worker's: a job received before it is due is
+//! [released](QueueConsume::release) (hidden) until then. Delays are rounded
+//! up to whole seconds.
 //!
-//! **DLQ.** [`QueueDriver::dead_letter`] sends entries to the DLQ. SQS has no
+//! **DLQ.** [`QueueConsume::dead_letter`] sends entries to the DLQ. SQS has no
 //! way to browse a queue, so listing is a best-effort peek: messages are
 //! received (hidden for a minute while the walk lasts), read, and made
 //! visible again at once. Replay sends each entry's job to the main queue and
@@ -41,7 +44,9 @@
 //! DLQ entry gets a group of its own, so a walk of the DLQ is never stalled by
 //! a group's in-flight messages.
 
-use crate::{Depth, DlqFilter, Handle, Outgoing, QueueDriver, QueueError, Received};
+use crate::{
+    DeadLetters, Depth, DlqFilter, Handle, Outgoing, QueueConsume, QueueError, QueuePush, Received,
+};
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::http::HttpResponse;
@@ -71,7 +76,7 @@ const MAX_WAIT_SECONDS: u32 = sqs_limits::MAX_WAIT_SECONDS;
 const MAX_VISIBILITY_SECONDS: u64 = sqs_limits::MAX_VISIBILITY_SECONDS;
 /// Between short polls, when the wait left is under a second.
 const SHORT_POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// Most `ReceiveMessage` calls one [`QueueDriver::receive`] makes to fill `max`.
+/// Most `ReceiveMessage` calls one [`QueueConsume::receive`] makes to fill `max`.
 const MAX_RECEIVE_CALLS: usize = 10;
 /// How long DLQ messages stay hidden while a list, replay or purge walks the DLQ.
 const WALK_VISIBILITY_SECONDS: i32 = 60;
@@ -80,7 +85,7 @@ const WALK_WAIT_SECONDS: i32 = 1;
 /// DLQ retention this driver sets on a DLQ it creates (SQS's maximum, 14 days).
 const DLQ_RETENTION_SECONDS: u64 = sqs_limits::MAX_RETENTION_SECONDS;
 
-/// The SQS [`QueueDriver`]. See the module docs.
+/// The SQS [`QueueDriver`](crate::QueueDriver). See the module docs.
 pub struct SqsQueue {
     client: Client,
     queue_url: String,
@@ -92,12 +97,14 @@ pub struct SqsQueue {
     wait_cap: u32,
     /// Messages per `ReceiveMessage`.
     per_receive: usize,
+    /// Receive loops a worker runs (`concurrency`).
+    receive_loops: usize,
     group_id: Option<String>,
     /// The main queue's redrive `maxReceiveCount`, for the reason of a redriven message.
     max_receive_count: u32,
     /// Set by [`SqsQueue::serialize_receives`].
     receive_lock: Option<tokio::sync::Mutex<()>>,
-    /// The keys of [`QueueDriver::push_once`], in this process.
+    /// The keys of [`QueuePush::push_once`], in this process.
     marks: crate::OnceMarks,
 }
 
@@ -197,6 +204,7 @@ impl SqsQueue {
             visibility_secs,
             wait_cap: settings.wait_time_seconds.min(MAX_WAIT_SECONDS),
             per_receive: (settings.max_messages as usize).clamp(1, BATCH),
+            receive_loops: settings.concurrency.max(1),
             group_id: settings.message_group_id.clone(),
             max_receive_count,
             receive_lock: None,
@@ -221,11 +229,6 @@ impl SqsQueue {
     /// The dead-letter queue's URL.
     pub fn dead_letter_queue_url(&self) -> &str {
         &self.dlq_url
-    }
-
-    /// Whether the queues are FIFO queues.
-    pub fn is_fifo(&self) -> bool {
-        self.fifo
     }
 
     fn group_for(&self, app_id: &str) -> String {
@@ -492,7 +495,7 @@ impl SqsQueue {
 }
 
 #[async_trait]
-impl QueueDriver for SqsQueue {
+impl QueuePush for SqsQueue {
     fn name(&self) -> &'static str {
         "sqs"
     }
@@ -519,6 +522,23 @@ impl QueueDriver for SqsQueue {
         self.send(&self.queue_url, entries).await
     }
 
+    fn max_delay(&self) -> Duration {
+        if self.fifo { Duration::ZERO } else { MAX_DELAY }
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        queue_attributes(
+            &self.client,
+            &self.queue_url,
+            vec![QueueAttributeName::QueueArn],
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+#[async_trait]
+impl QueueConsume for SqsQueue {
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, QueueError> {
         let max = max.max(1);
         let deadline = deadline_after(wait);
@@ -609,6 +629,23 @@ impl QueueDriver for SqsQueue {
         self.send(&self.dlq_url, entries).await
     }
 
+    fn hold(&self) -> Duration {
+        Duration::from_secs(self.visibility_secs as u64)
+    }
+
+    /// `concurrency`: one `ReceiveMessage` returns at most 10 messages after
+    /// a round trip, so one loop would bound a worker's rate.
+    fn receive_concurrency(&self) -> usize {
+        self.receive_loops
+    }
+
+    fn delays_pushes(&self) -> bool {
+        !self.fifo
+    }
+}
+
+#[async_trait]
+impl DeadLetters for SqsQueue {
     async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DeadLetter>, QueueError> {
         let mut entries = self
             .walk_dlq(filter, false, |_, chosen| async move { Ok(chosen) })
@@ -673,20 +710,6 @@ impl QueueDriver for SqsQueue {
             // Entries a DLQ walk holds right now are still entries.
             dead: n(&dead, Ready) + n(&dead, Hidden) + n(&dead, Delayed),
         })
-    }
-
-    async fn ping(&self) -> Result<(), QueueError> {
-        queue_attributes(
-            &self.client,
-            &self.queue_url,
-            vec![QueueAttributeName::QueueArn],
-        )
-        .await
-        .map(|_| ())
-    }
-
-    fn max_delay(&self) -> Duration {
-        if self.fifo { Duration::ZERO } else { MAX_DELAY }
     }
 }
 

@@ -242,10 +242,11 @@ impl Disposition {
     }
 
     /// A job that is not due for `wait`: pushed back with as much of the
-    /// delay as the queue carries (the rest written into the job), or, on
-    /// a queue that cannot delay a push, released until it is due.
-    pub fn not_due(mut job: Job, wait: Duration, max_delay: Duration) -> Self {
-        if max_delay.is_zero() {
+    /// delay as the queue carries (`max_delay`; the rest written into the
+    /// job), or, on a queue that cannot delay a push (`delays_pushes` false),
+    /// released until it is due.
+    pub fn not_due(mut job: Job, wait: Duration, delays_pushes: bool, max_delay: Duration) -> Self {
+        if !delays_pushes {
             return Self::Release(wait);
         }
         let delay = wait.min(max_delay);
@@ -653,13 +654,13 @@ mod tests {
         };
         assert_eq!(wait, Duration::from_secs(2));
         assert!(matches!(
-            Disposition::not_due(job.clone(), wait, Duration::ZERO),
+            Disposition::not_due(job.clone(), wait, false, Duration::ZERO),
             Disposition::Release(w) if w == wait
         ));
         let Disposition::Push {
             message,
             retry: false,
-        } = Disposition::not_due(job, wait, Duration::from_secs(900))
+        } = Disposition::not_due(job, wait, true, Duration::from_secs(900))
         else {
             panic!("pushed back")
         };

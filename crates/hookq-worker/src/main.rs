@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use hookq_core::{AppManagerSettings, AppRegistry, Config, Event, StaticApps};
 use hookq_ingest::{Ingest, IngestMetrics};
-use hookq_queue::DlqFilter;
+use hookq_queue::{DeadLetters, DlqFilter, QueuePush};
 use hookq_worker::{Metrics, Worker, admin, demo, queue};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -244,7 +244,7 @@ async fn open_apps(
 async fn start_ingest(
     config: &Config,
     apps: Arc<dyn AppRegistry>,
-    queue: Arc<dyn hookq_queue::QueueDriver>,
+    queue: Arc<dyn QueuePush>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Arc<Ingest>, tokio::task::JoinHandle<()>)> {
     let settings = config.ingest.clone();
@@ -450,7 +450,7 @@ async fn dlq(action: DlqAction) -> anyhow::Result<()> {
     };
     let config = load_config(&args.config.config)?;
     refuse_memory(&config, verb)?;
-    let queue = queue::open(&config).await?;
+    let queue: Arc<dyn DeadLetters> = queue::open(&config).await?;
     let filter = DlqFilter {
         app_id: args.app.clone(),
         limit: args.limit,

@@ -11,7 +11,7 @@
 //! background task keeps extending; the ticket also carries its share of the
 //! worker's held-jobs budget, returned when it drops.
 
-use hookq_queue::{Handle, QueueDriver};
+use hookq_queue::{Handle, QueueConsume};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -135,7 +135,7 @@ impl Ticket {
 
 /// Acks handles in bulk until `stop` fires and the channel is drained.
 pub async fn run_acker(
-    queue: Arc<dyn QueueDriver>,
+    queue: Arc<dyn QueueConsume>,
     mut rx: mpsc::UnboundedReceiver<Handle>,
     stop: CancellationToken,
 ) {
@@ -163,7 +163,7 @@ pub async fn run_acker(
     }
 }
 
-async fn ack_with_retries(queue: &dyn QueueDriver, handles: &[Handle]) {
+async fn ack_with_retries(queue: &dyn QueueConsume, handles: &[Handle]) {
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=5 {
         match queue.ack(handles).await {
@@ -184,7 +184,7 @@ async fn ack_with_retries(queue: &dyn QueueDriver, handles: &[Handle]) {
 
 /// Extends the holds of every held job every `every`, until `stop` fires.
 pub async fn run_extender(
-    queue: Arc<dyn QueueDriver>,
+    queue: Arc<dyn QueueConsume>,
     held: Held,
     every: Duration,
     stop: CancellationToken,

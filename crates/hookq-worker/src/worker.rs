@@ -19,7 +19,6 @@ use crate::deliver::Deliverer;
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::settle::{self, Settler, Ticket};
-use hookq_core::config::QueueDriverKind;
 use hookq_core::{AppRegistry, Config, StaticApps, now_ms};
 use hookq_queue::{QueueDriver, Received};
 use std::collections::HashMap;
@@ -138,14 +137,14 @@ impl Worker {
         let extender = tokio::spawn(settle::run_extender(
             shared.queue.clone(),
             shared.settler.held().clone(),
-            hold_of(&config) / 3,
+            shared.queue.hold().max(Duration::from_millis(300)) / 3,
             background.clone(),
         ));
 
         // Every receive loop takes its jobs' permits from one budget.
         let budget = Arc::new(Semaphore::new(config.worker.max_held_jobs));
         let mut receivers = tokio::task::JoinSet::new();
-        for _ in 0..receive_loops(&config) {
+        for _ in 0..shared.queue.receive_concurrency().max(1) {
             let (shared, budget) = (shared.clone(), budget.clone());
             let (items, batches, shutdown) = (item_tx.clone(), batch_tx.clone(), shutdown.clone());
             receivers.spawn(async move {
@@ -183,28 +182,6 @@ impl Worker {
         let _ = extender.await;
         tracing::info!("stopped");
         Ok(())
-    }
-}
-
-/// How long the configured driver holds a received job.
-fn hold_of(config: &Config) -> Duration {
-    let q = &config.queue;
-    match q.driver {
-        QueueDriverKind::Memory => q.memory.lease,
-        QueueDriverKind::Redis => q.redis.lease,
-        QueueDriverKind::Sqs => q.sqs.visibility_timeout,
-    }
-    .max(Duration::from_millis(300))
-}
-
-/// How many receive loops run at once: `queue.sqs.concurrency` for SQS,
-/// where one `ReceiveMessage` returns at most 10 messages after a network
-/// round trip, so one loop bounds a worker's rate; one for Redis, where a
-/// single script call claims up to [`RECEIVE_MAX`] jobs, and for memory.
-fn receive_loops(config: &Config) -> usize {
-    match config.queue.driver {
-        QueueDriverKind::Sqs => config.queue.sqs.concurrency.max(1),
-        QueueDriverKind::Redis | QueueDriverKind::Memory => 1,
     }
 }
 
@@ -329,7 +306,12 @@ async fn accept(
             }
             return Some(Work::Batch(batch));
         }
-        Accept::NotDue { job, wait } => Disposition::not_due(job, wait, shared.queue.max_delay()),
+        Accept::NotDue { job, wait } => Disposition::not_due(
+            job,
+            wait,
+            shared.queue.delays_pushes(),
+            shared.queue.max_delay(),
+        ),
         Accept::Reject(rejection) => {
             tracing::warn!(reason = %rejection.reason(), "dead-lettering an unusable job");
             Disposition::reject(&rejection, &msg.body)

@@ -10,15 +10,15 @@ export HOOKQ_BIN ?= $(CURDIR)/target/debug/hookq
 
 ## The embedded default: no queue server, no AWS; ends by itself in under 10 s.
 demo:
-	$(CARGO) run -q -p hookq-worker --no-default-features --bin hookq -- demo
+	$(CARGO) run -q -p hookq --no-default-features --bin hookq -- demo
 
 ## A worker on CONFIG (default: examples/config.json).
 CONFIG ?= examples/config.json
 run:
-	$(CARGO) run -q -p hookq-worker --bin hookq -- worker --config $(CONFIG)
+	$(CARGO) run -q -p hookq --bin hookq -- worker --config $(CONFIG)
 
 check-config:
-	$(CARGO) run -q -p hookq-worker --bin hookq -- check-config --config $(CONFIG)
+	$(CARGO) run -q -p hookq --bin hookq -- check-config --config $(CONFIG)
 
 test-deps:
 	./scripts/test-deps.sh
@@ -28,7 +28,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 
 build-bin:
-	$(CARGO) build -p hookq-worker --bin hookq
+	$(CARGO) build -p hookq --bin hookq
 
 # Doc tests first, then nextest (each test in its own process, in parallel),
 # whose summary closes the run.
@@ -73,7 +73,7 @@ images:
 ifeq ($(LOCAL_BASE),1)
 	BASE_IMAGE=$(BASE_IMAGE) PYTHON_IMAGE=$(PYTHON_IMAGE) REDIS_IMAGE=$(REDIS_IMAGE) deploy/make-base-image.sh
 endif
-	$(CARGO) build --release -p hookq-worker --bin hookq
+	$(CARGO) build --release -p hookq --bin hookq
 	rm -rf target/image && mkdir -p target/image && cp -p target/release/hookq target/image/hookq
 	$(IMAGE_STRIP) target/image/hookq
 	docker build -q -f deploy/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(HOOKQ_IMAGE) target/image
@@ -112,7 +112,7 @@ e2e-compose:
 
 ## The benchmark's release binaries (the worker it runs, and the benchmark itself).
 bench-build:
-	$(CARGO) build --release -p hookq-worker -p hookq-bench --bin hookq --bin hookq-bench
+	$(CARGO) build --release -p hookq -p hookq-bench --bin hookq --bin hookq-bench
 
 ## The end-to-end benchmark with its ceilings (docs/benchmark.md): a table on
 ## stdout, JSON in target/bench/. Needs redis-server and redis-benchmark.

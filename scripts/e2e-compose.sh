@@ -92,7 +92,7 @@ if [ "${E2E_LOCAL_BASE:-1}" = 1 ]; then
   BASE_PID=$!
 fi
 t=$(date +%s)
-cargo build --release -p hookq-worker --bin hookq || fail "the release build failed"
+cargo build --release -p hookq --bin hookq || fail "the release build failed"
 say "release binary ready ($(( $(date +%s) - t )) s)"
 if [ -n "$BASE_PID" ]; then
   t=$(date +%s)

@@ -37,7 +37,7 @@ fn apps() -> Vec<Arc<App>> {
 fn batching(c: &mut Criterion) {
     let apps = apps();
     let (settler, _acks) = Settler::new();
-    let ticket = settler.ticket(Handle("bench".into()), ITEMS, 0, None);
+    let ticket = settler.ticket(Handle("bench".into()), ITEMS, None, None);
     let events: Vec<Arc<Encoded>> = (0..ITEMS)
         .map(|i| {
             let e = Event::client_event(

@@ -6,13 +6,16 @@
 //! pipelining); batched and unbatched end-to-end throughput of one `hookq
 //! worker` process over a pre-filled queue; the raw HTTP ceiling with the
 //! worker's client, connection count and body sizes; the producer's publish
-//! rate; 1, 2 and 4 workers; latency under a steady half load; and the Redis
-//! commands of an idle worker. It prints a table and writes JSON to
+//! rate; 1, 2 and 4 workers; latency under a steady half load; the Redis
+//! commands of an idle worker; and `hookq ingest` under Pusher-signed POSTs
+//! beside the same load against a do-nothing HTTP server. It prints a table and writes JSON to
 //! `target/bench/<timestamp>.json` and `target/bench/latest.json`. Every
 //! child process is killed when the run ends, however it ends. The method
 //! and what each figure means are in docs/benchmark.md.
 
 mod ceiling;
+mod ingest;
+mod ingest_load;
 mod procs;
 mod producer;
 mod receiver;
@@ -69,12 +72,16 @@ struct Args {
     #[arg(long)]
     load_secs: Option<f64>,
     /// Scenarios to run, comma-separated (default all): redis, batched,
-    /// unbatched, http, producer, scaling, steady, idle.
+    /// unbatched, http, producer, scaling, steady, idle, ingest (which
+    /// runs the Redis ceilings too).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Events/s of the steady scenario (default: half the batched rate measured).
     #[arg(long)]
     steady_rate: Option<f64>,
+    /// Seconds of each ingest run (default: --load-secs if given, else 3; 2 with --quick).
+    #[arg(long)]
+    ingest_secs: Option<f64>,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -87,6 +94,19 @@ enum Sub {
         /// The spec.
         spec: String,
     },
+    /// (Internal) the ingest scenario's load process: a JSON `ingest_load::LoadSpec`.
+    #[command(hide = true)]
+    IngestLoad {
+        /// The spec.
+        spec: String,
+    },
+    /// (Internal) the ingest scenario's do-nothing HTTP server.
+    #[command(hide = true)]
+    NullServer {
+        /// Its port on 127.0.0.1.
+        #[arg(long)]
+        port: u16,
+    },
 }
 
 /// The counts a run uses.
@@ -98,6 +118,7 @@ struct Plan {
     idle: Duration,
     load: Duration,
     redis_n: usize,
+    ingest: ingest::Plan,
 }
 
 impl Plan {
@@ -113,6 +134,14 @@ impl Plan {
             idle: Duration::from_secs(a.idle_secs.unwrap_or(if q { 5 } else { 10 })),
             load: Duration::from_secs_f64(a.load_secs.unwrap_or(if q { 2.0 } else { 5.0 })),
             redis_n: if q { 50_000 } else { 200_000 },
+            ingest: ingest::Plan {
+                seconds: a
+                    .ingest_secs
+                    .or(a.load_secs)
+                    .unwrap_or(if q { 2.0 } else { 3.0 }),
+                max_bodies_1: if q { 200_000 } else { 600_000 },
+                max_bodies_batch: if q { 60_000 } else { 200_000 },
+            },
         }
     }
 }
@@ -128,17 +157,26 @@ struct Results {
     scaling: Vec<Throughput>,
     steady: Option<Steady>,
     idle: Option<Idle>,
+    ingest: Option<ingest::IngestRun>,
     errors: Vec<(String, String)>,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    if let Some(Sub::HttpLoad { spec }) = &args.command {
-        return match load_child(spec).await {
+    let child = match &args.command {
+        Some(Sub::HttpLoad { spec }) => Some(("http-load", load_child(spec).await)),
+        Some(Sub::IngestLoad { spec }) => Some(("ingest-load", ingest_load_child(spec))),
+        Some(Sub::NullServer { port }) => {
+            Some(("null-server", ingest_load::null_server(*port).await))
+        }
+        None => None,
+    };
+    if let Some((name, outcome)) = child {
+        return match outcome {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("http-load: {e:#}");
+                eprintln!("{name}: {e:#}");
                 std::process::ExitCode::FAILURE
             }
         };
@@ -159,7 +197,7 @@ async fn run(args: Args) -> Result<bool> {
     let wants = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     if !args.hookq.exists() {
         bail!(
-            "{} is missing: `cargo build --release -p hookq-worker --bin hookq` (make bench does)",
+            "{} is missing: `cargo build --release -p hookq --bin hookq` (make bench does)",
             args.hookq.display()
         );
     }
@@ -194,7 +232,7 @@ async fn run(args: Args) -> Result<bool> {
         (name.to_string(), format!("{e:#}"))
     };
 
-    if wants("redis") {
+    if wants("redis") || wants("ingest") {
         progress("redis-benchmark LPUSH/RPOP, without and with -P 16");
         for p in [1, 16] {
             match ceiling::redis_benchmark(ctx.redis.port, plan.redis_n, p) {
@@ -306,6 +344,18 @@ async fn run(args: Args) -> Result<bool> {
             Err(e) => r.errors.push(note("idle", e)),
         }
     }
+    if wants("ingest") {
+        progress(&format!(
+            "ingest: {} connections, 1- and {}-event bodies, {:.0} s per run",
+            ingest::CONNECTIONS,
+            ingest::BATCH_EVENTS,
+            plan.ingest.seconds
+        ));
+        match ingest::ingest(&ctx, &plan.ingest).await {
+            Ok(i) => r.ingest = Some(i),
+            Err(e) => r.errors.push(note("ingest", e)),
+        }
+    }
     drop(ctx);
     scenario::remove_dir(&dir);
 
@@ -336,6 +386,7 @@ async fn run(args: Args) -> Result<bool> {
             "events": plan.events, "unbatched_events": plan.unbatched_events,
             "scaling_events": plan.scaling_events, "steady_s": plan.steady.as_secs(),
             "idle_s": plan.idle.as_secs(), "load_s": plan.load.as_secs_f64(),
+            "ingest_s": plan.ingest.seconds,
         },
         "results": results_json(&r),
         "table_markdown": table.markdown(),
@@ -348,6 +399,17 @@ async fn run(args: Args) -> Result<bool> {
 async fn load_child(spec: &str) -> Result<()> {
     let spec: ceiling::LoadSpec = serde_json::from_str(spec).context("reading the load spec")?;
     let figure = ceiling::http_load(spec).await?;
+    println!("{}", serde_json::to_string(&figure)?);
+    Ok(())
+}
+
+fn ingest_load_child(spec: &str) -> Result<()> {
+    let spec: ingest_load::LoadSpec =
+        serde_json::from_str(spec).context("reading the ingest load spec")?;
+    // Its own runtime, on a thread of its own: this one is the benchmark's.
+    let figure = std::thread::spawn(move || ingest_load::run_load(&spec))
+        .join()
+        .map_err(|_| anyhow::anyhow!("the ingest load panicked"))??;
     println!("{}", serde_json::to_string(&figure)?);
     Ok(())
 }
@@ -415,6 +477,7 @@ fn results_json(r: &Results) -> Value {
         "scaling": r.scaling.iter().map(Throughput::json).collect::<Vec<_>>(),
         "steady_half_load": r.steady.as_ref().map(Steady::json),
         "idle": r.idle.as_ref().map(Idle::json),
+        "ingest": r.ingest.as_ref().map(ingest::IngestRun::json),
     })
 }
 
@@ -703,6 +766,13 @@ fn table(r: &Results, plan: &Plan) -> Table {
             none(),
             verdict(i.per_sec() <= 5.0, "≤ 5"),
         ]);
+    }
+    if let Some(i) = &r.ingest {
+        i.rows(
+            &mut t,
+            redis_rate(r, "LPUSH", 1),
+            redis_rate(r, "LPUSH", 16),
+        );
     }
     if !r.redis.is_empty() {
         t.section("Redis ceilings — redis-benchmark -t lpush,rpop (50 clients)");

@@ -77,6 +77,11 @@ impl Guarded {
         })
     }
 
+    /// Its pid (the program's, not the guard's).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Whether the child still runs (and is not a zombie).
     pub fn alive(&self) -> bool {
         proc_state(self.pid).is_some_and(|s| s != 'Z' && s != 'X')
@@ -215,6 +220,20 @@ pub fn system_busy() -> Result<Duration> {
         .map(|(_, x)| x)
         .sum();
     Ok(Duration::from_secs_f64(busy as f64 / clock_ticks() as f64))
+}
+
+/// Time every CPU has spent in softirq since boot (`/proc/stat`'s seventh
+/// `cpu` field): on loopback most of it is the TCP traffic of the processes
+/// measured, which their own `/proc/<pid>/stat` times may leave out.
+pub fn system_softirq() -> Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let ticks: u64 = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .and_then(|l| l.split_whitespace().nth(7))
+        .and_then(|v| v.parse().ok())
+        .context("no softirq in /proc/stat")?;
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
 }
 
 /// The 1-minute load average.

@@ -1,6 +1,7 @@
 //! The library a realtime server embeds to hand its webhooks to hookq.
 //!
-//! [`Producer::publish`] checks an event, drops it when no endpoint of the app
+//! [`Producer::publish`] checks an event (its fields, and its size against
+//! `event_limits.max_payload_in_kb`), drops it when no endpoint of the app
 //! wants it (a busy server must not flood the queue with events nobody asked
 //! for), wraps it in a job and pushes it; [`Producer::publish_batch`] does the
 //! same for many events in one round trip. Delivery, batching and retries are
@@ -34,6 +35,7 @@
 //! # }
 //! ```
 
+use hookq_core::config::{EventLimits, FIELDS_ALLOWANCE};
 use hookq_core::job::{EventJob, Job};
 use hookq_core::{AppRegistry, Config, Event, EventError, LookupError, StaticApps};
 use hookq_queue::{Outgoing, QueueError, QueuePush};
@@ -56,6 +58,19 @@ pub enum PublishError {
         /// What is wrong.
         source: EventError,
     },
+    /// An event is larger than `event_limits` allows; nothing of the batch was queued.
+    #[error(
+        "event {index}: {bytes} bytes as a job, over the limit of {max_payload} bytes of payload \
+         (event_limits.max_payload_in_kb) plus {FIELDS_ALLOWANCE} for its other fields"
+    )]
+    TooLarge {
+        /// Its position in the batch.
+        index: usize,
+        /// The size of its job's JSON.
+        bytes: usize,
+        /// The payload limit, in bytes.
+        max_payload: usize,
+    },
     /// The queue refused or could not be reached; nothing of the batch was queued.
     #[error(transparent)]
     Queue(#[from] QueueError),
@@ -77,17 +92,28 @@ pub struct Published {
 pub struct Producer {
     queue: Arc<dyn QueuePush>,
     apps: Arc<dyn AppRegistry>,
+    limits: EventLimits,
 }
 
 impl Producer {
-    /// A producer over `queue`, routing with the apps of `config`.
+    /// A producer over `queue`, routing with the apps of `config`, within its `event_limits`.
     pub fn new(queue: Arc<dyn QueuePush>, config: Arc<Config>) -> Self {
-        Self::with_apps(queue, Arc::new(StaticApps::new(&config.apps)))
+        Self::with_apps(queue, Arc::new(StaticApps::new(&config.apps))).limits(config.event_limits)
     }
 
-    /// A producer over `queue`, routing with the apps of a registry.
+    /// A producer over `queue`, routing with the apps of a registry, within
+    /// the default `event_limits` (a payload of 100 KiB, as Sockudo's).
     pub fn with_apps(queue: Arc<dyn QueuePush>, apps: Arc<dyn AppRegistry>) -> Self {
-        Self { queue, apps }
+        Self {
+            queue,
+            apps,
+            limits: EventLimits::default(),
+        }
+    }
+
+    /// The same producer with these event limits.
+    pub fn limits(self, limits: EventLimits) -> Self {
+        Self { limits, ..self }
     }
 
     /// Publishes one event for an app.
@@ -111,16 +137,24 @@ impl Producer {
         }
         let total = events.len();
         let mut published = Published::default();
-        let messages: Vec<Outgoing> = events
-            .into_iter()
-            .filter(|e| app.enabled && app.endpoints.iter().any(|ep| ep.wants(e)))
-            .map(|event| {
-                let job = EventJob::new(app_id, event);
-                published.job_ids.push(job.id.clone());
-                let id = job.id.clone();
-                Outgoing::now(id, app_id, Job::Event(job).encode())
-            })
-            .collect();
+        let mut messages = Vec::with_capacity(total);
+        for (index, event) in events.into_iter().enumerate() {
+            if !(app.enabled && app.endpoints.iter().any(|ep| ep.wants(&event))) {
+                continue;
+            }
+            let job = EventJob::new(app_id, event);
+            let id = job.id.clone();
+            let body = Job::Event(job).encode();
+            if body.len() > self.limits.max_job_bytes() {
+                return Err(PublishError::TooLarge {
+                    index,
+                    bytes: body.len(),
+                    max_payload: self.limits.max_payload_bytes,
+                });
+            }
+            published.job_ids.push(id.clone());
+            messages.push(Outgoing::now(id, app_id, body));
+        }
         published.enqueued = messages.len();
         published.skipped = total - messages.len();
         if !messages.is_empty() {
@@ -176,6 +210,31 @@ mod tests {
         assert_eq!(job.app_id, "a");
         assert_eq!(job.id, out.job_ids[0]);
         assert_eq!(job.event.user_id.as_deref(), Some("u1"));
+    }
+
+    #[tokio::test]
+    async fn refuses_an_event_over_the_size_limit_without_queueing() {
+        let (p, q) = setup();
+        let big = Event::client_event("presence-x", "client-e", "x".repeat(300 * 1024), "1.1");
+        let err = p
+            .publish_batch("a", vec![Event::member_added("presence-x", "u"), big])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("event 1: "),
+            "names the event: {err}"
+        );
+        assert!(
+            err.to_string().contains("over the limit of 102400"),
+            "{err}"
+        );
+        assert_eq!(
+            q.depth().await.unwrap().ready,
+            0,
+            "nothing of the batch queued"
+        );
+        let fits = Event::client_event("presence-x", "client-e", "x".repeat(90 * 1024), "1.1");
+        assert_eq!(p.publish("a", fits).await.unwrap().enqueued, 1);
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@
 mod app_manager;
 mod apps;
 mod env;
+mod event_limits;
 mod ingest;
 mod queue;
 mod reader;
@@ -29,6 +30,7 @@ mod worker;
 pub use app_manager::{AppManagerSettings, DynamoDbAppsSettings, SqlAppsSettings};
 pub use apps::{App, app_from_record};
 pub use env::{ENV_OVERRIDES, apply_env};
+pub use event_limits::{EventLimits, FIELDS_ALLOWANCE};
 pub use ingest::{IngestSettings, ROUTE as INGEST_ROUTE};
 pub use queue::{MemoryQueueSettings, QueueDriverKind, QueueSettings, RedisSettings, SqsSettings};
 pub use webhooks::{Batching, WebhookSettings};
@@ -105,6 +107,8 @@ pub struct Config {
     pub app_manager: AppManagerSettings,
     /// `ingest`.
     pub ingest: IngestSettings,
+    /// `event_limits`.
+    pub event_limits: EventLimits,
 }
 
 impl Config {
@@ -178,7 +182,6 @@ const SOCKUDO_SECTIONS: &[&str] = &[
     "cors",
     "database_pooling",
     "debug",
-    "event_limits",
     "host",
     "http_api",
     "instance",
@@ -219,6 +222,7 @@ fn read_root(root: &Value, d: &mut Diagnostics) -> Option<Config> {
     database.ignore(&["mongodb", "surrealdb", "scylladb"]);
     database.finish(d);
     let ingest = ingest::read_ingest(&mut top.obj("ingest", d), d);
+    let event_limits = event_limits::read_event_limits(&mut top.obj("event_limits", d), d);
     top.finish(d);
     for (i, app) in apps.iter().enumerate() {
         let at = |j| format!("app_manager.array.apps[{i}].webhooks[{j}]");
@@ -232,6 +236,7 @@ fn read_root(root: &Value, d: &mut Diagnostics) -> Option<Config> {
         worker,
         app_manager,
         ingest,
+        event_limits,
     };
     config.set_apps(apps);
     check_lease(&config, d);

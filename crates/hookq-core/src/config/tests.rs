@@ -739,3 +739,22 @@ fn sqs_settings_past_sqs_limits_are_refused() {
         assert!(err.contains(want), "want {want:?} in:\n{err}");
     }
 }
+
+#[test]
+fn event_limits_read_sockudos_payload_size() {
+    let (c, d) = load(
+        r#"{"event_limits": {"max_payload_in_kb": 64, "max_channels_at_once": 100,
+        "max_name_length": 200, "max_batch_size": 10}}"#,
+    )
+    .unwrap();
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    assert_eq!(c.event_limits.max_payload_bytes, 64 * 1024);
+    assert_eq!(
+        load("{}").unwrap().0.event_limits.max_payload_bytes,
+        100 * 1024
+    );
+    let err = load(r#"{"event_limits": {"max_payload_in_kb": 0}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("event_limits.max_payload_in_kb"), "{err}");
+}

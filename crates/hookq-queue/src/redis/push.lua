@@ -9,13 +9,15 @@
 --       3..n+2 the ready bodies; then pairs (delay ms, body)
 -- Returns the number of jobs pushed, or -1 when the key was already set.
 local ready, delayed, seq = KEYS[1], KEYS[2], KEYS[3]
-local window = tonumber(ARGV[1])
-if window > 0 and not redis.call('SET', KEYS[4], '1', 'NX', 'PX', window) then
+-- The window is passed on as the text it came as: a Lua number would be
+-- formatted as a float for every call.
+if ARGV[1] ~= '0' and not redis.call('SET', KEYS[4], '1', 'NX', 'PX', ARGV[1]) then
   return -1
 end
 local n = tonumber(ARGV[2])
-for i = 3, n + 2 do
-  redis.call('LPUSH', ready, ARGV[i])
+-- One variadic LPUSH per chunk (unpack stays well within Lua's stack).
+for i = 3, n + 2, 1000 do
+  redis.call('LPUSH', ready, unpack(ARGV, i, math.min(i + 999, n + 2)))
 end
 local start = n + 3
 local m = (#ARGV - n - 2) / 2

@@ -7,7 +7,6 @@
 //! second and a half, so retries show. After four seconds of traffic the demo
 //! waits for the queue to drain, shuts the worker down and prints a summary.
 
-use crate::{Metrics, Worker};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -15,6 +14,7 @@ use axum::routing::post;
 use hookq_core::{Config, Event, sign};
 use hookq_producer::Producer;
 use hookq_queue::{MemoryQueue, QueueDriver};
+use hookq_worker::{Metrics, Worker};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,0 +1,58 @@
+//! `hookq dlq list | replay | purge`: the dead-letter queue, for operators.
+
+use crate::cli::DlqAction;
+use crate::{load_config, refuse_memory};
+use hookq_queue::{DeadLetters, DlqFilter};
+use hookq_worker::queue;
+use std::sync::Arc;
+
+/// Lists, replays or purges the entries `action`'s filter selects.
+pub async fn run(action: DlqAction) -> anyhow::Result<()> {
+    let (args, verb) = match &action {
+        DlqAction::List { args, .. } => (args, "dlq list"),
+        DlqAction::Replay(args) => (args, "dlq replay"),
+        DlqAction::Purge(args) => (args, "dlq purge"),
+    };
+    let config = load_config(&args.config.config)?;
+    refuse_memory(&config, verb)?;
+    let queue: Arc<dyn DeadLetters> = queue::open(&config).await?;
+    let filter = DlqFilter {
+        app_id: args.app.clone(),
+        limit: args.limit,
+    };
+    match action {
+        DlqAction::List { json, .. } => {
+            let entries = queue.dlq_list(&filter).await?;
+            let now = hookq_core::now_ms();
+            for e in &entries {
+                if json {
+                    println!("{}", e.encode());
+                    continue;
+                }
+                let age_s = now.saturating_sub(e.failed_at_ms) / 1000;
+                println!(
+                    "{:>6}s ago  app {}  endpoint {}  attempts {}  {}{}",
+                    age_s,
+                    e.app_id.as_deref().unwrap_or("-"),
+                    e.endpoint.as_deref().unwrap_or("-"),
+                    e.attempts,
+                    e.reason,
+                    e.body_excerpt
+                        .as_deref()
+                        .map(|b| format!("  body: {b}"))
+                        .unwrap_or_default()
+                );
+            }
+            if !json {
+                println!(
+                    "{} entr{}",
+                    entries.len(),
+                    if entries.len() == 1 { "y" } else { "ies" }
+                );
+            }
+        }
+        DlqAction::Replay(_) => println!("replayed {} entries", queue.dlq_replay(&filter).await?),
+        DlqAction::Purge(_) => println!("purged {} entries", queue.dlq_purge(&filter).await?),
+    }
+    Ok(())
+}

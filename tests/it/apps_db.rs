@@ -14,15 +14,17 @@ use crate::support::inproc::config;
 use crate::support::mariadb::MariaDb;
 use crate::support::moto::Moto;
 use crate::support::postgres::Postgres;
+use crate::support::queue::{open, parse, wait_dlq};
 use crate::support::receiver::Receiver;
+use crate::support::wait::{poll, retry};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, KeySchemaElement, KeyType, ProvisionedThroughput,
     ScalarAttributeType,
 };
 use hookq_core::job::{EventJob, Job};
-use hookq_core::{Config, Event, LookupError};
+use hookq_core::{Event, LookupError};
 use hookq_producer::Producer;
-use hookq_queue::{DlqFilter, MemoryQueue, Outgoing, QueueDriver};
+use hookq_queue::{Outgoing, QueueDriver};
 use hookq_worker::{Metrics, Worker};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -61,19 +63,31 @@ enum Db {
     Dynamo(aws_sdk_dynamodb::Client, String),
 }
 
-struct Row<'a> {
-    id: &'a str,
-    key: &'a str,
-    secret: &'a str,
+/// A row of the applications table.
+struct Row {
+    id: String,
+    key: String,
+    secret: String,
     enabled: bool,
     webhooks: Value,
+}
+
+/// App `app-{n}`, key `key-{n}`, secret `secret-{n}`.
+fn row(n: usize, enabled: bool, webhooks: Value) -> Row {
+    Row {
+        id: format!("app-{n}"),
+        key: format!("key-{n}"),
+        secret: format!("secret-{n}"),
+        enabled,
+        webhooks,
+    }
 }
 
 impl Db {
     async fn postgres() -> Db {
         let pg = Postgres::start();
         let url = pg.url();
-        let pool = retry_connect(|| sqlx::PgPool::connect(&url)).await;
+        let pool = connect_patiently(|| sqlx::PgPool::connect(&url)).await;
         sqlx::query(PG_SCHEMA).execute(&pool).await.unwrap();
         Db::Pg(pg, pool)
     }
@@ -81,7 +95,7 @@ impl Db {
     async fn mariadb() -> Db {
         let db = MariaDb::start();
         let url = db.url();
-        let root = retry_connect(|| sqlx::MySqlPool::connect(&url)).await;
+        let root = connect_patiently(|| sqlx::MySqlPool::connect(&url)).await;
         sqlx::query("CREATE DATABASE sockudo")
             .execute(&root)
             .await
@@ -134,6 +148,15 @@ impl Db {
         Db::Dynamo(client, table.to_string())
     }
 
+    /// A test config whose apps come from this database (see [`Db::settings`]).
+    fn config(&self) -> Value {
+        let mut c = config(json!([]), json!({}));
+        let (app_manager, database) = self.settings();
+        c["app_manager"] = app_manager;
+        c["database"] = database;
+        c
+    }
+
     /// The config's `app_manager` and `database` sections for this database, with `cache_ttl` 1 s.
     fn settings(&self) -> (Value, Value) {
         match self {
@@ -155,7 +178,7 @@ impl Db {
         }
     }
 
-    async fn upsert(&self, r: Row<'_>) {
+    async fn upsert(&self, r: Row) {
         let webhooks = r.webhooks.to_string();
         match self {
             Db::Pg(_, pool) => {
@@ -165,9 +188,9 @@ impl Db {
                        ON CONFLICT (id) DO UPDATE SET "key" = $2, secret = $3, enabled = $4,
                          webhooks = $5::jsonb, updated_at = now()"#,
                 )
-                .bind(r.id)
-                .bind(r.key)
-                .bind(r.secret)
+                .bind(&r.id)
+                .bind(&r.key)
+                .bind(&r.secret)
                 .bind(r.enabled)
                 .bind(&webhooks)
                 .execute(pool)
@@ -181,9 +204,9 @@ impl Db {
                      ON DUPLICATE KEY UPDATE `key` = VALUES(`key`), secret = VALUES(secret),
                        enabled = VALUES(enabled), webhooks = VALUES(webhooks)",
                 )
-                .bind(r.id)
-                .bind(r.key)
-                .bind(r.secret)
+                .bind(&r.id)
+                .bind(&r.key)
+                .bind(&r.secret)
                 .bind(r.enabled)
                 .bind(&webhooks)
                 .execute(pool)
@@ -194,9 +217,9 @@ impl Db {
                 client
                     .put_item()
                     .table_name(table)
-                    .item("id", AttributeValue::S(r.id.into()))
-                    .item("key", AttributeValue::S(r.key.into()))
-                    .item("secret", AttributeValue::S(r.secret.into()))
+                    .item("id", AttributeValue::S(r.id))
+                    .item("key", AttributeValue::S(r.key))
+                    .item("secret", AttributeValue::S(r.secret))
                     .item("enabled", AttributeValue::Bool(r.enabled))
                     .item("webhooks", AttributeValue::S(webhooks))
                     .send()
@@ -229,24 +252,13 @@ impl Db {
     }
 }
 
-async fn retry_connect<P, F, Fut>(connect: F) -> P
+/// Connects once the server takes connections, within 30 s.
+async fn connect_patiently<P, Fut>(connect: impl FnMut() -> Fut) -> P
 where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<P, sqlx::Error>>,
+    Fut: Future<Output = Result<P, sqlx::Error>>,
 {
-    let start = Instant::now();
-    loop {
-        match connect().await {
-            Ok(p) => return p,
-            Err(e) => {
-                assert!(
-                    start.elapsed() < Duration::from_secs(30),
-                    "cannot connect: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    let (limit, every) = (Duration::from_secs(30), Duration::from_millis(200));
+    retry("connect", limit, every, |_| true, connect).await
 }
 
 fn hook(url: String) -> Value {
@@ -263,51 +275,46 @@ async fn push_raw(queue: &Arc<dyn QueueDriver>, app_id: &str, channel: &str) {
         .unwrap();
 }
 
-async fn publish(producer: &Producer, app: &str, prefix: &str, n: usize) {
+/// Publishes `n` events for `app-1`, one at a time, on channels `{prefix}-{i}`.
+async fn publish(producer: &Producer, prefix: &str, n: usize) {
     for i in 0..n {
         producer
-            .publish(app, Event::channel_occupied(format!("{prefix}-{i}")))
+            .publish("app-1", Event::channel_occupied(format!("{prefix}-{i}")))
             .await
             .unwrap();
     }
 }
 
+/// Publishes as [`publish`] does and waits until `path` has `n` more events
+/// delivered; returns how many it has then.
+async fn publish_and_wait(
+    producer: &Producer,
+    r: &Receiver,
+    path: &str,
+    prefix: &str,
+    n: usize,
+    limit: Duration,
+) -> usize {
+    let want = r.delivered_events(path).len() + n;
+    publish(producer, prefix, n).await;
+    r.wait_for(&format!("{n} more events on {path}"), limit, |r| {
+        r.delivered_events(path).len() >= want
+    })
+    .await;
+    r.delivered_events(path).len()
+}
+
 async fn scenario(mut db: Db) {
     let r = Receiver::start(&[("key-1", "secret-1"), ("key-3", "secret-3")]).await;
-    db.upsert(Row {
-        id: "app-1",
-        key: "key-1",
-        secret: "secret-1",
-        enabled: true,
-        webhooks: hook(r.url("/a")),
-    })
-    .await;
-    db.upsert(Row {
-        id: "app-2",
-        key: "key-2",
-        secret: "secret-2",
-        enabled: true,
-        webhooks: json!([{"url": r.url("/bad"), "event_types": ["channel_occupied"]},
-                         {"url": r.url("/bad"), "event_types": ["no_such_event"]}]),
-    })
-    .await;
-    db.upsert(Row {
-        id: "app-3",
-        key: "key-3",
-        secret: "secret-3",
-        enabled: false,
-        webhooks: hook(r.url("/c")),
-    })
-    .await;
+    db.upsert(row(1, true, hook(r.url("/a")))).await;
+    let invalid = json!([{"url": r.url("/bad"), "event_types": ["channel_occupied"]},
+                         {"url": r.url("/bad"), "event_types": ["no_such_event"]}]);
+    db.upsert(row(2, true, invalid)).await;
+    db.upsert(row(3, false, hook(r.url("/c")))).await;
 
-    let mut c = config(json!([]), json!({}));
-    let (app_manager, database) = db.settings();
-    c["app_manager"] = app_manager;
-    c["database"] = database;
-    let (config, _) = Config::parse(&c.to_string(), |_| None).unwrap();
-    let config = Arc::new(config);
+    let config = Arc::new(parse(&db.config()));
     let registry = hookq_apps::open(&config).await.unwrap();
-    let queue: Arc<dyn QueueDriver> = Arc::new(MemoryQueue::from_settings(&config.queue.memory));
+    let queue = open(&config).await;
     let worker = Worker::with_apps(
         config.clone(),
         registry.clone(),
@@ -320,11 +327,11 @@ async fn scenario(mut db: Db) {
     let producer = Producer::with_apps(queue.clone(), registry.clone());
 
     // Delivery from the table's webhooks, signed with the table's key and secret.
-    publish(&producer, "app-1", "first", 5).await;
-    r.wait_for("5 events on /a", Duration::from_secs(15), |r| {
-        r.delivered_events("/a").len() == 5
-    })
-    .await;
+    let wait = Duration::from_secs(15);
+    assert_eq!(
+        publish_and_wait(&producer, &r, "/a", "first", 5, wait).await,
+        5
+    );
     let req = &r.requests("/a")[0];
     assert_eq!(req.header("x-pusher-key"), Some("key-1"));
     assert!(registry.is_ready());
@@ -333,16 +340,11 @@ async fn scenario(mut db: Db) {
     push_raw(&queue, "app-2", "x").await;
     push_raw(&queue, "app-2", "y").await;
     push_raw(&queue, "app-3", "z").await;
-    publish(&producer, "app-1", "second", 2).await;
-    let start = Instant::now();
-    let dlq = loop {
-        let dlq = queue.dlq_list(&DlqFilter::default()).await.unwrap();
-        if dlq.len() >= 3 {
-            break dlq;
-        }
-        assert!(start.elapsed() < Duration::from_secs(15), "DLQ: {dlq:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    assert_eq!(
+        publish_and_wait(&producer, &r, "/a", "second", 2, wait).await,
+        7
+    );
+    let dlq = wait_dlq(&*queue, 3, wait).await;
     assert_eq!(dlq.len(), 3, "{dlq:?}");
     let invalid: Vec<_> = dlq
         .iter()
@@ -363,10 +365,6 @@ async fn scenario(mut db: Db) {
         .collect();
     assert_eq!(disabled.len(), 1, "{dlq:?}");
     assert_eq!(disabled[0].reason, "app disabled");
-    r.wait_for("7 events on /a", Duration::from_secs(15), |r| {
-        r.delivered_events("/a").len() == 7
-    })
-    .await;
     assert!(r.requests("/bad").is_empty() && r.requests("/c").is_empty());
     match producer
         .publish("app-2", Event::channel_occupied("p"))
@@ -377,38 +375,30 @@ async fn scenario(mut db: Db) {
     }
 
     // A change in the table takes effect within cache_ttl (1 s).
-    db.upsert(Row {
-        id: "app-1",
-        key: "key-1",
-        secret: "secret-1",
-        enabled: true,
-        webhooks: hook(r.url("/b")),
-    })
-    .await;
+    db.upsert(row(1, true, hook(r.url("/b")))).await;
     let changed = Instant::now();
-    loop {
-        publish(&producer, "app-1", "moved", 1).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if !r.requests("/b").is_empty() {
-            break;
-        }
-        assert!(
-            changed.elapsed() < Duration::from_secs(5),
-            "the change never took effect"
-        );
-    }
+    poll(
+        "the change",
+        Duration::from_secs(5),
+        Duration::ZERO,
+        async || {
+            publish(&producer, "moved", 1).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if r.requests("/b").is_empty() {
+                Err("the change never took effect".into())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
     let took = changed.elapsed();
     assert!(took < Duration::from_millis(2500), "change took {took:?}");
 
     // The database stops: cached apps keep serving, even past their TTL.
     db.stop().await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let before = r.delivered_events("/b").len();
-    publish(&producer, "app-1", "down", 3).await;
-    r.wait_for("3 more events on /b", Duration::from_secs(20), |r| {
-        r.delivered_events("/b").len() >= before + 3
-    })
-    .await;
+    publish_and_wait(&producer, &r, "/b", "down", 3, Duration::from_secs(20)).await;
     assert!(
         registry.is_ready(),
         "cached apps resolve, so the worker is ready"
@@ -451,46 +441,32 @@ async fn dynamodb_apps_deliver_reload_and_survive_an_outage() {
 async fn the_worker_binary_reads_apps_from_postgres() {
     use crate::support::process::{WorkerProcess, temp_dir};
     use crate::support::redis_server::RedisServer;
-    use hookq_queue::redis::RedisQueue;
 
     let redis = RedisServer::start();
     let mut db = Db::postgres().await;
     let r = Receiver::start(&[("key-1", "secret-1")]).await;
-    db.upsert(Row {
-        id: "app-1",
-        key: "key-1",
-        secret: "secret-1",
-        enabled: true,
-        webhooks: hook(r.url("/a")),
-    })
-    .await;
-    let mut c = config(json!([]), json!({}));
-    let (app_manager, database) = db.settings();
-    c["app_manager"] = app_manager;
-    c["database"] = database;
+    db.upsert(row(1, true, hook(r.url("/a")))).await;
+    let mut c = db.config();
     c["queue"] = json!({"driver": "redis", "redis": {"url": redis.url(), "prefix": "appsdb"}});
     let dir = temp_dir("apps-db-worker");
     let w = WorkerProcess::start(&dir, "w1", &c).await;
 
-    let (pconfig, _) = Config::parse(&c.to_string(), |_| None).unwrap();
-    let pconfig = Arc::new(pconfig);
-    let queue: Arc<dyn QueueDriver> =
-        Arc::new(RedisQueue::connect(&pconfig.queue.redis).await.unwrap());
+    let pconfig = Arc::new(parse(&c));
+    let queue = open(&pconfig).await;
     let producer = Producer::with_apps(queue, hookq_apps::open(&pconfig).await.unwrap());
-    publish(&producer, "app-1", "bin", 3).await;
-    r.wait_for("3 events on /a", Duration::from_secs(20), |r| {
-        r.delivered_events("/a").len() == 3
-    })
-    .await;
+    let wait = Duration::from_secs(20);
+    assert_eq!(
+        publish_and_wait(&producer, &r, "/a", "bin", 3, wait).await,
+        3
+    );
     assert_eq!(w.get("/ready").await.map(|(s, _)| s), Some(200));
 
     db.stop().await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    publish(&producer, "app-1", "down", 2).await;
-    r.wait_for("2 more events on /a", Duration::from_secs(20), |r| {
-        r.delivered_events("/a").len() == 5
-    })
-    .await;
+    assert_eq!(
+        publish_and_wait(&producer, &r, "/a", "down", 2, wait).await,
+        5
+    );
     assert_eq!(
         w.get("/ready").await.map(|(s, _)| s),
         Some(200),
@@ -529,15 +505,11 @@ async fn a_shared_table_gives_hookq_a_webhooks_column_of_its_own() {
         .unwrap();
     }
     let registry = async |column: Option<&str>| {
-        let mut c = config(json!([]), json!({}));
-        let (app_manager, mut database) = db.settings();
+        let mut c = db.config();
         if let Some(column) = column {
-            database["postgres"]["webhooks_column"] = json!(column);
+            c["database"]["postgres"]["webhooks_column"] = json!(column);
         }
-        c["app_manager"] = app_manager;
-        c["database"] = database;
-        let (config, _) = Config::parse(&c.to_string(), |_| None).unwrap();
-        hookq_apps::open(&Arc::new(config)).await.unwrap()
+        hookq_apps::open(&Arc::new(parse(&c))).await.unwrap()
     };
     let loop_reason = |e: LookupError| match e {
         LookupError::Invalid { reason, .. } => reason,

@@ -90,11 +90,12 @@ async fn a_worker_serves_health_ready_metrics_and_stops_cleanly_on_sigterm() {
     );
     let mut w = WorkerProcess::start(&dir, "w1", &cfg).await;
     assert_eq!(w.get("/health").await.unwrap().0, 200);
-    let start = std::time::Instant::now();
-    while w.get("/ready").await.unwrap().0 != 200 {
-        assert!(start.elapsed() < Duration::from_secs(10), "never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    w.wait_ok(
+        &["/ready"],
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+    )
+    .await;
     let (status, text) = w.get("/metrics").await.unwrap();
     assert_eq!(status, 200);
     for name in [

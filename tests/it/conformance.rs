@@ -4,9 +4,9 @@
 //! quick to observe) and asserts what a worker relies on. Ordering is not
 //! assumed. [`conformance_suite!`] stamps the cases out as tests for one driver.
 
+use crate::support::queue::{Drain, assert_each_once, drain, drain_together, handles, receive_n};
 use hookq_core::DeadLetter;
-use hookq_queue::{DlqFilter, Handle, Outgoing, QueueDriver};
-use std::collections::HashMap;
+use hookq_queue::{DlqFilter, Outgoing, QueueDriver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,20 +21,6 @@ fn msg(i: usize) -> Outgoing {
     )
 }
 
-/// Receives until `n` messages came or `limit` passed.
-async fn receive_n(q: &dyn QueueDriver, n: usize, limit: Duration) -> Vec<hookq_queue::Received> {
-    let start = Instant::now();
-    let mut got = Vec::new();
-    while got.len() < n && start.elapsed() < limit {
-        got.extend(
-            q.receive(n - got.len(), Duration::from_millis(500))
-                .await
-                .unwrap(),
-        );
-    }
-    got
-}
-
 pub async fn push_receive_ack(q: Arc<dyn QueueDriver>) {
     q.push((0..25).map(msg).collect()).await.unwrap();
     let got = receive_n(&*q, 25, Duration::from_secs(10)).await;
@@ -45,8 +31,7 @@ pub async fn push_receive_ack(q: Arc<dyn QueueDriver>) {
     assert_eq!(bodies, want, "every pushed message is received once");
     assert!(got.iter().all(|r| r.receive_count == 1));
     assert_eq!(q.depth().await.unwrap().held, 25);
-    let handles: Vec<Handle> = got.into_iter().map(|r| r.handle).collect();
-    q.ack(&handles).await.unwrap();
+    q.ack(&handles(&got)).await.unwrap();
     tokio::time::sleep(HOLD + Duration::from_millis(500)).await;
     let again = q.receive(10, Duration::from_millis(500)).await.unwrap();
     assert!(again.is_empty(), "acked messages came back: {again:?}");
@@ -86,13 +71,19 @@ pub async fn delayed_not_before_its_time(q: Arc<dyn QueueDriver>) {
     let delay = Duration::from_secs(2);
     let pushed_at = Instant::now();
     q.push(vec![msg(7).delayed(delay), msg(8)]).await.unwrap();
-    let mut seen = Vec::new();
-    while seen.len() < 2 && pushed_at.elapsed() < Duration::from_secs(10) {
-        for r in q.receive(2, Duration::from_millis(200)).await.unwrap() {
-            q.ack(&[r.handle]).await.unwrap();
-            seen.push((r.body, pushed_at.elapsed()));
-        }
-    }
+    let how = Drain {
+        max: 2,
+        wait: Duration::from_millis(200),
+        until: 2,
+        quiet_rounds: usize::MAX,
+        limit: Duration::from_secs(10),
+        ..Drain::default()
+    };
+    let seen: Vec<_> = drain(&*q, how)
+        .await
+        .into_iter()
+        .map(|d| (d.msg.body, d.at - pushed_at))
+        .collect();
     assert_eq!(seen.len(), 2, "both messages arrive: {seen:?}");
     assert_eq!(seen[0].0, msg(8).body, "the undelayed message comes first");
     assert_eq!(seen[1].0, msg(7).body);
@@ -145,8 +136,7 @@ pub async fn dlq_round_trip(q: Arc<dyn QueueDriver>) {
     let mut bodies: Vec<_> = replayed.iter().map(|r| r.body.clone()).collect();
     bodies.sort();
     assert_eq!(bodies, ["{\"dead\":1}", "{\"dead\":3}"]);
-    let handles: Vec<_> = replayed.iter().map(|r| r.handle.clone()).collect();
-    q.ack(&handles).await.unwrap();
+    q.ack(&handles(&replayed)).await.unwrap();
     assert_eq!(q.depth().await.unwrap().dead, 1);
     assert_eq!(q.dlq_purge(&DlqFilter::default()).await.unwrap(), 1);
     assert!(q.dlq_list(&DlqFilter::default()).await.unwrap().is_empty());
@@ -159,36 +149,16 @@ pub async fn concurrent_consumers_never_share(q: Arc<dyn QueueDriver>) {
             .await
             .unwrap();
     }
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let q = q.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut seen = Vec::new();
-            let start = Instant::now();
-            let mut empty_rounds = 0;
-            while empty_rounds < 3 && start.elapsed() < Duration::from_secs(30) {
-                let got = q.receive(7, Duration::from_millis(300)).await.unwrap();
-                if got.is_empty() {
-                    empty_rounds += 1;
-                    continue;
-                }
-                empty_rounds = 0;
-                let handles: Vec<_> = got.iter().map(|r| r.handle.clone()).collect();
-                seen.extend(got.into_iter().map(|r| r.body));
-                q.ack(&handles).await.unwrap();
-            }
-            seen
-        }));
-    }
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for t in tasks {
-        for body in t.await.unwrap() {
-            *counts.entry(body).or_default() += 1;
-        }
-    }
-    assert_eq!(counts.len(), N, "every message received");
-    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(twice.is_empty(), "held by two consumers: {twice:?}");
+    let how = Drain {
+        max: 7,
+        wait: Duration::from_millis(300),
+        quiet_rounds: 3,
+        limit: Duration::from_secs(30),
+        ..Drain::default()
+    };
+    let got = drain_together(vec![q.clone(); 4], how).await;
+    // One received twice was held by two consumers.
+    assert_each_once(&got, N, "messages");
 }
 
 pub async fn depth_counts_each_state(q: Arc<dyn QueueDriver>) {

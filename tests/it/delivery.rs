@@ -1,9 +1,17 @@
 //! Delivery behaviour over the memory queue, asserted from what a real
 //! receiver on 127.0.0.1 saw: routing, filters, headers, batching, the
 //! envelope, signatures, retries, dead-lettering and shutdown.
+//!
+//! Scenarios that differ only in their config, the receiver's script and
+//! what is expected are tables of cases run by [`run_cases`], which names
+//! the case in any failure.
 
+use crate::support::cases::run_cases;
 use crate::support::inproc::{InProc, config, one_app};
-use crate::support::receiver::{Receiver, Reply, hmac_hex};
+use crate::support::process::free_port;
+use crate::support::queue::assert_one_dead_letter;
+use crate::support::receiver::{Receiver, Recorded, Reply, hmac_hex};
+use crate::support::wait::poll;
 use base64::Engine as _;
 use hookq_core::Event;
 use hookq_queue::{DlqFilter, Outgoing};
@@ -23,35 +31,74 @@ async fn one_endpoint(r: &Receiver, mut webhook: Value, settings: Value) -> InPr
     InProc::start(config(one_app(json!([webhook])), settings)).await
 }
 
-fn names(events: &[Value]) -> Vec<String> {
+/// A worker for `app-1` with two endpoints for `member_added`, `/good` and `/bad`.
+async fn good_and_bad(r: &Receiver) -> InProc {
+    InProc::start(config(
+        one_app(json!([
+            {"url": r.url("/good"), "event_types": ["member_added"]},
+            {"url": r.url("/bad"), "event_types": ["member_added"]}
+        ])),
+        json!({}),
+    ))
+    .await
+}
+
+/// Waits until `path` has had `n` requests; returns them.
+async fn wait_requests(r: &Receiver, path: &str, n: usize) -> Vec<Recorded> {
+    let what = format!("{n} requests at {path}");
+    r.wait_for(&what, WAIT, |r| r.requests(path).len() == n)
+        .await;
+    r.requests(path)
+}
+
+/// Waits until `path` has had `n` events delivered.
+async fn wait_delivered(r: &Receiver, path: &str, n: usize) {
+    let what = format!("{n} events at {path}");
+    r.wait_for(&what, WAIT, |r| r.delivered_events(path).len() == n)
+        .await;
+}
+
+/// The field `key` of each event, sorted.
+fn sorted(events: &[Value], key: &str) -> Vec<String> {
     let mut n: Vec<String> = events
         .iter()
-        .map(|e| e["name"].as_str().unwrap().to_string())
+        .map(|e| e[key].as_str().unwrap().to_string())
         .collect();
     n.sort();
     n
 }
 
-fn channels(events: &[Value]) -> HashSet<String> {
-    events
-        .iter()
-        .map(|e| e["channel"].as_str().unwrap().to_string())
-        .collect()
+fn strings(list: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
 }
 
 #[tokio::test]
 async fn event_types_route_each_event_to_the_endpoints_that_want_it() {
     let r = receiver().await;
-    let w = InProc::start(config(
-        one_app(json!([
-            {"url": r.url("/presence"), "event_types": ["member_added", "member_removed"]},
-            {"url": r.url("/life"), "event_types": ["channel_occupied", "channel_vacated"]},
-            {"url": r.url("/all"), "event_types": ["member_added", "member_removed", "channel_occupied",
-                "channel_vacated", "client_event", "cache_miss", "subscription_count"]}
-        ])),
-        json!({}),
-    ))
-    .await;
+    // Each endpoint gets exactly the events of its types, one of each.
+    let routes: [(&str, &[&str]); 3] = [
+        ("/presence", &["member_added", "member_removed"]),
+        ("/life", &["channel_occupied", "channel_vacated"]),
+        (
+            "/all",
+            &[
+                "member_added",
+                "member_removed",
+                "channel_occupied",
+                "channel_vacated",
+                "client_event",
+                "cache_miss",
+                "subscription_count",
+            ],
+        ),
+    ];
+    let webhooks: Vec<Value> = routes
+        .iter()
+        .map(|(path, types)| json!({"url": r.url(path), "event_types": types}))
+        .collect();
+    let w = InProc::start(config(one_app(json!(webhooks)), json!({}))).await;
     let events = vec![
         Event::member_added("presence-a", "u1"),
         Event::member_removed("presence-a", "u1"),
@@ -61,20 +108,16 @@ async fn event_types_route_each_event_to_the_endpoints_that_want_it() {
         Event::cache_miss("cache-a"),
         Event::subscription_count("a", 3),
     ];
-    w.producer.publish_batch("app-1", events).await.unwrap();
-    r.wait_for("all 7 events at /all", WAIT, |r| {
-        r.delivered_events("/all").len() == 7
-    })
-    .await;
+    w.publish(events).await;
+    wait_delivered(&r, "/all", 7).await;
     w.wait_idle(WAIT).await;
-    assert_eq!(
-        names(&r.delivered_events("/presence")),
-        ["member_added", "member_removed"]
-    );
-    assert_eq!(
-        names(&r.delivered_events("/life")),
-        ["channel_occupied", "channel_vacated"]
-    );
+    for (path, types) in routes {
+        assert_eq!(
+            sorted(&r.delivered_events(path), "name"),
+            strings(types),
+            "{path}"
+        );
+    }
     let all = r.delivered_events("/all");
     let client = all.iter().find(|e| e["name"] == "client_event").unwrap();
     assert_eq!(client["data"], "{\"k\":1}", "data stays a JSON string");
@@ -94,21 +137,52 @@ async fn event_types_route_each_event_to_the_endpoints_that_want_it() {
 #[tokio::test]
 async fn each_filter_kind_selects_channels() {
     let r = receiver().await;
-    let all_types = json!(["channel_occupied"]);
-    let w = InProc::start(config(
-        one_app(json!([
-            {"url": r.url("/public"), "event_types": all_types, "filter": {"channel_type": "public"}},
-            {"url": r.url("/private"), "event_types": all_types, "filter": {"channel_type": "private"}},
-            {"url": r.url("/encrypted"), "event_types": all_types, "filter": {"channel_type": "private-encrypted"}},
-            {"url": r.url("/presence"), "event_types": all_types, "filter": {"channel_type": "presence"}},
-            {"url": r.url("/cache"), "event_types": all_types, "filter": {"channel_type": "cache"}},
-            {"url": r.url("/prefix"), "event_types": all_types, "filter": {"channel_prefix": "private-room-"}},
-            {"url": r.url("/suffix"), "event_types": all_types, "filter": {"channel_suffix": "-eu"}},
-            {"url": r.url("/pattern"), "event_types": all_types, "filter": {"channel_pattern": "^presence-game-[0-9]+$"}}
-        ])),
-        json!({}),
-    ))
-    .await;
+    // (path, filter, the channels of `names` it selects)
+    let filters: [(&str, Value, &[&str]); 8] = [
+        (
+            "/public",
+            json!({"channel_type": "public"}),
+            &["lobby", "cache-lobby", "news-eu"],
+        ),
+        (
+            "/private",
+            json!({"channel_type": "private"}),
+            &["private-room-1", "private-cache-x"],
+        ),
+        (
+            "/encrypted",
+            json!({"channel_type": "private-encrypted"}),
+            &["private-encrypted-room-2"],
+        ),
+        (
+            "/presence",
+            json!({"channel_type": "presence"}),
+            &["presence-game-42", "presence-game-x"],
+        ),
+        (
+            "/cache",
+            json!({"channel_type": "cache"}),
+            &["cache-lobby", "private-cache-x"],
+        ),
+        (
+            "/prefix",
+            json!({"channel_prefix": "private-room-"}),
+            &["private-room-1"],
+        ),
+        ("/suffix", json!({"channel_suffix": "-eu"}), &["news-eu"]),
+        (
+            "/pattern",
+            json!({"channel_pattern": "^presence-game-[0-9]+$"}),
+            &["presence-game-42"],
+        ),
+    ];
+    let webhooks: Vec<Value> = filters
+        .iter()
+        .map(|(path, filter, _)| {
+            json!({"url": r.url(path), "event_types": ["channel_occupied"], "filter": filter})
+        })
+        .collect();
+    let w = InProc::start(config(one_app(json!(webhooks)), json!({}))).await;
     let names = [
         "lobby",
         "cache-lobby",
@@ -119,26 +193,24 @@ async fn each_filter_kind_selects_channels() {
         "presence-game-x",
         "news-eu",
     ];
-    let events = names.iter().map(|c| Event::channel_occupied(*c)).collect();
-    w.producer.publish_batch("app-1", events).await.unwrap();
+    w.publish(names.iter().map(|c| Event::channel_occupied(*c)).collect())
+        .await;
     w.wait_idle(WAIT).await;
-    let want = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
-    let got = |path: &str| channels(&r.delivered_events(path));
-    assert_eq!(got("/public"), want(&["lobby", "cache-lobby", "news-eu"]));
-    assert_eq!(
-        got("/private"),
-        want(&["private-room-1", "private-cache-x"])
-    );
-    assert_eq!(got("/encrypted"), want(&["private-encrypted-room-2"]));
-    assert_eq!(
-        got("/presence"),
-        want(&["presence-game-42", "presence-game-x"])
-    );
-    assert_eq!(got("/cache"), want(&["cache-lobby", "private-cache-x"]));
-    assert_eq!(got("/prefix"), want(&["private-room-1"]));
-    assert_eq!(got("/suffix"), want(&["news-eu"]));
-    assert_eq!(got("/pattern"), want(&["presence-game-42"]));
+    for (path, filter, want) in &filters {
+        let got: HashSet<String> = sorted(&r.delivered_events(path), "channel")
+            .into_iter()
+            .collect();
+        let want: HashSet<String> = want.iter().map(|s| s.to_string()).collect();
+        assert_eq!(got, want, "{path} with filter {filter}");
+    }
     w.stop().await;
+}
+
+/// Publishes `event` to a fresh worker whose one endpoint is `webhook`;
+/// returns the first request `/h` got.
+async fn first_request(r: &Receiver, w: &InProc, event: Event) -> Recorded {
+    w.publish(vec![event]).await;
+    wait_requests(r, "/h", 1).await.remove(0)
 }
 
 #[tokio::test]
@@ -147,13 +219,7 @@ async fn custom_headers_are_sent_but_cannot_replace_signature_headers() {
     let w = one_endpoint(&r, json!({"event_types": ["channel_occupied"],
             "headers": {"X-Custom-Auth": "token-1", "X-Pusher-Signature": "forged",
                         "X-Pusher-Key": "other", "Content-Type": "text/plain", "webhook-id": "mine"}}), json!({})).await;
-    w.producer
-        .publish("app-1", Event::channel_occupied("a"))
-        .await
-        .unwrap();
-    r.wait_for("one request", WAIT, |r| r.requests("/h").len() == 1)
-        .await;
-    let req = &r.requests("/h")[0];
+    let req = first_request(&r, &w, Event::channel_occupied("a")).await;
     assert!(req.valid, "the signature verifies");
     assert_eq!(req.header_values("x-custom-auth"), ["token-1"]);
     assert_eq!(
@@ -174,112 +240,15 @@ async fn custom_headers_are_sent_but_cannot_replace_signature_headers() {
 async fn envelope_is_pushers_shape() {
     let r = receiver().await;
     let w = one_endpoint(&r, json!({"event_types": ["member_added"]}), json!({})).await;
-    w.producer
-        .publish("app-1", Event::member_added("presence-a", "u1"))
+    let env = first_request(&r, &w, Event::member_added("presence-a", "u1"))
         .await
-        .unwrap();
-    r.wait_for("one request", WAIT, |r| r.requests("/h").len() == 1)
-        .await;
-    let env = &r.requests("/h")[0].envelope;
+        .envelope;
     let keys: Vec<_> = env.as_object().unwrap().keys().cloned().collect();
     assert_eq!(keys, ["events", "time_ms"]);
     assert_eq!(
         env["events"],
         json!([{"name": "member_added", "channel": "presence-a", "user_id": "u1"}])
     );
-    w.stop().await;
-}
-
-#[tokio::test]
-async fn batches_close_on_the_window() {
-    let r = receiver().await;
-    let w = one_endpoint(
-        &r,
-        json!({"event_types": ["channel_occupied"]}),
-        json!({"batching": {"enabled": true, "duration": 400, "size": 100}}),
-    )
-    .await;
-    let events = (0..5)
-        .map(|i| Event::channel_occupied(format!("c{i}")))
-        .collect();
-    w.producer.publish_batch("app-1", events).await.unwrap();
-    r.wait_for("5 events", WAIT, |r| r.delivered_events("/h").len() == 5)
-        .await;
-    assert_eq!(
-        r.requests("/h").len(),
-        1,
-        "five events inside one window make one request"
-    );
-    w.stop().await;
-}
-
-#[tokio::test]
-async fn batches_close_on_size() {
-    let r = receiver().await;
-    let w = one_endpoint(
-        &r,
-        json!({"event_types": ["channel_occupied"]}),
-        json!({"batching": {"enabled": true, "duration": 2000, "size": 3}}),
-    )
-    .await;
-    let events = (0..7)
-        .map(|i| Event::channel_occupied(format!("c{i}")))
-        .collect();
-    w.producer.publish_batch("app-1", events).await.unwrap();
-    r.wait_for("7 events", WAIT, |r| r.delivered_events("/h").len() == 7)
-        .await;
-    let mut sizes: Vec<usize> = r.requests("/h").iter().map(|q| q.events().len()).collect();
-    sizes.sort();
-    assert_eq!(sizes, [1, 3, 3]);
-    w.stop().await;
-}
-
-#[tokio::test]
-async fn batches_close_before_the_byte_cap() {
-    let r = receiver().await;
-    let w = one_endpoint(
-        &r,
-        json!({"event_types": ["client_event"]}),
-        json!({"batching": {"enabled": true, "duration": 1000, "size": 100, "max_bytes": 2048}}),
-    )
-    .await;
-    let data = "x".repeat(500);
-    let events = (0..10)
-        .map(|i| Event::client_event("c", "client-e", data.clone(), format!("{i}.1")))
-        .collect();
-    w.producer.publish_batch("app-1", events).await.unwrap();
-    r.wait_for("10 events", WAIT, |r| r.delivered_events("/h").len() == 10)
-        .await;
-    let reqs = r.requests("/h");
-    assert!(
-        reqs.len() >= 3,
-        "10 events of ~560 bytes need several 2 KiB requests"
-    );
-    for req in &reqs {
-        assert!(req.body.len() <= 2048, "body of {} bytes", req.body.len());
-    }
-    w.stop().await;
-}
-
-#[tokio::test]
-async fn disabled_batching_sends_each_event_alone_in_an_envelope() {
-    let r = receiver().await;
-    let w = one_endpoint(
-        &r,
-        json!({"event_types": ["channel_occupied"]}),
-        json!({"batching": {"enabled": false}}),
-    )
-    .await;
-    let events = (0..4)
-        .map(|i| Event::channel_occupied(format!("c{i}")))
-        .collect();
-    w.producer.publish_batch("app-1", events).await.unwrap();
-    r.wait_for("4 requests", WAIT, |r| r.requests("/h").len() == 4)
-        .await;
-    for req in r.requests("/h") {
-        assert_eq!(req.events().len(), 1);
-        assert!(req.envelope["time_ms"].is_u64());
-    }
     w.stop().await;
 }
 
@@ -293,13 +262,7 @@ async fn standard_webhooks_signature_verifies_independently() {
         json!({"event_ids": true}),
     ))
     .await;
-    w.producer
-        .publish("app-1", Event::cache_miss("cache-a"))
-        .await
-        .unwrap();
-    r.wait_for("one request", WAIT, |r| r.requests("/h").len() == 1)
-        .await;
-    let req = &r.requests("/h")[0];
+    let req = first_request(&r, &w, Event::cache_miss("cache-a")).await;
     let b64 = base64::engine::general_purpose::STANDARD;
     let key = b64.decode(secret.trim_start_matches("whsec_")).unwrap();
     let signed = format!(
@@ -321,50 +284,187 @@ async fn standard_webhooks_signature_verifies_independently() {
     w.stop().await;
 }
 
-#[tokio::test]
-async fn a_500_is_retried_with_the_same_webhook_id_and_a_fresh_signature() {
-    let r = receiver().await;
-    r.script("/h", vec![Reply::status(500).with_body("oops")]);
-    let w = one_endpoint(&r, json!({"event_types": ["member_added"]}), json!({})).await;
-    w.producer
-        .publish("app-1", Event::member_added("presence-a", "u1"))
-        .await
-        .unwrap();
-    r.wait_for("a second attempt", WAIT, |r| r.requests("/h").len() == 2)
-        .await;
-    let reqs = r.requests("/h");
-    assert_eq!(reqs[0].answered, 500);
-    assert_eq!(reqs[1].answered, 200);
-    assert_eq!(reqs[0].header("webhook-id"), reqs[1].header("webhook-id"));
-    assert!(reqs[0].valid && reqs[1].valid);
-    assert!(reqs[1].envelope["time_ms"].as_u64() > reqs[0].envelope["time_ms"].as_u64());
-    assert_eq!(reqs[1].events(), reqs[0].events());
-    w.wait_idle(WAIT).await;
-    assert!(w.dlq().await.is_empty());
-    w.stop().await;
+/// A batching case: `events` to one endpoint at `/h` for their type, with
+/// `webhooks.batching` set to `batching`; once `/h` has every event
+/// (`by_request`: has had one request per event), `check` judges its requests.
+struct Batching {
+    event_type: &'static str,
+    batching: Value,
+    events: Vec<Event>,
+    by_request: bool,
+    check: fn(&[Recorded]),
+}
+
+fn occupied(n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| Event::channel_occupied(format!("c{i}")))
+        .collect()
 }
 
 #[tokio::test]
-async fn retry_after_is_honoured() {
-    let r = receiver().await;
-    r.script(
-        "/h",
-        vec![Reply::status(429).with_header("retry-after", "2")],
-    );
-    let w = one_endpoint(&r, json!({"event_types": ["member_added"]}), json!({})).await;
-    w.producer
-        .publish("app-1", Event::member_added("presence-a", "u1"))
-        .await
-        .unwrap();
-    r.wait_for("a second attempt", WAIT, |r| r.requests("/h").len() == 2)
+async fn batches_close_on_the_window_the_size_and_the_byte_cap() {
+    let big = "x".repeat(500);
+    let cases = vec![
+        (
+            "five events inside one window make one request",
+            Batching {
+                event_type: "channel_occupied",
+                batching: json!({"enabled": true, "duration": 400, "size": 100}),
+                events: occupied(5),
+                by_request: false,
+                check: |reqs| {
+                    assert_eq!(
+                        reqs.len(),
+                        1,
+                        "five events inside one window make one request"
+                    );
+                },
+            },
+        ),
+        (
+            "batches close on size",
+            Batching {
+                event_type: "channel_occupied",
+                batching: json!({"enabled": true, "duration": 2000, "size": 3}),
+                events: occupied(7),
+                by_request: false,
+                check: |reqs| {
+                    let mut sizes: Vec<usize> = reqs.iter().map(|q| q.events().len()).collect();
+                    sizes.sort();
+                    assert_eq!(sizes, [1, 3, 3]);
+                },
+            },
+        ),
+        (
+            "batches close before the byte cap",
+            Batching {
+                event_type: "client_event",
+                batching: json!({"enabled": true, "duration": 1000, "size": 100, "max_bytes": 2048}),
+                events: (0..10)
+                    .map(|i| Event::client_event("c", "client-e", big.clone(), format!("{i}.1")))
+                    .collect(),
+                by_request: false,
+                check: |reqs| {
+                    assert!(
+                        reqs.len() >= 3,
+                        "10 events of ~560 bytes need several 2 KiB requests"
+                    );
+                    for req in reqs {
+                        assert!(req.body.len() <= 2048, "body of {} bytes", req.body.len());
+                    }
+                },
+            },
+        ),
+        (
+            "disabled batching sends each event alone in an envelope",
+            Batching {
+                event_type: "channel_occupied",
+                batching: json!({"enabled": false}),
+                events: occupied(4),
+                by_request: true,
+                check: |reqs| {
+                    for req in reqs {
+                        assert_eq!(req.events().len(), 1);
+                        assert!(req.envelope["time_ms"].is_u64());
+                    }
+                },
+            },
+        ),
+    ];
+    run_cases(cases, |case| async move {
+        let r = receiver().await;
+        let w = one_endpoint(
+            &r,
+            json!({"event_types": [case.event_type]}),
+            json!({"batching": case.batching}),
+        )
         .await;
-    let reqs = r.requests("/h");
-    let gap = reqs[1].at - reqs[0].at;
-    assert!(
-        gap >= Duration::from_secs(2),
-        "retried after {gap:?}, asked for 2 s"
-    );
-    w.stop().await;
+        let n = case.events.len();
+        w.publish(case.events).await;
+        if case.by_request {
+            wait_requests(&r, "/h", n).await;
+        } else {
+            wait_delivered(&r, "/h", n).await;
+        }
+        (case.check)(&r.requests("/h"));
+        w.stop().await;
+    })
+    .await;
+}
+
+/// A retry case: `/h` (a `member_added` endpoint with `webhook`'s other
+/// keys) answers by `script`; one event makes a second attempt, after which
+/// the queue empties with nothing dead-lettered, and `check` judges the two
+/// requests and the worker's metrics.
+struct Retry {
+    script: Vec<Reply>,
+    webhook: Value,
+    check: fn(&[Recorded], &str),
+}
+
+#[tokio::test]
+async fn a_failed_attempt_is_retried() {
+    let cases = vec![
+        (
+            "a 500 is retried with the same webhook-id and a fresh signature",
+            Retry {
+                script: vec![Reply::status(500).with_body("oops")],
+                webhook: json!({}),
+                check: |reqs, _| {
+                    assert_eq!(reqs[0].answered, 500);
+                    assert_eq!(reqs[1].answered, 200);
+                    assert_eq!(reqs[0].header("webhook-id"), reqs[1].header("webhook-id"));
+                    assert!(reqs[0].valid && reqs[1].valid);
+                    assert!(
+                        reqs[1].envelope["time_ms"].as_u64() > reqs[0].envelope["time_ms"].as_u64()
+                    );
+                    assert_eq!(reqs[1].events(), reqs[0].events());
+                },
+            },
+        ),
+        (
+            "retry-after is honoured",
+            Retry {
+                script: vec![Reply::status(429).with_header("retry-after", "2")],
+                webhook: json!({}),
+                check: |reqs, _| {
+                    let gap = reqs[1].at - reqs[0].at;
+                    assert!(
+                        gap >= Duration::from_secs(2),
+                        "retried after {gap:?}, asked for 2 s"
+                    );
+                },
+            },
+        ),
+        (
+            "a receiver that never answers times out and is retried",
+            Retry {
+                script: vec![Reply::status(200).after(Duration::from_secs(30))],
+                webhook: json!({"request_timeout_ms": 300}),
+                check: |_, metrics| {
+                    assert!(
+                        metrics.contains("hookq_requests_total{outcome=\"retry\"} 1"),
+                        "{metrics}"
+                    );
+                },
+            },
+        ),
+    ];
+    run_cases(cases, |case| async move {
+        let r = receiver().await;
+        r.script("/h", case.script);
+        let mut webhook = case.webhook;
+        webhook["event_types"] = json!(["member_added"]);
+        let w = one_endpoint(&r, webhook, json!({})).await;
+        w.publish(vec![Event::member_added("presence-a", "u1")])
+            .await;
+        let reqs = wait_requests(&r, "/h", 2).await;
+        w.wait_idle(WAIT).await;
+        assert!(w.dlq().await.is_empty(), "{:?}", w.dlq().await);
+        (case.check)(&reqs, &w.metrics.render());
+        w.stop().await;
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -380,82 +480,35 @@ async fn a_400_is_dead_lettered_at_once_with_its_status() {
         json!({}),
     )
     .await;
-    w.producer
-        .publish("app-1", Event::member_added("presence-a", "u1"))
-        .await
-        .unwrap();
+    w.publish(vec![Event::member_added("presence-a", "u1")])
+        .await;
     let dlq = w.wait_dlq(1, WAIT).await;
     assert_eq!(r.requests("/h").len(), 1, "no retry for a 400");
-    let e = &dlq[0];
+    let e = assert_one_dead_letter(&dlq, "HTTP 400", 1, Some(400));
     assert_eq!(e.reason, "HTTP 400");
-    assert_eq!(e.last_status, Some(400));
     assert_eq!(e.endpoint.as_deref(), Some("ep-400"));
     assert_eq!(e.app_id.as_deref(), Some("app-1"));
-    assert_eq!(e.attempts, 1);
     assert!(e.body_excerpt.as_deref().unwrap().contains("bad payload"));
     w.stop().await;
 }
 
 #[tokio::test]
 async fn connection_refused_retries_until_the_budget_then_dead_letters() {
-    // A port with nobody listening: bind one, then free it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port with nobody listening.
     let w = InProc::start(config(
         one_app(
-            json!([{"url": format!("http://127.0.0.1:{port}/h"), "event_types": ["member_added"],
+            json!([{"url": format!("http://127.0.0.1:{}/h", free_port()), "event_types": ["member_added"],
             "retry": {"max_attempts": 3, "initial_backoff_ms": 50, "max_backoff_ms": 100}}]),
         ),
         json!({}),
     ))
     .await;
-    w.producer
-        .publish("app-1", Event::member_added("presence-a", "u1"))
-        .await
-        .unwrap();
-    let dlq = w.wait_dlq(1, WAIT).await;
-    let e = &dlq[0];
-    assert_eq!(e.attempts, 3);
-    assert!(
-        e.reason.contains("retries exhausted after 3 attempts"),
-        "{}",
-        e.reason
-    );
-    assert!(e.reason.contains("connection failed"), "{}", e.reason);
-    assert_eq!(e.last_status, None);
-    w.wait_idle(WAIT).await;
-    w.stop().await;
-}
-
-#[tokio::test]
-async fn a_receiver_that_never_answers_times_out_and_is_retried() {
-    let r = receiver().await;
-    r.script(
-        "/h",
-        vec![Reply::status(200).after(Duration::from_secs(30))],
-    );
-    let w = one_endpoint(
-        &r,
-        json!({"event_types": ["member_added"], "request_timeout_ms": 300}),
-        json!({}),
-    )
-    .await;
-    w.producer
-        .publish("app-1", Event::member_added("presence-a", "u1"))
-        .await
-        .unwrap();
-    r.wait_for("a second attempt", WAIT, |r| r.requests("/h").len() == 2)
+    w.publish(vec![Event::member_added("presence-a", "u1")])
         .await;
+    let dlq = w.wait_dlq(1, WAIT).await;
+    let e = assert_one_dead_letter(&dlq, "retries exhausted after 3 attempts", 3, None);
+    assert!(e.reason.contains("connection failed"), "{}", e.reason);
     w.wait_idle(WAIT).await;
-    assert!(w.dlq().await.is_empty());
-    let text = w.metrics.render();
-    assert!(
-        text.contains("hookq_requests_total{outcome=\"retry\"} 1"),
-        "{text}"
-    );
     w.stop().await;
 }
 
@@ -466,22 +519,12 @@ async fn a_failing_endpoint_never_resends_to_the_one_that_succeeded() {
         "/bad",
         vec![Reply::status(503), Reply::status(503), Reply::status(502)],
     );
-    let w = InProc::start(config(
-        one_app(json!([
-            {"url": r.url("/good"), "event_types": ["member_added"]},
-            {"url": r.url("/bad"), "event_types": ["member_added"]}
-        ])),
-        json!({}),
-    ))
-    .await;
+    let w = good_and_bad(&r).await;
     let events: Vec<_> = (0..20)
         .map(|i| Event::member_added("presence-a", format!("u{i}")))
         .collect();
-    w.producer.publish_batch("app-1", events).await.unwrap();
-    r.wait_for("all 20 at /bad", WAIT, |r| {
-        r.delivered_events("/bad").len() == 20
-    })
-    .await;
+    w.publish(events).await;
+    wait_delivered(&r, "/bad", 20).await;
     w.wait_idle(WAIT).await;
     let good = r.delivered_events("/good");
     let users: HashSet<_> = good
@@ -524,12 +567,9 @@ async fn malformed_jobs_and_unknown_apps_are_dead_lettered_and_the_worker_goes_o
         "raw text kept"
     );
     // Still working:
-    w.producer
-        .publish("app-1", Event::member_added("presence-a", "u1"))
-        .await
-        .unwrap();
-    r.wait_for("a delivery", WAIT, |r| r.delivered_events("/h").len() == 1)
+    w.publish(vec![Event::member_added("presence-a", "u1")])
         .await;
+    wait_delivered(&r, "/h", 1).await;
     w.stop().await;
 }
 
@@ -545,13 +585,22 @@ async fn shutdown_flushes_the_open_batch() {
     let events: Vec<_> = (0..5)
         .map(|i| Event::member_added("presence-a", format!("u{i}")))
         .collect();
-    w.producer.publish_batch("app-1", events).await.unwrap();
+    w.publish(events).await;
     // Wait until the worker holds all five (they sit in a batch open for a minute).
-    let start = std::time::Instant::now();
-    while w.queue.depth().await.unwrap().held < 5 {
-        assert!(start.elapsed() < WAIT, "jobs not received");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll(
+        "five held jobs",
+        WAIT,
+        Duration::from_millis(20),
+        async || {
+            let d = w.queue.depth().await.unwrap();
+            if d.held >= 5 {
+                Ok(())
+            } else {
+                Err(format!("jobs not received: {d:?}"))
+            }
+        },
+    )
+    .await;
     assert!(r.requests("/h").is_empty());
     let queue = w.queue.clone();
     w.stop().await;
@@ -568,26 +617,14 @@ async fn shutdown_flushes_the_open_batch() {
 async fn replaying_the_dlq_delivers_to_the_failed_endpoint_only() {
     let r = receiver().await;
     r.script("/bad", vec![Reply::status(410)]);
-    let w = InProc::start(config(
-        one_app(json!([
-            {"url": r.url("/good"), "event_types": ["member_added"]},
-            {"url": r.url("/bad"), "event_types": ["member_added"]}
-        ])),
-        json!({}),
-    ))
-    .await;
-    w.producer
-        .publish("app-1", Event::member_added("presence-a", "u1"))
-        .await
-        .unwrap();
+    let w = good_and_bad(&r).await;
+    w.publish(vec![Event::member_added("presence-a", "u1")])
+        .await;
     let dlq = w.wait_dlq(1, WAIT).await;
     assert_eq!(dlq[0].last_status, Some(410));
     w.wait_idle(WAIT).await;
     assert_eq!(w.queue.dlq_replay(&DlqFilter::default()).await.unwrap(), 1);
-    r.wait_for("the replayed delivery", WAIT, |r| {
-        r.delivered_events("/bad").len() == 1
-    })
-    .await;
+    wait_delivered(&r, "/bad", 1).await;
     w.wait_idle(WAIT).await;
     assert_eq!(
         r.delivered_events("/good").len(),

@@ -6,12 +6,12 @@
 
 use crate::support::inproc::config;
 use crate::support::process::{WorkerProcess, hookq, temp_dir, write_config};
+use crate::support::queue::{open, parse};
 use crate::support::receiver::{Receiver, Reply};
 use crate::support::redis_server::RedisServer;
 use crate::support::sender::{Sender, body};
-use hookq_core::Config;
-use hookq_queue::redis::RedisQueue;
-use hookq_queue::{DeadLetters, QueueDriver};
+use crate::support::wait::poll;
+use hookq_queue::QueueDriver;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -69,8 +69,13 @@ fn redis_config(redis: &RedisServer, prefix: &str, apps: Value) -> Value {
 }
 
 async fn queue_of(config: &Value) -> Arc<dyn QueueDriver> {
-    let (config, _) = Config::parse(&config.to_string(), |_| None).unwrap();
-    Arc::new(RedisQueue::connect(&config.queue.redis).await.unwrap())
+    open(&parse(config)).await
+}
+
+/// A client event carrying its number `i` as `data`.
+fn numbered(i: usize) -> Value {
+    json!({"name": "client_event", "channel": "private-c", "event": "client-n",
+           "data": i.to_string(), "socket_id": "1.1"})
 }
 
 /// Events as compared: their JSON text with keys sorted.
@@ -336,19 +341,15 @@ async fn a_queue_that_goes_away_is_answered_503_and_then_200_again() {
     let ingest = WorkerProcess::start_ingest(&dir, "ingest", &cfg).await;
     let sender = Sender::new();
     let url = ingest.ingest_url();
-    let event = |i: usize| {
-        json!({"name": "client_event", "channel": "private-c", "event": "client-n",
-                                  "data": i.to_string(), "socket_id": "1.1"})
-    };
 
     let a = sender
-        .post(&url, "key-2", "secret-2", &body(&[event(0)]))
+        .post(&url, "key-2", "secret-2", &body(&[numbered(0)]))
         .await
         .unwrap();
     assert_eq!(a.status, 200, "{a:?}");
     redis.stop();
     let a = sender
-        .post(&url, "key-2", "secret-2", &body(&[event(1)]))
+        .post(&url, "key-2", "secret-2", &body(&[numbered(1)]))
         .await
         .unwrap();
     assert_eq!(a.status, 503, "{a:?}");
@@ -362,13 +363,13 @@ async fn a_queue_that_goes_away_is_answered_503_and_then_200_again() {
             std::slice::from_ref(&url),
             "key-2",
             "secret-2",
-            &body(&[event(1)]),
+            &body(&[numbered(1)]),
             Duration::from_secs(20),
         )
         .await;
     assert!(tries >= 1);
     let a = sender
-        .post(&url, "key-2", "secret-2", &body(&[event(2)]))
+        .post(&url, "key-2", "secret-2", &body(&[numbered(2)]))
         .await
         .unwrap();
     assert_eq!(a.status, 200, "{a:?}");
@@ -458,12 +459,7 @@ async fn an_ingest_and_a_worker_killed_mid_run_lose_nothing() {
     let sender = Sender::new();
     let bodies: Vec<Vec<u8>> = (0..EVENTS / PER_BODY)
         .map(|b| {
-            let events: Vec<Value> = (b * PER_BODY..(b + 1) * PER_BODY)
-                .map(|i| {
-                    json!({"name": "client_event", "channel": "private-c", "event": "client-n",
-                                "data": i.to_string(), "socket_id": "1.1"})
-                })
-                .collect();
+            let events: Vec<Value> = (b * PER_BODY..(b + 1) * PER_BODY).map(numbered).collect();
             body(&events)
         })
         .collect();
@@ -492,24 +488,26 @@ async fn an_ingest_and_a_worker_killed_mid_run_lose_nothing() {
         }));
     }
     let start = Instant::now();
-    while posted.load(std::sync::atomic::Ordering::Relaxed) < bodies.len() / 3 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the senders stalled"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let held = loop {
-        let held = worker_a.metric("hookq_jobs_held").await.unwrap_or(0.0);
-        if held > 0.0 {
-            break held;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "worker-a never held a job"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let (limit, every) = (Duration::from_secs(60), Duration::from_millis(5));
+    poll("a third of the bodies posted", limit, every, async || {
+        let n = posted.load(std::sync::atomic::Ordering::Relaxed);
+        (n >= bodies.len() / 3)
+            .then_some(())
+            .ok_or_else(|| format!("the senders stalled at {n} bodies"))
+    })
+    .await;
+    let held = poll(
+        "a held job",
+        limit.saturating_sub(start.elapsed()),
+        every,
+        async || {
+            let held = worker_a.metric("hookq_jobs_held").await.unwrap_or(0.0);
+            (held > 0.0)
+                .then_some(held)
+                .ok_or_else(|| "worker-a never held a job".to_string())
+        },
+    )
+    .await;
     ingest_a.kill();
     worker_a.kill();
     for t in tasks {
@@ -616,12 +614,7 @@ async fn on_sqs_fifo_a_resent_body_enqueues_its_jobs_once() {
     cfg["ingest"] = json!({"dedup_window_ms": 0});
     let a = WorkerProcess::start_ingest(&dir, "ingest-a", &cfg).await;
     let b = WorkerProcess::start_ingest(&dir, "ingest-b", &cfg).await;
-    let events: Vec<Value> = (0..25)
-        .map(|i| {
-            json!({"name": "client_event", "channel": "private-c", "event": "client-n",
-                        "data": i.to_string(), "socket_id": "1.1"})
-        })
-        .collect();
+    let events: Vec<Value> = (0..25).map(numbered).collect();
     let b_body = body(&events);
     let sender = Sender::new();
     for url in [a.ingest_url(), b.ingest_url()] {
@@ -631,11 +624,7 @@ async fn on_sqs_fifo_a_resent_body_enqueues_its_jobs_once() {
             .unwrap();
         assert!(answer.body.contains("\"accepted\":25"), "{answer:?}");
     }
-    let (parsed, _) = Config::parse(&cfg.to_string(), |_| None).unwrap();
-    let queue = hookq_queue::sqs::SqsQueue::connect(&parsed.queue.sqs)
-        .await
-        .unwrap();
-    let depth = queue.depth().await.unwrap();
+    let depth = queue_of(&cfg).await.depth().await.unwrap();
     assert_eq!(
         depth.ready, 25,
         "the second push was dropped by the queue: {depth:?}"

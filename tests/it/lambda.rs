@@ -12,9 +12,11 @@
 use crate::support::black_hole::BlackHole;
 use crate::support::inproc::{InProc, config, one_app};
 use crate::support::lambda_server::{Behaviour, Invocation, LambdaServer};
+use crate::support::process::free_port;
+use crate::support::queue::{assert_dead_letter, assert_one_dead_letter, parse};
 use crate::support::receiver::hmac_hex;
 use hookq_core::endpoint::{EndpointTarget, InvocationType};
-use hookq_core::{Config, Event};
+use hookq_core::{DeadLetter, Event};
 use hookq_queue::{MemoryQueue, QueueDriver};
 use hookq_worker::{Metrics, Worker};
 use serde_json::{Value, json};
@@ -68,12 +70,7 @@ fn published() -> Vec<Event> {
 fn events(invocations: &[Invocation]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = invocations
         .iter()
-        .flat_map(|i| {
-            i.envelope()["events"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
+        .flat_map(Invocation::events)
         .map(|e| {
             (
                 e["name"].as_str().expect("event name").to_string(),
@@ -99,6 +96,20 @@ async fn settle_retries() {
     tokio::time::sleep(Duration::from_millis(800)).await;
 }
 
+/// Publishes `event`, waits until it is dead-lettered and any retry would
+/// have been made; returns the DLQ and the invocations of `function`.
+async fn dead_lettered(
+    h: &InProc,
+    server: &LambdaServer,
+    function: &str,
+    event: Event,
+) -> (Vec<DeadLetter>, Vec<Invocation>) {
+    h.publish(vec![event]).await;
+    let dlq = h.wait_dlq(1, WAIT).await;
+    settle_retries().await;
+    (dlq, server.invocations_of(function))
+}
+
 #[tokio::test]
 async fn event_and_request_response_invocations_carry_the_envelope() {
     let server = LambdaServer::start().await;
@@ -110,10 +121,7 @@ async fn event_and_request_response_invocations_carry_the_envelope() {
     ]))
     .await;
     let before_ms = hookq_core::now_ms();
-    h.producer
-        .publish_batch("app-1", published())
-        .await
-        .unwrap();
+    h.publish(published()).await;
     server
         .wait_for("all 3 events at both functions", WAIT, |seen| {
             let of = |f: &str| {
@@ -171,15 +179,7 @@ async fn event_and_request_response_invocations_carry_the_envelope() {
     }
     // The same event is the same JSON on both paths.
     let sorted_events = |i: &[Invocation]| {
-        let mut all: Vec<Value> = i
-            .iter()
-            .flat_map(|i| {
-                i.envelope()["events"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .collect();
+        let mut all: Vec<Value> = i.iter().flat_map(Invocation::events).collect();
         all.sort_by_key(|e| e.to_string());
         all
     };
@@ -200,13 +200,8 @@ async fn function_errors_are_retried_then_dead_lettered() {
     let server = LambdaServer::start().await;
     server.script("flaky", Behaviour::FunctionError);
     let h = start(json!([lambda(&server, "flaky", "RequestResponse", None)])).await;
-    h.producer
-        .publish("app-1", Event::member_added("presence-room", "u1"))
-        .await
-        .unwrap();
-    let dlq = h.wait_dlq(1, WAIT).await;
-    settle_retries().await;
-    let seen = server.invocations_of("flaky");
+    let event = Event::member_added("presence-room", "u1");
+    let (dlq, seen) = dead_lettered(&h, &server, "flaky", event).await;
     assert_eq!(
         seen.len(),
         3,
@@ -232,16 +227,7 @@ async fn function_errors_are_retried_then_dead_lettered() {
             hmac_hex(SECRET.as_bytes(), &i.payload).as_str()
         );
     }
-    let [entry] = &dlq[..] else {
-        panic!("one DLQ entry: {dlq:?}")
-    };
-    assert!(
-        entry.reason.contains("function error: Unhandled"),
-        "{}",
-        entry.reason
-    );
-    assert_eq!(entry.attempts, 3);
-    assert_eq!(entry.last_status, Some(200));
+    let entry = assert_one_dead_letter(&dlq, "function error: Unhandled", 3, Some(200));
     assert!(
         entry
             .body_excerpt
@@ -263,10 +249,7 @@ async fn throttling_is_retried_until_delivered() {
         Behaviour::FailThenOk(2, Box::new(Behaviour::Throttle)),
     );
     let h = start(json!([lambda(&server, "busy", "Event", None)])).await;
-    h.producer
-        .publish_batch("app-1", published())
-        .await
-        .unwrap();
+    h.publish(published()).await;
     server
         .wait_for("an accepted invocation of busy", WAIT, |seen| {
             seen.iter().any(|i| i.status == 202)
@@ -299,29 +282,15 @@ async fn a_missing_function_is_dead_lettered_at_once() {
         Some("prod")
     )]))
     .await;
-    h.producer
-        .publish("app-1", Event::channel_occupied("room"))
-        .await
-        .unwrap();
-    let dlq = h.wait_dlq(1, WAIT).await;
-    settle_retries().await;
-    let seen = server.invocations_of("nobody");
+    let event = Event::channel_occupied("room");
+    let (dlq, seen) = dead_lettered(&h, &server, "nobody", event).await;
     assert_eq!(
         seen.len(),
         1,
         "a 404 is not retried: {seen:?}; DLQ: {dlq:?}"
     );
     assert_eq!(seen[0].qualifier.as_deref(), Some("prod"));
-    let [entry] = &dlq[..] else {
-        panic!("one DLQ entry: {dlq:?}")
-    };
-    assert!(
-        entry.reason.contains("ResourceNotFoundException"),
-        "{}",
-        entry.reason
-    );
-    assert_eq!(entry.attempts, 1);
-    assert_eq!(entry.last_status, Some(404));
+    assert_one_dead_letter(&dlq, "ResourceNotFoundException", 1, Some(404));
     h.wait_idle(WAIT).await;
     h.stop().await;
 }
@@ -334,10 +303,7 @@ async fn a_slow_function_times_out_and_is_retried() {
     let mut webhook = lambda(&server, "slow", "RequestResponse", None);
     webhook["request_timeout_ms"] = json!(300);
     let h = start(json!([webhook])).await;
-    h.producer
-        .publish("app-1", Event::channel_occupied("room"))
-        .await
-        .unwrap();
+    h.publish(vec![Event::channel_occupied("room")]).await;
     // Without the endpoint's 300 ms timeout the first call would simply
     // succeed after 3 s; a second invocation is the retry after the timeout.
     server
@@ -355,30 +321,15 @@ async fn a_slow_function_times_out_and_is_retried() {
 #[tokio::test]
 async fn an_unreachable_endpoint_is_retried_then_dead_lettered() {
     // A port that was free a moment ago: connections are refused.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let h = start(json!([{
         "lambda": {"function_name": "f", "region": "us-east-1", "endpoint_url": format!("http://127.0.0.1:{port}")},
         "event_types": ["channel_occupied"]
     }]))
     .await;
-    h.producer
-        .publish("app-1", Event::channel_occupied("room"))
-        .await
-        .unwrap();
+    h.publish(vec![Event::channel_occupied("room")]).await;
     let dlq = h.wait_dlq(1, WAIT).await;
-    let [entry] = &dlq[..] else {
-        panic!("one DLQ entry: {dlq:?}")
-    };
-    assert_eq!(entry.attempts, 3, "{entry:?}");
-    assert!(
-        entry.reason.contains("connection failed"),
-        "{}",
-        entry.reason
-    );
-    assert_eq!(entry.last_status, None);
+    assert_one_dead_letter(&dlq, "connection failed", 3, None);
     h.stop().await;
 }
 
@@ -396,17 +347,12 @@ async fn connects_time_out_after_the_configured_connect_timeout() {
     config["webhooks"]["connect_timeout_ms"] = json!(300);
     let started = std::time::Instant::now();
     let h = InProc::start(config).await;
-    h.producer
-        .publish("app-1", Event::channel_occupied("room"))
-        .await
-        .unwrap();
+    h.publish(vec![Event::channel_occupied("room")]).await;
     let dlq = h.wait_dlq(2, WAIT).await;
     let elapsed = started.elapsed();
     assert_eq!(dlq.len(), 2, "{dlq:?}");
     for entry in &dlq {
-        assert_eq!(entry.attempts, 3, "{entry:?}");
-        assert_eq!(entry.last_status, None, "{entry:?}");
-        assert!(entry.reason.contains("onnect"), "{}", entry.reason);
+        assert_dead_letter(entry, "onnect", 3, None);
     }
     assert!(
         dlq.iter().any(|e| e
@@ -428,7 +374,7 @@ async fn the_legacy_lambda_function_string_is_an_event_target() {
     let text = test_config(json!([
         {"lambda_function": "sockudoPresenceHandler", "event_types": ["member_added"]}
     ]));
-    let (config, _) = Config::parse(&text.to_string(), |_| None).expect("the config is valid");
+    let config = parse(&text);
     let app = config.apps[0].clone();
     let EndpointTarget::Lambda(target) = &app.endpoints[0].target else {
         panic!("a Lambda target: {:?}", app.endpoints[0].target)

@@ -8,6 +8,7 @@
 
 use crate::support::process::{WorkerProcess, hookq, temp_dir};
 use crate::support::redis_server::RedisServer;
+use crate::support::wait::poll;
 use hookq_core::Config;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -52,17 +53,22 @@ fn yaml_documents(rel: &str) -> Vec<Value> {
     docs
 }
 
-/// The Kubernetes manifests by file name.
-fn kubernetes() -> BTreeMap<String, Vec<Value>> {
-    let dir = root().join("deploy/kubernetes");
+/// The manifests of one directory (`rel`, not its subdirectories), by file name.
+fn manifests_in(rel: &str) -> BTreeMap<String, Vec<Value>> {
     let mut files = BTreeMap::new();
-    for entry in std::fs::read_dir(&dir).expect("deploy/kubernetes exists") {
+    for entry in std::fs::read_dir(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}")) {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         if name.ends_with(".yaml") || name.ends_with(".yml") {
-            let docs = yaml_documents(&format!("deploy/kubernetes/{name}"));
+            let docs = yaml_documents(&format!("{rel}/{name}"));
             files.insert(name, docs);
         }
     }
+    files
+}
+
+/// The Kubernetes manifests by file name.
+fn kubernetes() -> BTreeMap<String, Vec<Value>> {
+    let files = manifests_in("deploy/kubernetes");
     assert!(
         files.len() >= 6,
         "expected the worker's manifests, found {:?}",
@@ -73,17 +79,79 @@ fn kubernetes() -> BTreeMap<String, Vec<Value>> {
 
 /// Every object of a kind, over all files.
 fn objects(kind: &str) -> Vec<Value> {
-    kubernetes()
-        .into_values()
+    of_kind(&kubernetes(), kind)
+}
+
+fn of_kind(files: &BTreeMap<String, Vec<Value>>, kind: &str) -> Vec<Value> {
+    files
+        .values()
         .flatten()
         .filter(|d| d["kind"] == kind)
+        .cloned()
         .collect()
 }
 
-fn one(kind: &str) -> Value {
-    let mut all = objects(kind);
-    assert_eq!(all.len(), 1, "expected exactly one {kind}");
+/// The one object of a kind in `files` (the manifests of `dir`).
+fn only(files: &BTreeMap<String, Vec<Value>>, kind: &str, dir: &str) -> Value {
+    let mut all = of_kind(files, kind);
+    assert_eq!(all.len(), 1, "expected exactly one {kind} in {dir}");
     all.remove(0)
+}
+
+fn one(kind: &str) -> Value {
+    only(&kubernetes(), kind, "deploy/kubernetes")
+}
+
+/// Every document of `files` (in `dir`) has a kind, an apiVersion and, but a
+/// Kustomization, a name.
+fn assert_documents_named(dir: &str, files: &BTreeMap<String, Vec<Value>>) {
+    for (file, docs) in files {
+        assert!(!docs.is_empty(), "{dir}/{file} has no document");
+        for d in docs {
+            let kind = d["kind"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{dir}/{file}: a document without kind"));
+            assert!(
+                d["apiVersion"].is_string(),
+                "{dir}/{file}: {kind} without apiVersion"
+            );
+            if kind != "Kustomization" {
+                assert!(
+                    d["metadata"]["name"].is_string(),
+                    "{dir}/{file}: {kind} without metadata.name"
+                );
+            }
+        }
+    }
+}
+
+/// The resources `files`' kustomization.yaml applies, each a file of `files`.
+fn kustomization_resources(files: &BTreeMap<String, Vec<Value>>, dir: &str) -> Vec<String> {
+    let kustomization = &files
+        .get("kustomization.yaml")
+        .unwrap_or_else(|| panic!("{dir}/kustomization.yaml"))[0];
+    let resources: Vec<String> = kustomization["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    for r in &resources {
+        assert!(
+            files.contains_key(r),
+            "{dir}/kustomization.yaml lists {r}, which does not exist"
+        );
+    }
+    resources
+}
+
+/// The element of the array `list` whose `name` is `name`.
+fn named(list: &Value, name: &str) -> Option<Value> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"))
+        .iter()
+        .find(|e| e["name"] == name)
+        .cloned()
 }
 
 fn deployment() -> Value {
@@ -211,26 +279,125 @@ fn check_config(label: &str, text: &str) {
     assert!(out.contains("is valid"), "{label}: {out}");
 }
 
+/// The paths of the container's probes, each an `httpGet` on `admin_port`
+/// to one of the admin routes it may check; the startup probe may be left
+/// out where `startup_optional`.
+fn probe_paths(c: &Value, admin_port: u16, startup_optional: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for (probe, paths) in [
+        ("readinessProbe", &["/ready"][..]),
+        ("livenessProbe", &["/health"][..]),
+        ("startupProbe", &["/health", "/ready"][..]),
+    ] {
+        let p = &c[probe];
+        if probe == "startupProbe" && startup_optional && p.is_null() {
+            continue;
+        }
+        let get = &p["httpGet"];
+        assert!(get.is_object(), "{probe} is an httpGet probe");
+        let path = get["path"].as_str().unwrap();
+        assert!(
+            paths.contains(&path),
+            "{probe} checks {path}, expected one of {paths:?}"
+        );
+        assert_eq!(
+            resolve_port(&get["port"], c),
+            admin_port,
+            "{probe} is on the admin port, worker.admin_addr's"
+        );
+        out.push(path.to_string());
+    }
+    out
+}
+
+/// The container's port numbers.
+fn container_ports(c: &Value) -> Vec<u16> {
+    c["ports"]
+        .as_array()
+        .expect("container ports")
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap() as u16)
+        .collect()
+}
+
+/// The Deployment `d`'s container `c` (`who`) reads the ConfigMap's
+/// config.json: HOOKQ_CONFIG names it in the mount of a volume of the ConfigMap.
+fn assert_reads_the_configmap(d: &Value, c: &Value, who: &str) {
+    let mount = named(&c["volumeMounts"], "config")
+        .unwrap_or_else(|| panic!("{who}: the config is mounted"));
+    let env_config =
+        named(&c["env"], "HOOKQ_CONFIG").unwrap_or_else(|| panic!("{who}: HOOKQ_CONFIG is set"));
+    assert_eq!(
+        env_config["value"].as_str().unwrap(),
+        format!("{}/config.json", mount["mountPath"].as_str().unwrap()),
+        "{who}: HOOKQ_CONFIG names the mounted config.json"
+    );
+    let volume = named(&d["spec"]["template"]["spec"]["volumes"], "config")
+        .unwrap_or_else(|| panic!("{who}: a config volume"));
+    assert_eq!(
+        volume["configMap"]["name"],
+        one("ConfigMap")["metadata"]["name"],
+        "{who} reads the workers' ConfigMap"
+    );
+}
+
+/// The container asks for CPU and memory and has a memory limit; it and its
+/// pod `pod` run as a non-root user that cannot escalate, on a read-only root.
+fn assert_sized_and_locked_down(pod: &Value, c: &Value) {
+    for r in ["cpu", "memory"] {
+        assert!(
+            c["resources"]["requests"][r].is_string(),
+            "resources.requests.{r}"
+        );
+    }
+    assert!(
+        c["resources"]["limits"]["memory"].is_string(),
+        "a memory limit"
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+}
+
+/// The PodDisruptionBudget `pdb` (`who`'s) selects pods labelled `labels` and sets a budget.
+fn assert_pdb_selects(pdb: &Value, labels: &Value, who: &str) {
+    assert_eq!(pdb["apiVersion"], "policy/v1");
+    assert!(
+        labels_match(&pdb["spec"]["selector"]["matchLabels"], labels),
+        "the PDB selects the {who} pods"
+    );
+    assert!(
+        pdb["spec"]["maxUnavailable"].is_number() || pdb["spec"]["minAvailable"].is_number(),
+        "the {who} PDB sets a budget"
+    );
+}
+
+/// The config file a compose service reads, and the config hookq reads from it.
+fn compose_config(service: &Value) -> (String, Config) {
+    let file = compose_config_file(service);
+    let (config, _) =
+        Config::parse(&read(&file), |_| None).unwrap_or_else(|e| panic!("{file}: {e}"));
+    (file, config)
+}
+
+/// The compose service `service` (`who`) gets more time to stop than its
+/// config's shutdown timeout.
+fn assert_compose_grace(service: &Value, who: &str) {
+    let (file, config) = compose_config(service);
+    let stop = compose_seconds(
+        service["stop_grace_period"]
+            .as_str()
+            .expect("stop_grace_period"),
+    );
+    assert!(
+        stop > config.worker.shutdown_timeout.as_secs_f64(),
+        "compose: the {who}'s stop_grace_period {stop} s must exceed {file}'s shutdown timeout"
+    );
+}
+
 #[test]
 fn every_yaml_file_parses_and_every_manifest_names_its_kind() {
-    for (file, docs) in kubernetes() {
-        assert!(!docs.is_empty(), "{file} has no document");
-        for d in &docs {
-            let kind = d["kind"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{file}: a document without kind"));
-            assert!(
-                d["apiVersion"].is_string(),
-                "{file}: {kind} without apiVersion"
-            );
-            if kind != "Kustomization" {
-                assert!(
-                    d["metadata"]["name"].is_string(),
-                    "{file}: {kind} without metadata.name"
-                );
-            }
-        }
-    }
+    assert_documents_named("deploy/kubernetes", &kubernetes());
     for rel in [
         "docker-compose.yml",
         "deploy/prometheus.yml",
@@ -276,70 +443,13 @@ fn probes_use_the_admin_routes_on_the_configmap_admin_port() {
     let c = container(&d);
     let (_, config) = configmap_config();
     let admin_port = port_of(&config.worker.admin_addr);
-    for (probe, paths) in [
-        ("readinessProbe", &["/ready"][..]),
-        ("livenessProbe", &["/health"][..]),
-        ("startupProbe", &["/health", "/ready"][..]),
-    ] {
-        let p = &c[probe];
-        if probe == "startupProbe" && p.is_null() {
-            continue;
-        }
-        let get = &p["httpGet"];
-        assert!(get.is_object(), "{probe} is an httpGet probe");
-        let path = get["path"].as_str().unwrap();
-        assert!(
-            paths.contains(&path),
-            "{probe} checks {path}, expected one of {paths:?}"
-        );
-        assert_eq!(
-            resolve_port(&get["port"], &c),
-            admin_port,
-            "{probe} port = worker.admin_addr's port"
-        );
-    }
-    let ports: Vec<u16> = c["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["containerPort"].as_u64().unwrap() as u16)
-        .collect();
+    probe_paths(&c, admin_port, true);
     assert_eq!(
-        ports,
+        container_ports(&c),
         vec![admin_port],
         "the container exposes the admin port"
     );
-    let mount = c["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "config")
-        .cloned();
-    let env_config = c["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "HOOKQ_CONFIG")
-        .cloned();
-    let (mount, env_config) = (
-        mount.expect("config mounted"),
-        env_config.expect("HOOKQ_CONFIG set"),
-    );
-    assert_eq!(
-        env_config["value"].as_str().unwrap(),
-        format!("{}/config.json", mount["mountPath"].as_str().unwrap()),
-        "HOOKQ_CONFIG names the mounted config.json"
-    );
-    let volume = d["spec"]["template"]["spec"]["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "config")
-        .cloned();
-    assert_eq!(
-        volume.unwrap()["configMap"]["name"],
-        one("ConfigMap")["metadata"]["name"]
-    );
+    assert_reads_the_configmap(&d, &c, "the worker");
 }
 
 /// The probe paths, and the Service's metrics path, answer 200 on a real
@@ -351,7 +461,7 @@ async fn a_worker_on_the_configmap_config_serves_the_probe_routes() {
     let d = deployment();
     let c = container(&d);
     let service = one("Service");
-    let (text, _) = configmap_config();
+    let (text, parsed) = configmap_config();
     let redis = RedisServer::start();
     let mut config: Value = serde_json::from_str(&hookq_core::jsonc::strip(&text)).unwrap();
     config["queue"]["redis"]["url"] = json!(redis.url());
@@ -368,10 +478,7 @@ async fn a_worker_on_the_configmap_config_serves_the_probe_routes() {
     }
     let dir = temp_dir("manifests-worker");
     let mut w = WorkerProcess::start(&dir, "configmap", &config).await;
-    let mut paths: Vec<String> = ["readinessProbe", "livenessProbe", "startupProbe"]
-        .iter()
-        .filter_map(|p| c[*p]["httpGet"]["path"].as_str().map(String::from))
-        .collect();
+    let mut paths = probe_paths(&c, port_of(&parsed.worker.admin_addr), true);
     paths.push(
         service["metadata"]["annotations"]["prometheus.io/path"]
             .as_str()
@@ -379,22 +486,11 @@ async fn a_worker_on_the_configmap_config_serves_the_probe_routes() {
             .to_string(),
     );
     let start = std::time::Instant::now();
-    for path in &paths {
-        loop {
-            let status = w.get(path).await.map(|(s, _)| s);
-            if status == Some(200) {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "{path} answers {status:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let every = Duration::from_millis(100);
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    w.wait_ok(&paths, Duration::from_secs(15), every).await;
     // Labelled families appear once they have a sample: one malformed job
     // (dead-lettered) and one event for every app (a refused connection, retried).
-    let (parsed, _) = Config::parse(&text, |_| None).unwrap();
     let ready = hookq_queue::redis::ready_key(&parsed.queue.redis.prefix);
     redis
         .command(&["LPUSH", &ready, "this is not a job"])
@@ -404,19 +500,18 @@ async fn a_worker_on_the_configmap_config_serves_the_probe_routes() {
             "event": {"name": "channel_occupied", "channel": "private-room"}});
         redis.command(&["LPUSH", &ready, &job.to_string()]).unwrap();
     }
-    let metrics = loop {
+    let limit = Duration::from_secs(20).saturating_sub(start.elapsed());
+    let metrics = poll("a dead letter and a request", limit, every, async || {
         let (_, metrics) = w.get("/metrics").await.unwrap();
         if metrics.contains("hookq_dead_lettered_total{")
             && metrics.contains("hookq_requests_total{")
         {
-            break metrics;
+            Ok(metrics)
+        } else {
+            Err(format!("no dead letter or request counted:\n{metrics}"))
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no dead letter or request counted:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     let families: Vec<&str> = metrics
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -457,36 +552,15 @@ fn termination_grace_outlasts_the_shutdown_timeout() {
     );
 
     let compose = &yaml_documents("docker-compose.yml")[0];
-    let worker = &compose["services"]["worker"];
-    let file = compose_config_file(worker);
-    let (compose_config, _) = Config::parse(&read(&file), |_| None).unwrap();
-    let stop = compose_seconds(
-        worker["stop_grace_period"]
-            .as_str()
-            .expect("stop_grace_period"),
-    );
-    assert!(
-        stop > compose_config.worker.shutdown_timeout.as_secs_f64(),
-        "compose stop_grace_period {stop} s must exceed {file}'s shutdown timeout"
-    );
+    assert_compose_grace(&compose["services"]["worker"], "worker");
 }
 
 #[test]
 fn the_deployment_has_resources_and_runs_as_the_image_user() {
     let d = deployment();
     let c = container(&d);
-    for r in ["cpu", "memory"] {
-        assert!(
-            c["resources"]["requests"][r].is_string(),
-            "resources.requests.{r}"
-        );
-    }
-    assert!(
-        c["resources"]["limits"]["memory"].is_string(),
-        "a memory limit"
-    );
     let pod = &d["spec"]["template"]["spec"];
-    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_sized_and_locked_down(pod, &c);
     let dockerfile = read("deploy/Dockerfile");
     let uid: u64 = dockerfile
         .lines()
@@ -500,8 +574,6 @@ fn the_deployment_has_resources_and_runs_as_the_image_user() {
         Some(uid),
         "runAsUser = the image's user"
     );
-    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
-    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert!(labels_match(
         &d["spec"]["selector"]["matchLabels"],
         &d["spec"]["template"]["metadata"]["labels"]
@@ -541,16 +613,7 @@ fn the_service_and_the_pdb_select_the_worker_pods() {
         "the Service targets the admin port"
     );
 
-    let pdb = one("PodDisruptionBudget");
-    assert_eq!(pdb["apiVersion"], "policy/v1");
-    assert!(
-        labels_match(&pdb["spec"]["selector"]["matchLabels"], pod_labels),
-        "the PDB selects the worker pods"
-    );
-    assert!(
-        pdb["spec"]["maxUnavailable"].is_number() || pdb["spec"]["minAvailable"].is_number(),
-        "the PDB sets a budget"
-    );
+    assert_pdb_selects(&one("PodDisruptionBudget"), pod_labels, "worker");
 }
 
 #[test]
@@ -641,22 +704,10 @@ fn keda_scales_the_worker_on_the_redis_list_and_on_the_sqs_queue() {
     // One ScaledObject per Deployment: the kustomization applies exactly one,
     // and names files that exist.
     let files = kubernetes();
-    let kustomization = &files["kustomization.yaml"][0];
-    let resources: Vec<&str> = kustomization["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap())
-        .collect();
-    for r in &resources {
-        assert!(
-            files.contains_key(*r),
-            "kustomization.yaml lists {r}, which does not exist"
-        );
-    }
+    let resources = kustomization_resources(&files, "deploy/kubernetes");
     let applied = resources
         .iter()
-        .filter(|r| files[**r].iter().any(|d| d["kind"] == "ScaledObject"))
+        .filter(|r| files[*r].iter().any(|d| d["kind"] == "ScaledObject"))
         .count();
     assert_eq!(
         applied, 1,
@@ -706,13 +757,12 @@ fn the_compose_file_runs_redis_durably_and_workers_from_variables() {
             );
         }
     }
-    let file = compose_config_file(&services["worker"]);
+    let (file, config) = compose_config(&services["worker"]);
     assert_eq!(
         compose_config_file(&services["receiver"]),
         file,
         "the receiver reads the workers' config"
     );
-    let (config, _) = Config::parse(&read(&file), |_| None).unwrap();
     assert!(
         config.webhooks.event_ids,
         "the compose config sends event ids (the receiver de-duplicates on them)"
@@ -774,34 +824,7 @@ fn the_two_dockerfiles_build_the_same_runtime_image() {
 // Everything below this line is about the ingest only.
 // ===========================================================================
 
-/// The manifests of deploy/kubernetes/ingest/, by file name.
-fn ingest_kubernetes() -> BTreeMap<String, Vec<Value>> {
-    let dir = root().join("deploy/kubernetes/ingest");
-    let mut files = BTreeMap::new();
-    for entry in std::fs::read_dir(&dir).expect("deploy/kubernetes/ingest exists") {
-        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-        if name.ends_with(".yaml") || name.ends_with(".yml") {
-            let docs = yaml_documents(&format!("deploy/kubernetes/ingest/{name}"));
-            files.insert(name, docs);
-        }
-    }
-    files
-}
-
-fn ingest_one(files: &BTreeMap<String, Vec<Value>>, kind: &str) -> Value {
-    let mut all: Vec<Value> = files
-        .values()
-        .flatten()
-        .filter(|d| d["kind"] == kind)
-        .cloned()
-        .collect();
-    assert_eq!(
-        all.len(),
-        1,
-        "expected exactly one {kind} in deploy/kubernetes/ingest"
-    );
-    all.remove(0)
-}
+const INGEST_DIR: &str = "deploy/kubernetes/ingest";
 
 /// The manifests parse and match the ConfigMap's config (ports, probes, the
 /// grace period, `ingest.urls` naming the Service), the worker's objects and
@@ -811,45 +834,14 @@ fn ingest_one(files: &BTreeMap<String, Vec<Value>>, kind: &str) -> Value {
 /// into the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ingest_manifests_match_the_config_and_a_real_ingest_serves_them() {
-    let files = ingest_kubernetes();
-    for (file, docs) in &files {
-        assert!(!docs.is_empty(), "ingest/{file} has no document");
-        for d in docs {
-            let kind = d["kind"]
-                .as_str()
-                .unwrap_or_else(|| panic!("ingest/{file}: no kind"));
-            assert!(
-                d["apiVersion"].is_string(),
-                "ingest/{file}: {kind} without apiVersion"
-            );
-            if kind != "Kustomization" {
-                assert!(
-                    d["metadata"]["name"].is_string(),
-                    "ingest/{file}: {kind} without a name"
-                );
-            }
-        }
-    }
+    let files = manifests_in(INGEST_DIR);
+    assert_documents_named(INGEST_DIR, &files);
     // The kustomization applies every manifest of the directory.
-    let kustomization = &files
-        .get("kustomization.yaml")
-        .expect("deploy/kubernetes/ingest/kustomization.yaml")[0];
-    let resources: Vec<&str> = kustomization["resources"]
-        .as_array()
-        .expect("resources")
-        .iter()
-        .map(|r| r.as_str().unwrap())
-        .collect();
+    let resources = kustomization_resources(&files, INGEST_DIR);
     for file in files.keys().filter(|f| *f != "kustomization.yaml") {
         assert!(
-            resources.contains(&file.as_str()),
+            resources.contains(file),
             "kustomization.yaml does not apply {file}"
-        );
-    }
-    for r in &resources {
-        assert!(
-            files.contains_key(*r),
-            "kustomization.yaml lists {r}, which does not exist"
         );
     }
 
@@ -857,7 +849,7 @@ async fn the_ingest_manifests_match_the_config_and_a_real_ingest_serves_them() {
     let admin_port = port_of(&config.worker.admin_addr);
     let ingest_port = config.ingest.addr.port();
     let worker = deployment();
-    let d = ingest_one(&files, "Deployment");
+    let d = only(&files, "Deployment", INGEST_DIR);
     assert_eq!(d["metadata"]["name"], "hookq-ingest");
     let c = container(&d);
     assert_eq!(
@@ -872,12 +864,7 @@ async fn the_ingest_manifests_match_the_config_and_a_real_ingest_serves_them() {
     );
 
     // Ports and probes.
-    let mut ports: Vec<u16> = c["ports"]
-        .as_array()
-        .expect("container ports")
-        .iter()
-        .map(|p| p["containerPort"].as_u64().unwrap() as u16)
-        .collect();
+    let mut ports = container_ports(&c);
     ports.sort_unstable();
     let mut wanted = vec![ingest_port, admin_port];
     wanted.sort_unstable();
@@ -885,60 +872,11 @@ async fn the_ingest_manifests_match_the_config_and_a_real_ingest_serves_them() {
         ports, wanted,
         "the container exposes ingest.addr's and worker.admin_addr's ports"
     );
-    let mut probe_paths = Vec::new();
-    for (probe, paths) in [
-        ("readinessProbe", &["/ready"][..]),
-        ("livenessProbe", &["/health"][..]),
-        ("startupProbe", &["/health", "/ready"][..]),
-    ] {
-        let get = &c[probe]["httpGet"];
-        assert!(get.is_object(), "{probe} is an httpGet probe");
-        let path = get["path"].as_str().unwrap();
-        assert!(
-            paths.contains(&path),
-            "{probe} checks {path}, expected one of {paths:?}"
-        );
-        assert_eq!(
-            resolve_port(&get["port"], &c),
-            admin_port,
-            "{probe} is on the admin port"
-        );
-        probe_paths.push(path.to_string());
-    }
+    let mut probe_paths = probe_paths(&c, admin_port, false);
 
     // Config, grace period, security, rollout.
-    let mount = c["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "config")
-        .cloned()
-        .expect("the config is mounted");
-    let env_config = c["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "HOOKQ_CONFIG")
-        .cloned()
-        .expect("HOOKQ_CONFIG is set");
-    assert_eq!(
-        env_config["value"].as_str().unwrap(),
-        format!("{}/config.json", mount["mountPath"].as_str().unwrap()),
-        "HOOKQ_CONFIG names the mounted config.json"
-    );
+    assert_reads_the_configmap(&d, &c, "the ingest");
     let pod = &d["spec"]["template"]["spec"];
-    let volume = pod["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "config")
-        .cloned()
-        .expect("a config volume");
-    assert_eq!(
-        volume["configMap"]["name"],
-        one("ConfigMap")["metadata"]["name"],
-        "the ingest reads the workers' ConfigMap"
-    );
     let pre_stop = &c["lifecycle"]["preStop"];
     let pause = if let Some(s) = pre_stop["sleep"]["seconds"].as_u64() {
         s
@@ -957,23 +895,11 @@ async fn the_ingest_manifests_match_the_config_and_a_real_ingest_serves_them() {
          worker.shutdown_timeout_ms ({:?})",
         config.worker.shutdown_timeout
     );
-    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_sized_and_locked_down(pod, &c);
     assert_eq!(
         pod["securityContext"]["runAsUser"],
         worker["spec"]["template"]["spec"]["securityContext"]["runAsUser"],
         "the ingest runs as the image's user, like the workers"
-    );
-    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
-    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
-    for r in ["cpu", "memory"] {
-        assert!(
-            c["resources"]["requests"][r].is_string(),
-            "resources.requests.{r}"
-        );
-    }
-    assert!(
-        c["resources"]["limits"]["memory"].is_string(),
-        "a memory limit"
     );
     assert!(
         d["spec"]["replicas"].as_u64().unwrap_or(1) >= 2,
@@ -1017,7 +943,7 @@ async fn the_ingest_manifests_match_the_config_and_a_real_ingest_serves_them() {
             "the worker {kind} must not select ingest pods"
         );
     }
-    let service = ingest_one(&files, "Service");
+    let service = only(&files, "Service", INGEST_DIR);
     assert!(
         labels_match(&service["spec"]["selector"], ingest_labels),
         "the Service selects ingest pods"
@@ -1037,13 +963,8 @@ async fn the_ingest_manifests_match_the_config_and_a_real_ingest_serves_them() {
             "metrics are scraped on the admin port"
         );
     }
-    let pdb = ingest_one(&files, "PodDisruptionBudget");
-    assert_eq!(pdb["apiVersion"], "policy/v1");
-    assert!(labels_match(
-        &pdb["spec"]["selector"]["matchLabels"],
-        ingest_labels
-    ));
-    assert!(pdb["spec"]["maxUnavailable"].is_number() || pdb["spec"]["minAvailable"].is_number());
+    let pdb = only(&files, "PodDisruptionBudget", INGEST_DIR);
+    assert_pdb_selects(&pdb, ingest_labels, "ingest");
 
     // ingest.urls names the Service, however a sender in the cluster spells it:
     // an endpoint there would be refused as a loop.
@@ -1079,19 +1000,14 @@ async fn the_ingest_manifests_match_the_config_and_a_real_ingest_serves_them() {
         json!(["ingest"]),
         "compose: the service runs `hookq ingest`"
     );
-    let file = compose_config_file(ci);
+    let (file, compose_config) = compose_config(ci);
     assert_eq!(
         file,
         compose_config_file(&services["worker"]),
         "compose: the workers' config"
     );
-    let (compose_config, _) = Config::parse(&read(&file), |_| None).unwrap();
     let compose_ingest_port = compose_config.ingest.addr.port();
-    let stop = compose_seconds(ci["stop_grace_period"].as_str().expect("stop_grace_period"));
-    assert!(
-        stop > compose_config.worker.shutdown_timeout.as_secs_f64(),
-        "compose: the ingest's stop_grace_period {stop} s must exceed {file}'s shutdown timeout"
-    );
+    assert_compose_grace(ci, "ingest");
     let health: Vec<&str> = ci["healthcheck"]["test"]
         .as_array()
         .expect("compose: the ingest has a healthcheck")
@@ -1142,20 +1058,14 @@ async fn the_ingest_manifests_match_the_config_and_a_real_ingest_serves_them() {
             .unwrap_or("/metrics")
             .to_string(),
     );
-    let start = std::time::Instant::now();
-    for path in &probe_paths {
-        loop {
-            let status = ingest.get(path).await.map(|(s, _)| s);
-            if status == Some(200) {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "{path} answers {status:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let probe_paths: Vec<&str> = probe_paths.iter().map(String::as_str).collect();
+    ingest
+        .wait_ok(
+            &probe_paths,
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+        )
+        .await;
     let app = config
         .apps
         .iter()

@@ -6,12 +6,14 @@
 //! restart Redis or count its commands start their own.
 
 use crate::conformance::{HOLD, conformance_suite};
+use crate::support::queue::{Drain, assert_each_once, drain_together, handles, receive_n};
 use crate::support::redis_server::{RedisServer, Reply};
+use crate::support::wait::retry;
 use hookq_core::DeadLetter;
 use hookq_core::config::RedisSettings;
 use hookq_queue::redis::{RedisQueue, ready_key};
 use hookq_queue::{
-    DeadLetters, DlqFilter, Handle, Outgoing, QueueConsume, QueueDriver, QueuePush, Received,
+    DeadLetters, DlqFilter, Outgoing, QueueConsume, QueueDriver, QueueError, QueuePush,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -55,40 +57,13 @@ async fn make() -> Arc<dyn QueueDriver> {
 conformance_suite!(make().await);
 conformance_suite!(make().await; stale_ack_is_harmless);
 
-/// Receives until `n` messages came or `limit` passed.
-async fn receive_n(q: &dyn QueueDriver, n: usize, limit: Duration) -> Vec<Received> {
-    let start = Instant::now();
-    let mut got = Vec::new();
-    while got.len() < n && start.elapsed() < limit {
-        got.extend(
-            q.receive(n - got.len(), Duration::from_millis(500))
-                .await
-                .expect("receive"),
-        );
-    }
-    got
-}
-
-/// Retries `f` while it fails transiently, for at most `limit`.
-async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> T
+/// Retries `f` while it fails transiently, for at most 10 s.
+async fn eventually<T, Fut>(what: &str, f: impl FnMut() -> Fut) -> T
 where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, hookq_queue::QueueError>>,
+    Fut: Future<Output = Result<T, QueueError>>,
 {
-    let start = Instant::now();
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) if e.is_transient() && start.elapsed() < limit => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("still failing after {:?}: {e}", start.elapsed()),
-        }
-    }
-}
-
-fn handles(got: &[Received]) -> Vec<Handle> {
-    got.iter().map(|r| r.handle.clone()).collect()
+    let (limit, every) = (Duration::from_secs(10), Duration::from_millis(100));
+    retry(what, limit, every, QueueError::is_transient, f).await
 }
 
 #[test]
@@ -195,31 +170,17 @@ async fn two_workers_never_hold_one_job_and_reclaim_an_expired_lease() {
         .collect();
     a.push(bodies).await.unwrap();
     let (a, b) = (Arc::new(a), Arc::new(b));
-    let mut tasks = Vec::new();
-    for q in [a.clone(), b.clone(), a.clone(), b.clone()] {
-        tasks.push(tokio::spawn(async move {
-            let mut seen = Vec::new();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(30) {
-                let got = q.receive(9, Duration::from_millis(300)).await.unwrap();
-                if got.is_empty() {
-                    break;
-                }
-                q.ack(&handles(&got)).await.unwrap();
-                seen.extend(got.into_iter().map(|r| (r.body, r.receive_count)));
-            }
-            seen
-        }));
-    }
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for t in tasks {
-        for (body, receive_count) in t.await.unwrap() {
-            assert_eq!(receive_count, 1);
-            *counts.entry(body).or_default() += 1;
-        }
-    }
-    assert_eq!(counts.len(), N, "every job received");
-    assert!(counts.values().all(|&c| c == 1), "a job was held twice");
+    let how = Drain {
+        max: 9,
+        wait: Duration::from_millis(300),
+        quiet_rounds: 1,
+        limit: Duration::from_secs(30),
+        ..Drain::default()
+    };
+    let got = drain_together(vec![a.clone(), b.clone(), a, b], how).await;
+    assert!(got.iter().all(|d| d.msg.receive_count == 1), "{got:?}");
+    // One received twice was held twice.
+    assert_each_once(&got, N, "jobs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,42 +199,27 @@ async fn delayed_jobs_move_exactly_once_with_several_consumers() {
     workers[0].push(jobs).await.unwrap();
     assert_eq!(workers[0].depth().await.unwrap().delayed, N as u64);
 
-    let mut tasks = Vec::new();
-    for q in workers.clone() {
-        tasks.push(tokio::spawn(async move {
-            let mut seen = Vec::new();
-            let start = Instant::now();
-            let mut empty_after_due = 0;
-            while empty_after_due < 2 && start.elapsed() < Duration::from_secs(20) {
-                let got = q.receive(25, Duration::from_millis(700)).await.unwrap();
-                if got.is_empty() {
-                    if start.elapsed() > Duration::from_secs(2) {
-                        empty_after_due += 1;
-                    }
-                    continue;
-                }
-                let at = pushed_at.elapsed();
-                q.ack(&handles(&got)).await.unwrap();
-                seen.extend(got.into_iter().map(|r| (r.body, r.receive_count, at)));
-            }
-            seen
-        }));
+    // Empty receives before the jobs are due do not end the drain.
+    let how = Drain {
+        max: 25,
+        wait: Duration::from_millis(700),
+        quiet_rounds: 2,
+        quiet_after: Duration::from_secs(2),
+        limit: Duration::from_secs(20),
+        ..Drain::default()
+    };
+    let got = drain_together(workers.clone(), how).await;
+    for d in &got {
+        let (body, at) = (&d.msg.body, d.at - pushed_at);
+        assert_eq!(d.msg.receive_count, 1);
+        // The due time is the server's; allow for the clocks' rounding.
+        assert!(
+            at + Duration::from_millis(20) >= delay,
+            "{body} received after {at:?}"
+        );
     }
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for t in tasks {
-        for (body, receive_count, at) in t.await.unwrap() {
-            assert_eq!(receive_count, 1);
-            // The due time is the server's; allow for the clocks' rounding.
-            assert!(
-                at + Duration::from_millis(20) >= delay,
-                "{body} received after {at:?}"
-            );
-            *counts.entry(body).or_default() += 1;
-        }
-    }
-    assert_eq!(counts.len(), N, "every delayed job arrived");
-    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(twice.is_empty(), "delayed jobs moved twice: {twice:?}");
+    // One received twice was moved twice.
+    assert_each_once(&got, N, "delayed jobs");
     let d = workers[0].depth().await.unwrap();
     assert_eq!((d.ready, d.delayed, d.held), (0, 0, 0), "{d:?}");
 }
@@ -393,8 +339,8 @@ async fn the_same_driver_works_again_after_a_redis_restart() {
     assert!(server.dir().join("appendonlydir").is_dir());
 
     // Scripts are gone and every connection is dead: all of it must come back by itself.
-    eventually(Duration::from_secs(10), || q.ping()).await;
-    let d = eventually(Duration::from_secs(10), || q.depth()).await;
+    eventually("ping", || q.ping()).await;
+    let d = eventually("depth", || q.depth()).await;
     assert_eq!(d.held + d.ready, 2, "the restart lost jobs: {d:?}");
 
     let mut rest = Vec::new();
@@ -455,10 +401,8 @@ async fn redis_down_is_transient_and_the_driver_recovers() {
     );
 
     server.resume();
-    eventually(Duration::from_secs(10), || {
-        q.push(vec![Outgoing::now("x", "app", "{\"back\":1}")])
-    })
-    .await;
+    let back = || vec![Outgoing::now("x", "app", "{\"back\":1}")];
+    eventually("push", || q.push(back())).await;
     let got = receive_n(&q, 1, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].body, "{\"back\":1}");

@@ -5,16 +5,16 @@
 
 use crate::support::inproc::config;
 use crate::support::process::{WorkerProcess, hookq, temp_dir, write_config};
+use crate::support::queue::{producer, wait_drained};
 use crate::support::receiver::{Receiver, Reply};
 use crate::support::redis_server::RedisServer;
-use hookq_core::{Config, Event};
+use crate::support::wait::{poll, retry};
+use hookq_core::Event;
 use hookq_producer::Producer;
-use hookq_queue::redis::{RedisQueue, ready_key};
-use hookq_queue::{Depth, QueueDriver};
+use hookq_queue::redis::ready_key;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn apps(r: &Receiver, n: usize, endpoints_per_app: usize) -> Value {
     let apps: Vec<Value> = (0..n)
@@ -48,13 +48,6 @@ fn redis_config(redis: &RedisServer, prefix: &str, apps: Value, max_held: usize)
     c
 }
 
-async fn producer(config: &Value) -> (Producer, Arc<dyn QueueDriver>) {
-    let (config, _) = Config::parse(&config.to_string(), |_| None).unwrap();
-    let queue: Arc<dyn QueueDriver> =
-        Arc::new(RedisQueue::connect(&config.queue.redis).await.unwrap());
-    (Producer::new(queue.clone(), Arc::new(config)), queue)
-}
-
 /// Publishes client events numbered `range` round-robin over `n_apps`, each
 /// carrying its number as `data`, in chunks.
 async fn publish(p: &Producer, n_apps: usize, range: std::ops::Range<usize>, chunk: usize) {
@@ -75,19 +68,16 @@ async fn publish(p: &Producer, n_apps: usize, range: std::ops::Range<usize>, chu
         }
         for (app, events) in by_app {
             // Redis may be restarting: keep trying, a publish is all or nothing.
-            let start = Instant::now();
-            loop {
-                match p.publish_batch(&format!("app-{app}"), events.clone()).await {
-                    Ok(_) => break,
-                    Err(e) => {
-                        assert!(
-                            start.elapsed() < Duration::from_secs(30),
-                            "publish failing: {e}"
-                        );
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
+            let app = format!("app-{app}");
+            let (limit, every) = (Duration::from_secs(30), Duration::from_millis(100));
+            retry(
+                "publish",
+                limit,
+                every,
+                |_| true,
+                || p.publish_batch(&app, events.clone()),
+            )
+            .await;
         }
         n = upto;
     }
@@ -106,16 +96,17 @@ fn delivered(r: &Receiver) -> (usize, usize) {
     (distinct.len(), total)
 }
 
-async fn wait_drained(queue: &dyn QueueDriver, limit: Duration) -> Depth {
-    let start = Instant::now();
-    loop {
-        let d = queue.depth().await.unwrap();
-        if d.ready + d.delayed + d.held == 0 {
-            return d;
+/// Waits until `want` distinct events were delivered, polling every `every`.
+async fn wait_delivered(r: &Receiver, want: usize, limit: Duration, every: Duration) {
+    poll("deliveries", limit, every, async || {
+        let got = delivered(r);
+        if got.0 >= want {
+            Ok(())
+        } else {
+            Err(format!("delivered {got:?} of {want}"))
         }
-        assert!(start.elapsed() < limit, "queue not drained: {d:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,30 +135,26 @@ async fn three_workers_one_sigkilled_lose_nothing() {
             }
         })
     };
-    let start = Instant::now();
-    while delivered(&r).0 < EVENTS / 4 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no progress: {:?}",
-            delivered(&r)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_delivered(
+        &r,
+        EVENTS / 4,
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+    )
+    .await;
     let held = workers[1].metric("hookq_jobs_held").await;
     workers[1].kill();
     eprintln!("killed w2 holding about {held:?} jobs (its cap is {MAX_HELD})");
     workers.push(WorkerProcess::start(&dir, "w4", &cfg).await);
     publishing.await.unwrap();
 
-    let start = Instant::now();
-    while delivered(&r).0 < EVENTS {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "delivered {:?} of {EVENTS}",
-            delivered(&r)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_delivered(
+        &r,
+        EVENTS,
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+    )
+    .await;
     let d = wait_drained(&*queue, Duration::from_secs(30)).await;
     assert_eq!(d.dead, 0, "nothing dead-lettered");
     let (distinct, total) = delivered(&r);
@@ -203,15 +190,13 @@ async fn thirty_percent_failures_deliver_everything_without_resending_successes(
     let mut w1 = WorkerProcess::start(&dir, "w1", &cfg).await;
     let mut w2 = WorkerProcess::start(&dir, "w2", &cfg).await;
     publish(&p, APPS, 0..EVENTS, 500).await;
-    let start = Instant::now();
-    while delivered(&r).0 < EVENTS * 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "delivered {:?}",
-            delivered(&r)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_delivered(
+        &r,
+        EVENTS * 2,
+        Duration::from_secs(90),
+        Duration::from_millis(100),
+    )
+    .await;
     let d = wait_drained(&*queue, Duration::from_secs(30)).await;
     assert_eq!(d.dead, 0);
     let all = r.all();
@@ -254,15 +239,13 @@ async fn workers_survive_a_redis_restart() {
     publish(&p, APPS, 0..EVENTS / 2, 250).await;
     redis.restart();
     publish(&p, APPS, EVENTS / 2..EVENTS, 250).await;
-    let start = Instant::now();
-    while delivered(&r).0 < EVENTS {
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "delivered {:?} of {EVENTS}",
-            delivered(&r)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_delivered(
+        &r,
+        EVENTS,
+        Duration::from_secs(90),
+        Duration::from_millis(100),
+    )
+    .await;
     let d = wait_drained(&*queue, Duration::from_secs(30)).await;
     assert_eq!(d.dead, 0);
     assert_eq!(w1.get("/ready").await.unwrap().0, 200);
@@ -332,19 +315,21 @@ async fn dlq_list_replay_and_purge_from_the_cli() {
     ]);
     assert!(ok && out.contains("enqueued 2 event"), "{out}{err}");
 
-    let start = Instant::now();
-    let list = loop {
-        let (ok, out, err) = hookq(&["dlq", "list", "--config", path]);
-        assert!(ok, "{err}");
-        if out.contains("2 entries") {
-            break out;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "DLQ never got 2 entries:\n{out}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let list = poll(
+        "2 DLQ entries",
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        async || {
+            let (ok, out, err) = hookq(&["dlq", "list", "--config", path]);
+            assert!(ok, "{err}");
+            if out.contains("2 entries") {
+                Ok(out)
+            } else {
+                Err(format!("DLQ never got 2 entries:\n{out}"))
+            }
+        },
+    )
+    .await;
     assert!(
         list.contains("app app-0  endpoint ep-0  attempts 1  HTTP 422  body: no such room"),
         "{list}"

@@ -4,12 +4,12 @@
 
 use crate::support::inproc::config;
 use crate::support::process::{WorkerProcess, temp_dir};
+use crate::support::queue::{producer, wait_drained};
 use crate::support::receiver::{Receiver, Reply};
 use crate::support::redis_server::RedisServer;
-use hookq_core::{Config, Event};
-use hookq_producer::Producer;
-use hookq_queue::redis::RedisQueue;
-use hookq_queue::{DlqFilter, QueueDriver};
+use crate::support::wait::poll;
+use hookq_core::Event;
+use hookq_queue::DlqFilter;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -31,11 +31,11 @@ fn rewrite(path: &std::path::Path, config: &Value) {
 }
 
 async fn wait_until(what: &str, limit: Duration, check: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let every = Duration::from_millis(50);
+    poll(what, limit, every, async || {
+        check().then_some(()).ok_or_else(String::new)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,10 +57,7 @@ async fn apps_reload_under_load_without_losing_events() {
     // The worker's own copy has its admin address; keep it in every rewrite.
     let base: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
 
-    let (pconfig, _) = Config::parse(&base.to_string(), |_| None).unwrap();
-    let queue: Arc<dyn QueueDriver> =
-        Arc::new(RedisQueue::connect(&pconfig.queue.redis).await.unwrap());
-    let producer = Producer::new(queue.clone(), Arc::new(pconfig));
+    let (producer, queue) = producer(&base).await;
     let published = Arc::new(AtomicUsize::new(0));
     let load = {
         let (producer, published) = (producer.clone(), published.clone());
@@ -119,18 +116,8 @@ async fn apps_reload_under_load_without_losing_events() {
         seen.len() == total
     })
     .await;
-    let start = Instant::now();
-    let dead = loop {
-        let d = queue.depth().await.unwrap();
-        if d.ready + d.delayed + d.held == 0 {
-            break queue.dlq_list(&DlqFilter::default()).await.unwrap();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "queue not drained: {d:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    wait_drained(&*queue, Duration::from_secs(30)).await;
+    let dead = queue.dlq_list(&DlqFilter::default()).await.unwrap();
     assert!(
         !dead.is_empty(),
         "the retries pending for /b were dead-lettered"

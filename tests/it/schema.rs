@@ -5,15 +5,17 @@
 //! examples/config.json, are checked here too, so the docs stay true.
 
 use crate::support::inproc::{InProc, config};
+use crate::support::queue::{open, parse};
 use crate::support::receiver::{Receiver, Reply};
+use crate::support::wait::poll;
 use hookq_core::job::{Job, RetryJob, VERSION};
 use hookq_core::{Config, Event, EventName};
 use hookq_producer::Producer;
-use hookq_queue::{MemoryQueue, QueueConsume, QueueDriver};
+use hookq_queue::{MemoryQueue, QueueConsume};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -93,9 +95,8 @@ async fn jobs_the_producer_pushes_validate() {
         "id": "app-1", "key": "key-1", "secret": "secret-1",
         "webhooks": [{"url": "http://127.0.0.1:9/h", "event_types": all}]
     }]}}});
-    let (config, _) = Config::parse(&text.to_string(), |_| None).unwrap();
     let queue = Arc::new(MemoryQueue::new(100, Duration::from_secs(30)));
-    let producer = Producer::new(queue.clone(), Arc::new(config));
+    let producer = Producer::new(queue.clone(), Arc::new(parse(&text)));
     // A client event whose data a producer gave as an object.
     let object_data: Event = serde_json::from_value(json!({
         "name": "client_event", "channel": "private-chat", "event": "client-typing",
@@ -171,14 +172,6 @@ fn a_retry_job_built_as_the_worker_builds_it_validates() {
     assert_eq!(decoded, job);
 }
 
-async fn wait_until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !done().await {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// A worker rejects at one endpoint (a DLQ entry whose job is a replay retry
 /// job) and fails at another (a retry job in the queue); a second worker,
 /// whose config lists the webhooks in the other order, finds that retry job's
@@ -193,21 +186,25 @@ async fn retry_jobs_and_dead_letters_the_worker_writes_validate() {
     let app = |webhooks: Value| json!([{"id": "app-1", "key": "key-1", "secret": "secret-1", "webhooks": webhooks}]);
     // Retries wait 2 to 4 s: long enough to stop the first worker first.
     let slow = json!({"retry": {"initial_backoff_ms": 4000, "max_backoff_ms": 8000, "max_elapsed_time_ms": 60000}});
-    let load = |c: Value| Arc::new(Config::parse(&c.to_string(), |_| None).unwrap().0);
+    let load = |c: Value| Arc::new(parse(&c));
 
     let before = load(config(app(json!([flaky, bad])), slow.clone()));
-    let queue: Arc<dyn QueueDriver> = Arc::new(MemoryQueue::from_settings(&before.queue.memory));
+    let queue = open(&before).await;
     let w = InProc::start_on(before, queue.clone()).await;
-    w.producer
-        .publish("app-1", Event::member_added("presence-a", "u1"))
-        .await
-        .unwrap();
-    wait_until(
+    w.publish(vec![Event::member_added("presence-a", "u1")])
+        .await;
+    let (limit, every) = (Duration::from_secs(15), Duration::from_millis(25));
+    poll(
         "a DLQ entry and a delayed retry job",
-        Duration::from_secs(15),
+        limit,
+        every,
         async || {
             let d = queue.depth().await.unwrap();
-            (d.dead, d.delayed, d.ready, d.held) == (1, 1, 0, 0)
+            if (d.dead, d.delayed, d.ready, d.held) == (1, 1, 0, 0) {
+                Ok(())
+            } else {
+                Err(format!("{d:?}"))
+            }
         },
     )
     .await;

@@ -7,13 +7,13 @@
 
 use crate::conformance::{HOLD, conformance_suite};
 use crate::support::moto::Moto;
+use crate::support::process::free_port;
+use crate::support::queue::{handles, receive_n};
 use hookq_core::config::SqsSettings;
 use hookq_queue::sqs::SqsQueue;
-use hookq_queue::{
-    DeadLetters, DlqFilter, Handle, Outgoing, QueueConsume, QueueDriver, QueuePush, Received,
-};
+use hookq_queue::{DeadLetters, DlqFilter, Outgoing, QueueConsume, QueueDriver, QueuePush};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Settings for fresh queues on the shared moto, with the suite's hold time.
 fn settings(fifo: bool) -> SqsSettings {
@@ -79,21 +79,6 @@ mod fifo {
 fn job(id: &str, app: &str) -> Outgoing {
     let body = format!(r#"{{"v":1,"kind":"event","id":"{id}","app_id":"{app}"}}"#);
     Outgoing::now(id, app, body)
-}
-
-/// Receives until `n` messages came or `limit` passed.
-async fn receive_n(q: &dyn QueueDriver, n: usize, limit: Duration) -> Vec<Received> {
-    let start = Instant::now();
-    let mut got = Vec::new();
-    while got.len() < n && start.elapsed() < limit {
-        let more = q.receive(n - got.len(), Duration::from_millis(500)).await;
-        got.extend(more.expect("receive"));
-    }
-    got
-}
-
-fn handles(got: &[Received]) -> Vec<Handle> {
-    got.iter().map(|r| r.handle.clone()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,13 +281,8 @@ async fn connect_finds_existing_queues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_endpoint_is_transient() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut s = settings(false);
-    s.endpoint_url = Some(format!("http://127.0.0.1:{port}"));
+    s.endpoint_url = Some(format!("http://127.0.0.1:{}", free_port()));
     let err = SqsQueue::connect(&s)
         .await
         .err()

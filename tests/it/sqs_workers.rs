@@ -6,14 +6,12 @@ use crate::support::counting_proxy::CountingProxy;
 use crate::support::inproc::{InProc, config};
 use crate::support::moto::Moto;
 use crate::support::process::{WorkerProcess, temp_dir};
+use crate::support::queue::{producer, wait_drained};
 use crate::support::receiver::{Receiver, Reply};
-use hookq_core::{Config, Event};
-use hookq_producer::Producer;
-use hookq_queue::QueueDriver;
-use hookq_queue::sqs::SqsQueue;
+use crate::support::wait::poll;
+use hookq_core::Event;
 use serde_json::{Value, json};
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn sqs_config(r: &Receiver, queue_name: &str, fifo: bool) -> Value {
@@ -28,12 +26,6 @@ fn sqs_config(r: &Receiver, queue_name: &str, fifo: bool) -> Value {
         "visibility_timeout": 4, "wait_time_seconds": 1, "fifo": fifo}});
     c["worker"]["max_held_jobs"] = json!(200);
     c
-}
-
-async fn producer(config: &Value) -> (Producer, Arc<dyn QueueDriver>) {
-    let (config, _) = Config::parse(&config.to_string(), |_| None).unwrap();
-    let queue: Arc<dyn QueueDriver> = Arc::new(SqsQueue::connect(&config.queue.sqs).await.unwrap());
-    (Producer::new(queue.clone(), Arc::new(config)), queue)
 }
 
 fn distinct_delivered(r: &Receiver) -> (usize, usize) {
@@ -70,15 +62,20 @@ async fn two_workers_on_sqs_one_sigkilled_lose_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let start = Instant::now();
-    while distinct_delivered(&r).0 < EVENTS {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "delivered {:?} of {EVENTS}",
-            distinct_delivered(&r)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    poll(
+        "every event",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        async || {
+            let got = distinct_delivered(&r);
+            if got.0 >= EVENTS {
+                Ok(())
+            } else {
+                Err(format!("delivered {got:?} of {EVENTS}"))
+            }
+        },
+    )
+    .await;
     let (distinct, total) = distinct_delivered(&r);
     eprintln!(
         "delivered {distinct} distinct events in {total} deliveries ({} duplicates)",
@@ -86,19 +83,8 @@ async fn two_workers_on_sqs_one_sigkilled_lose_nothing() {
     );
     assert_eq!(distinct, EVENTS);
     assert!(r.all().iter().all(|q| q.valid));
-    let start = Instant::now();
-    loop {
-        let d = queue.depth().await.unwrap();
-        if d.ready + d.delayed + d.held == 0 {
-            assert_eq!(d.dead, 0, "the DLQ is empty");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "queue not drained: {d:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let d = wait_drained(&*queue, Duration::from_secs(30)).await;
+    assert_eq!(d.dead, 0, "the DLQ is empty");
     assert!(w1.terminate(Duration::from_secs(15)).success());
     assert!(
         w3.as_mut()
@@ -152,16 +138,12 @@ async fn queue_sqs_concurrency_is_how_many_receives_run_at_once() {
         let mut cfg = sqs_config(&r, &name, false);
         cfg["queue"]["sqs"]["endpoint_url"] = json!(proxy.url());
         cfg["queue"]["sqs"]["concurrency"] = json!(loops);
-        let (config, _) = Config::parse(&cfg.to_string(), |_| None).unwrap();
-        let config = Arc::new(config);
-        let queue: Arc<dyn QueueDriver> =
-            Arc::new(SqsQueue::connect(&config.queue.sqs).await.unwrap());
-        let h = InProc::start_on(config, queue).await;
+        let h = InProc::start(cfg).await;
         let before = r.delivered_events("/h").len();
         let events = (0..30)
             .map(|i| Event::client_event("private-c", "client-e", format!("{loops}-{i}"), "1.1"))
             .collect();
-        h.producer.publish_batch("app-1", events).await.unwrap();
+        h.publish(events).await;
         r.wait_for("30 events", Duration::from_secs(30), |r| {
             r.delivered_events("/h").len() >= before + 30
         })

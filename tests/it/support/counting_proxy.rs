@@ -25,8 +25,6 @@ pub struct CountingProxy {
 impl CountingProxy {
     /// Starts a proxy in the current runtime to `target` (`http://host:port`).
     pub async fn start(target: &str) -> CountingProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
         let inner = Arc::new(Inner {
             target: target.trim_end_matches('/').to_string(),
             client: reqwest::Client::new(),
@@ -36,7 +34,7 @@ impl CountingProxy {
         let app = axum::Router::new()
             .fallback(forward)
             .with_state(inner.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let port = super::serve(app).await;
         CountingProxy { port, inner }
     }
 

@@ -1,13 +1,14 @@
-//! A worker running inside the test process over a memory queue, with a
-//! producer on the same queue.
+//! A worker running inside the test process over the queue its config names
+//! (memory unless it names another), with a producer on the same queue.
 
-use hookq_core::{Config, DeadLetter};
+use super::queue::{open, parse, wait_dlq, wait_drained};
+use hookq_core::{Config, DeadLetter, Event};
 use hookq_producer::Producer;
-use hookq_queue::{DlqFilter, MemoryQueue, QueueDriver};
+use hookq_queue::{DlqFilter, QueueDriver};
 use hookq_worker::{Metrics, Worker};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// A config with these apps and `webhooks` settings (merged over fast test defaults).
@@ -43,13 +44,11 @@ pub struct InProc {
 }
 
 impl InProc {
+    /// Starts a worker on `config` and on the queue it names (by default, memory).
     pub async fn start(config: Value) -> InProc {
-        let (config, _) =
-            Config::parse(&config.to_string(), |_| None).expect("test config is valid");
-        let config = Arc::new(config);
-        let queue: Arc<dyn QueueDriver> =
-            Arc::new(MemoryQueue::from_settings(&config.queue.memory));
-        Self::start_on(config, queue).await
+        let config = parse(&config);
+        let queue = open(&config).await;
+        Self::start_on(Arc::new(config), queue).await
     }
 
     pub async fn start_on(config: Arc<Config>, queue: Arc<dyn QueueDriver>) -> InProc {
@@ -76,39 +75,22 @@ impl InProc {
             .unwrap();
     }
 
+    /// Publishes `events` for `app-1`, the app of [`one_app`].
+    pub async fn publish(&self, events: Vec<Event>) {
+        self.producer.publish_batch("app-1", events).await.unwrap();
+    }
+
     pub async fn dlq(&self) -> Vec<DeadLetter> {
         self.queue.dlq_list(&DlqFilter::default()).await.unwrap()
     }
 
     /// Waits until the DLQ holds `n` entries.
     pub async fn wait_dlq(&self, n: usize, limit: Duration) -> Vec<DeadLetter> {
-        let start = Instant::now();
-        loop {
-            let dlq = self.dlq().await;
-            if dlq.len() >= n {
-                return dlq;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "timed out waiting for {n} DLQ entries; have {dlq:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_dlq(&*self.queue, n, limit).await
     }
 
     /// Waits until nothing is ready, delayed or held.
     pub async fn wait_idle(&self, limit: Duration) {
-        let start = Instant::now();
-        loop {
-            let d = self.queue.depth().await.unwrap();
-            if d.ready + d.delayed + d.held == 0 {
-                return;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "queue not drained after {limit:?}: {d:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_drained(&*self.queue, limit).await;
     }
 }

@@ -10,6 +10,7 @@
 //! noted, so any static credentials do. Anything else is a 404 naming the
 //! unknown path. The server runs as a task of the test's runtime.
 
+use super::wait::poll;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -18,7 +19,7 @@ use base64::Engine as _;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How a function answers.
 #[derive(Clone, Debug)]
@@ -64,6 +65,14 @@ impl Invocation {
         serde_json::from_slice(&self.payload).unwrap_or(Value::Null)
     }
 
+    /// The events of the envelope (none when it has no `events` array).
+    pub fn events(&self) -> Vec<Value> {
+        self.envelope()["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The client context decoded from base64 and parsed.
     pub fn client_context_json(&self) -> Option<Value> {
         let raw = base64::engine::general_purpose::STANDARD
@@ -90,10 +99,6 @@ pub struct LambdaServer {
 impl LambdaServer {
     /// Starts a server on a free port, as a task of the current runtime.
     pub async fn start() -> LambdaServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a loopback port");
-        let port = listener.local_addr().expect("bound address").port();
         let inner = Arc::new(Mutex::new(Inner::default()));
         let app = axum::Router::new()
             .route(
@@ -104,7 +109,7 @@ impl LambdaServer {
             // RequestResponse payloads go up to 6 MiB.
             .layer(DefaultBodyLimit::max(8 * 1024 * 1024))
             .with_state(inner.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let port = super::serve(app).await;
         LambdaServer { port, inner }
     }
 
@@ -146,21 +151,20 @@ impl LambdaServer {
         limit: Duration,
         check: impl Fn(&[Invocation]) -> bool,
     ) {
-        let start = Instant::now();
-        loop {
+        poll(what, limit, Duration::from_millis(50), async || {
             let seen = self.invocations();
             if check(&seen) {
-                return;
+                return Ok(());
             }
-            assert!(
-                start.elapsed() < limit,
-                "timed out after {limit:?} waiting for {what}; invocations so far (function, type, status): {:?}",
-                seen.iter()
-                    .map(|i| (&i.function_name, &i.invocation_type, i.status))
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            let seen: Vec<_> = seen
+                .iter()
+                .map(|i| (&i.function_name, &i.invocation_type, i.status))
+                .collect();
+            Err(format!(
+                "invocations so far (function, type, status): {seen:?}"
+            ))
+        })
+        .await;
     }
 }
 

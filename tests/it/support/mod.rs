@@ -2,6 +2,7 @@
 //! workers run in-process over them.
 
 pub mod black_hole;
+pub mod cases;
 pub mod counting_proxy;
 pub mod inproc;
 pub mod lambda_server;
@@ -9,6 +10,19 @@ pub mod mariadb;
 pub mod moto;
 pub mod postgres;
 pub mod process;
+pub mod queue;
 pub mod receiver;
 pub mod redis_server;
 pub mod sender;
+pub mod wait;
+
+/// Serves `app` on a free loopback port as a task of the current runtime;
+/// returns the port.
+pub async fn serve(app: axum::Router) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let port = listener.local_addr().expect("bound address").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}

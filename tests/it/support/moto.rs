@@ -11,7 +11,7 @@
 //! stops moto. No server outlives the tests.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
@@ -62,7 +62,7 @@ impl Moto {
                 server.display()
             ));
         }
-        let port = free_port()?;
+        let port = super::process::free_port();
         let log =
             std::env::temp_dir().join(format!("hookq-moto-{}-{port}.log", std::process::id()));
         let log_file =
@@ -132,14 +132,6 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
 }
 
 /// Whether something on `addr` answers an HTTP request.

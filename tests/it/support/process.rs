@@ -2,6 +2,7 @@
 //! config written to a temporary file, an admin port and an ingest port of
 //! their own, and logs kept in a file that is printed when a test fails.
 
+use super::wait::poll;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,7 +19,7 @@ pub fn hookq_bin() -> PathBuf {
     let bin = target.join("debug/hookq");
     assert!(
         bin.exists(),
-        "{} is missing: build it with `cargo build -p hookq-worker --bin hookq` (make test does)",
+        "{} is missing: build it with `cargo build -p hookq --bin hookq` (make test does)",
         bin.display()
     );
     bin
@@ -131,15 +132,29 @@ impl WorkerProcess {
     }
 
     async fn wait_healthy(&self, limit: Duration) {
+        self.wait_ok(&["/health"], limit, Duration::from_millis(50))
+            .await;
+    }
+
+    /// Waits until each of `paths` answers 200 on the admin port, all within
+    /// `limit`, asking every `every`; panics with the process's log.
+    pub async fn wait_ok(&self, paths: &[&str], limit: Duration, every: Duration) {
         let start = Instant::now();
-        while self.get("/health").await.map(|(s, _)| s) != Some(200) {
-            assert!(
-                start.elapsed() < limit,
-                "{} not healthy after {limit:?}; log:\n{}",
-                self.name,
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        for path in paths {
+            let what = format!("{path} of {} to answer 200", self.name);
+            poll(
+                &what,
+                limit.saturating_sub(start.elapsed()),
+                every,
+                async || match self.get(path).await.map(|(s, _)| s) {
+                    Some(200) => Ok(()),
+                    status => Err(format!(
+                        "{path} answers {status:?}; log:\n{}",
+                        self.log_text()
+                    )),
+                },
+            )
+            .await;
         }
     }
 

@@ -8,6 +8,7 @@
 //! `X-Pusher-Key`, and its `time_ms` is within 5 minutes of now (what the
 //! official Python library checks).
 
+use super::wait::poll;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -107,8 +108,6 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver in the current runtime that knows these (key, secret) pairs.
     pub async fn start(keys: &[(&str, &str)]) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
         let inner = Arc::new(Mutex::new(Inner {
             secrets: keys
                 .iter()
@@ -119,7 +118,7 @@ impl Receiver {
         let app = axum::Router::new()
             .fallback(handle)
             .with_state(inner.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let port = super::serve(app).await;
         Receiver { port, inner }
     }
 
@@ -171,18 +170,21 @@ impl Receiver {
 
     /// Waits until `check` holds, polling every 25 ms; panics with `what` after `limit`.
     pub async fn wait_for(&self, what: &str, limit: Duration, check: impl Fn(&Receiver) -> bool) {
-        let start = Instant::now();
-        while !check(self) {
-            assert!(
-                start.elapsed() < limit,
-                "timed out after {limit:?} waiting for {what}; received so far: {:#?}",
-                self.all()
+        let every = Duration::from_millis(25);
+        poll(what, limit, every, || {
+            let result = if check(self) {
+                Ok(())
+            } else {
+                let seen: Vec<_> = self
+                    .all()
                     .iter()
-                    .map(|r| (&r.path, r.answered, r.events().len()))
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+                    .map(|r| (r.path.clone(), r.answered, r.events().len()))
+                    .collect();
+                Err(format!("received so far (path, status, events): {seen:#?}"))
+            };
+            std::future::ready(result)
+        })
+        .await;
     }
 }
 

@@ -10,7 +10,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -97,10 +97,7 @@ impl RedisServer {
         let mut last_error = None;
         // A free port can be taken between finding it and redis binding it: try a few.
         for _ in 0..5 {
-            let port = match free_port() {
-                Ok(port) => port,
-                Err(e) => panic!("finding a free port: {e:#}"),
-            };
+            let port = super::process::free_port();
             let mut server = Self {
                 port,
                 dir: dir.clone(),
@@ -300,10 +297,6 @@ impl Drop for RedisServer {
         self.halt("KILL");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
 }
 
 /// Whether `pid` runs and is not a zombie (redis exited, its guard not yet reaped it).

@@ -391,7 +391,7 @@ async fn run(
     let pid = server.pid();
     let (server0, redis0, bench0, busy0, soft0) = (
         cpu_time(pid)?,
-        ctx.redis.process().cpu()?,
+        ctx.redis.cpu()?,
         own_cpu_time()?,
         system_busy()?,
         system_softirq()?,
@@ -406,7 +406,7 @@ async fn run(
         .context("the load process did not finish")??;
     let status = child.wait().await?;
     let server_cpu = cpu_time(pid)?.saturating_sub(server0);
-    let redis_cpu = ctx.redis.process().cpu()?.saturating_sub(redis0);
+    let redis_cpu = ctx.redis.cpu()?.saturating_sub(redis0);
     let bench_cpu = own_cpu_time()?.saturating_sub(bench0);
     let busy = system_busy()?.saturating_sub(busy0);
     let softirq = system_softirq()?.saturating_sub(soft0);

@@ -206,7 +206,7 @@ async fn run(args: Args) -> Result<bool> {
     let started = Instant::now();
     let load_before = procs::load_average();
     let dir = scenario::temp_dir()?;
-    let redis = redis_server::RedisServer::start(&dir).await?;
+    let redis = redis_server::Redis::start().await?;
     let apps: Vec<String> = (0..APPS).map(|i| format!("app-{i}")).collect();
     let keys: Vec<(String, String)> = (0..APPS)
         .map(|i| {
@@ -235,7 +235,7 @@ async fn run(args: Args) -> Result<bool> {
     if wants("redis") || wants("ingest") {
         progress("redis-benchmark LPUSH/RPOP, without and with -P 16");
         for p in [1, 16] {
-            match ceiling::redis_benchmark(ctx.redis.port, plan.redis_n, p) {
+            match ceiling::redis_benchmark(ctx.redis.port(), plan.redis_n, p) {
                 Ok(f) => r.redis.extend(f),
                 Err(e) => r.errors.push(note("redis-benchmark", e)),
             }
@@ -425,11 +425,11 @@ async fn producer_runs(ctx: &Ctx, length: Duration) -> Result<Vec<PublishFigure>
     for (tasks, batch) in [(1, 1), (4, 1), (1, 100), (4, 100)] {
         ctx.redis.flush().await?;
         ctx.redis.reset_stats().await?;
-        let (own0, redis0) = (procs::own_cpu_time()?, ctx.redis.process().cpu()?);
+        let (own0, redis0) = (procs::own_cpu_time()?, ctx.redis.cpu()?);
         let mut f = producer::publish_rate(&p, &ctx.apps, tasks, batch, length).await?;
         f.cpu = (
             procs::own_cpu_time()?.saturating_sub(own0),
-            ctx.redis.process().cpu()?.saturating_sub(redis0),
+            ctx.redis.cpu()?.saturating_sub(redis0),
         );
         let calls: u64 = ctx
             .redis

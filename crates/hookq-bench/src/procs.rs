@@ -1,4 +1,4 @@
-//! Child processes the benchmark starts (`redis-server`, `hookq worker`), and
+//! Child processes the benchmark starts (`hookq worker`, `hookq ingest`), and
 //! what `/proc` says about them.
 //!
 //! Every child runs under a small `sh` guard that kills it when the guard's

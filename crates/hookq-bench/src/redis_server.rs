@@ -1,97 +1,54 @@
-//! The benchmark's own `redis-server`: a free loopback port, persistence off,
-//! a temporary directory; and what the benchmark asks of it directly —
+//! The benchmark's own `redis-server` (the suite's harness,
+//! [`hookq_tests::redis_server`]: a free loopback port, persistence off, a
+//! temporary directory); and what the benchmark asks of it directly —
 //! pre-filling `{prefix}:ready`, the command statistics, the queue's depth,
-//! `FLUSHALL` between scenarios.
+//! `FLUSHALL` between scenarios — over a redis-rs connection.
 
-use crate::procs::{Guarded, free_port};
-use anyhow::{Context, Result, bail};
+use crate::procs::cpu_time;
+use anyhow::{Context, Result};
 use hookq_core::Event;
 use hookq_core::job::{EventJob, Job};
 use hookq_queue::redis::ready_key;
+use hookq_tests::redis_server::RedisServer;
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Jobs per `LPUSH` when pre-filling.
 const FILL_CHUNK: usize = 1000;
 /// `LPUSH`es per pipeline when pre-filling.
 const FILL_PIPELINE: usize = 10;
 
-/// A running private redis-server, killed on drop.
-pub struct RedisServer {
-    /// Its port on 127.0.0.1.
-    pub port: u16,
-    process: Guarded,
+/// The private redis-server and a connection to it; killed on drop.
+pub struct Redis {
+    server: RedisServer,
     conn: MultiplexedConnection,
 }
 
-impl RedisServer {
-    /// Starts `redis-server` in `dir` and waits until it answers.
-    pub async fn start(dir: &Path) -> Result<Self> {
-        let port = free_port()?;
-        let args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            &dir.to_string_lossy(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--logfile",
-            "",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let program = PathBuf::from("redis-server");
-        let process = Guarded::spawn("redis-server", &program, &args, &[], &dir.join("redis.log"))
-            .context(
-                "is redis-server installed? (`apt-get install redis-server`, or `make test-deps`)",
-            )?;
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+impl Redis {
+    /// Starts `redis-server` (answering by then) and connects to it.
+    pub async fn start() -> Result<Self> {
+        // The start polls with blocking sleeps: off the runtime's threads.
+        let server = tokio::task::spawn_blocking(RedisServer::try_start).await??;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(30)));
-        let start = Instant::now();
-        let conn = loop {
-            match client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-            {
-                Ok(mut c) => {
-                    if redis::cmd("PING")
-                        .query_async::<String>(&mut c)
-                        .await
-                        .is_ok()
-                    {
-                        break c;
-                    }
-                }
-                Err(e) if start.elapsed() > Duration::from_secs(20) || !process.alive() => {
-                    let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
-                    bail!("redis-server on port {port} did not answer: {e}; log: {log}");
-                }
-                Err(_) => {}
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        Ok(Self {
-            port,
-            process,
-            conn,
-        })
+        let conn = redis::Client::open(server.url())?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .with_context(|| format!("connecting to {}", server.url()))?;
+        Ok(Self { server, conn })
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.server.port()
     }
 
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     /// A connection for the benchmark's own commands.
@@ -99,9 +56,10 @@ impl RedisServer {
         self.conn.clone()
     }
 
-    /// The server's process (for its CPU time).
-    pub fn process(&self) -> &Guarded {
-        &self.process
+    /// CPU time redis-server has used so far (user + system, from
+    /// `/proc/<pid>/stat` of redis-server itself, not of its guard).
+    pub fn cpu(&self) -> Result<Duration> {
+        cpu_time(self.server.pid().context("redis-server is not running")?)
     }
 
     /// `redis-server --version`, e.g. `7.0.15`.
@@ -147,22 +105,7 @@ impl RedisServer {
             .query_async(&mut c)
             .await
             .context("INFO commandstats")?;
-        let mut calls = BTreeMap::new();
-        for line in info.lines() {
-            let Some((name, stats)) = line
-                .strip_prefix("cmdstat_")
-                .and_then(|r| r.split_once(':'))
-            else {
-                continue;
-            };
-            let n = stats
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))
-                .and_then(|n| n.parse().ok())
-                .with_context(|| format!("no calls in {line}"))?;
-            calls.insert(name.to_string(), n);
-        }
-        Ok(calls)
+        hookq_tests::redis_server::command_calls(&info)
     }
 
     /// Lengths of the queue's keys under `prefix`: (ready, held, dead).

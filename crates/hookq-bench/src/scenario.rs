@@ -12,7 +12,7 @@
 use crate::procs::{Guarded, free_port, own_cpu_time, system_busy};
 use crate::producer;
 use crate::receiver::Receiver;
-use crate::redis_server::RedisServer;
+use crate::redis_server::Redis;
 use anyhow::{Context, Result, bail};
 use hookq_core::Config;
 use serde_json::{Value, json};
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 /// What every scenario shares.
 pub struct Ctx {
     /// The private Redis.
-    pub redis: RedisServer,
+    pub redis: Redis,
     /// The verifying receiver.
     pub receiver: Receiver,
     /// The `hookq` binary.
@@ -270,7 +270,7 @@ pub async fn throughput(
     ctx.redis.flush().await?;
     ctx.redis.prefill(&prefix, &ctx.apps, events).await?;
     let config = ctx.config(&prefix, batching);
-    let redis_cpu0 = ctx.redis.process().cpu()?;
+    let redis_cpu0 = ctx.redis.cpu()?;
     let bench_cpu0 = own_cpu_time()?;
     let busy0 = system_busy()?;
     ctx.receiver.reset(events as u64, true);
@@ -285,7 +285,7 @@ pub async fn throughput(
         rss = rss.max(p.process.peak_rss().unwrap_or(0));
         cpu += p.process.cpu().unwrap_or_default();
     }
-    let redis_cpu = ctx.redis.process().cpu()?.saturating_sub(redis_cpu0);
+    let redis_cpu = ctx.redis.cpu()?.saturating_sub(redis_cpu0);
     let bench_cpu = own_cpu_time()?.saturating_sub(bench_cpu0);
     let others_cpu = system_busy()?
         .saturating_sub(busy0)
@@ -388,7 +388,7 @@ pub async fn steady(ctx: &Ctx, rate: f64, length: Duration) -> Result<Steady> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let p = producer::producer(&ctx.parsed(prefix)?).await?;
     let worker_cpu0 = worker.process.cpu()?;
-    let redis_cpu0 = ctx.redis.process().cpu()?;
+    let redis_cpu0 = ctx.redis.cpu()?;
     let bench_cpu0 = own_cpu_time()?;
     let busy0 = system_busy()?;
     ctx.receiver.reset(u64::MAX, true);
@@ -401,7 +401,7 @@ pub async fn steady(ctx: &Ctx, rate: f64, length: Duration) -> Result<Steady> {
     }
     let rss = worker.process.peak_rss().unwrap_or(0);
     let worker_cpu = worker.process.cpu()?.saturating_sub(worker_cpu0);
-    let redis_cpu = ctx.redis.process().cpu()?.saturating_sub(redis_cpu0);
+    let redis_cpu = ctx.redis.cpu()?.saturating_sub(redis_cpu0);
     let bench_cpu = own_cpu_time()?.saturating_sub(bench_cpu0);
     let others = system_busy()?
         .saturating_sub(busy0)

@@ -12,9 +12,11 @@ pub mod postgres;
 pub mod process;
 pub mod queue;
 pub mod receiver;
-pub mod redis_server;
 pub mod sender;
 pub mod wait;
+
+/// The private redis-server, from the library (the benchmark uses it too).
+pub use hookq_tests::redis_server;
 
 /// Serves `app` on a free loopback port as a task of the current runtime;
 /// returns the port.

@@ -1,16 +1,20 @@
-//! A private `redis-server` for one test, on a free loopback port, in a
-//! temporary directory of its own.
+//! A private `redis-server` for one test (or the benchmark), on a free
+//! loopback port, in a temporary directory of its own.
 //!
 //! The server runs under a small `sh` guard that kills it when its stdin
-//! closes, so a server never outlives the test process, even one that
-//! aborts. It is a plain process, tied to no async runtime: a server may be
-//! shared through a `static` between `#[tokio::test]`s, each of which has its
-//! own runtime. [`RedisServer::command`] speaks RESP over a plain socket, for
-//! what a test does "as another program would" (a raw `LPUSH`, `INFO`).
+//! closes, so a server never outlives the process that started it, even one
+//! that aborts. It is a plain process, tied to no async runtime: a server may
+//! be shared through a `static` between `#[tokio::test]`s, each of which has
+//! its own runtime. [`RedisServer::pid`] is redis-server's own pid, not the
+//! guard's, for signals and `/proc`. [`RedisServer::command`] speaks RESP over
+//! a plain socket, for what a test does "as another program would" (a raw
+//! `LPUSH`, `INFO`).
 
 use anyhow::{Context, Result, anyhow, bail};
+use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,7 +22,9 @@ use std::time::{Duration, Instant};
 
 /// Runs redis-server with the arguments given, prints its pid, and kills it
 /// with the signal read from stdin, then waits for it so that its port and
-/// files are free when the guard exits. When stdin just closes (the test
+/// files are free when the guard exits. The guard's own standard error (the
+/// shell's "not found", redis-server's fatal config errors) goes to
+/// `stderr.log` in the server's directory. When stdin just closes (the test
 /// process ended without dropping the server, e.g. a shared one in a
 /// `static`), it stops the server with TERM and removes its directory.
 const GUARD: &str = r#"redis-server "$@" & pid=$!
@@ -28,7 +34,7 @@ kill -s "${sig:-TERM}" "$pid" 2>/dev/null
 wait "$pid"
 if [ -z "$sig" ] && [ -n "$HOOKQ_REDIS_DIR" ]; then rm -rf -- "$HOOKQ_REDIS_DIR"; fi"#;
 
-/// How long a start may take before the test fails.
+/// How long a start may take before it fails.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running (or stopped, between [`RedisServer::stop`] and
@@ -74,45 +80,47 @@ impl Reply {
 
 impl RedisServer {
     /// A server without persistence: `--save '' --appendonly no`.
+    /// Panics when it does not start.
     pub fn start() -> Self {
-        Self::launch(false)
+        Self::launch(false).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// A server that survives [`RedisServer::restart`] with its data:
-    /// `--appendonly yes --appendfsync always`.
+    /// `--appendonly yes --appendfsync always`. Panics when it does not start.
     pub fn start_persistent() -> Self {
-        Self::launch(true)
+        Self::launch(true).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
-    fn launch(persistent: bool) -> Self {
+    /// [`start`](Self::start), with an error instead of a panic when the
+    /// server does not start (for a program, e.g. the benchmark).
+    pub fn try_start() -> Result<Self> {
+        Self::launch(false)
+    }
+
+    fn launch(persistent: bool) -> Result<Self> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "hookq-redis-{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            panic!("creating {}: {e}", dir.display());
-        }
         let mut last_error = None;
         // A free port can be taken between finding it and redis binding it: try a few.
         for _ in 0..5 {
-            let port = super::process::free_port();
             let mut server = Self {
-                port,
+                port: free_port()?,
                 dir: dir.clone(),
                 persistent,
                 process: None,
             };
             match server.spawn() {
-                Ok(()) => return server,
+                Ok(()) => return Ok(server),
                 Err(e) => last_error = Some(e),
             }
         }
-        panic!(
-            "redis-server did not start: {:#}",
-            last_error.unwrap_or_else(|| anyhow!("?"))
-        );
+        Err(last_error
+            .unwrap_or_else(|| anyhow!("?"))
+            .context("redis-server did not start (is it installed? `make test-deps`)"))
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -187,30 +195,12 @@ impl RedisServer {
 
     /// Total calls per command since the server started (or `CONFIG RESETSTAT`),
     /// from `INFO commandstats`, without the `INFO` calls themselves.
-    pub fn command_calls(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+    pub fn command_calls(&self) -> Result<BTreeMap<String, u64>> {
         let info = self
             .command(&["INFO", "commandstats"])?
             .text()
             .ok_or_else(|| anyhow!("INFO gave no text"))?;
-        let mut calls = std::collections::BTreeMap::new();
-        for line in info.lines() {
-            let Some(rest) = line.strip_prefix("cmdstat_") else {
-                continue;
-            };
-            let Some((name, stats)) = rest.split_once(':') else {
-                continue;
-            };
-            if name == "info" {
-                continue;
-            }
-            let n = stats
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| anyhow!("no calls in {line}"))?;
-            calls.insert(name.to_string(), n);
-        }
-        Ok(calls)
+        command_calls(&info)
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -236,6 +226,12 @@ impl RedisServer {
         } else {
             args.extend(["--appendonly", "no"]);
         }
+        // Created here, not once in `launch`: a failed attempt's drop removes it.
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let stderr_log = self.dir.join("stderr.log");
+        let stderr = File::create(&stderr_log)
+            .with_context(|| format!("creating {}", stderr_log.display()))?;
         let mut guard = Command::new("sh")
             .arg("-c")
             .arg(GUARD)
@@ -245,9 +241,9 @@ impl RedisServer {
             .env("HOOKQ_REDIS_DIR", &self.dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
-            .context("spawning sh to run redis-server (is redis-server installed?)")?;
+            .context("spawning sh to run redis-server")?;
         let (Some(stdin), Some(stdout)) = (guard.stdin.take(), guard.stdout.take()) else {
             bail!("no pipes to the guard");
         };
@@ -269,12 +265,22 @@ impl RedisServer {
                 }
                 reply => {
                     self.halt("KILL");
-                    let log = std::fs::read_to_string(&log).unwrap_or_default();
-                    let tail: Vec<_> = log.lines().rev().take(10).collect();
+                    let tail = |path: &Path| {
+                        let text = std::fs::read_to_string(path).unwrap_or_default();
+                        let mut tail: Vec<_> = text.lines().rev().take(10).collect();
+                        tail.reverse();
+                        tail.join("\n")
+                    };
+                    // `{:#}`, not `{:?}`: the latter adds anyhow's backtrace.
+                    let reply = match reply {
+                        Ok(r) => format!("{r:?}"),
+                        Err(e) => format!("{e:#}"),
+                    };
                     bail!(
-                        "redis-server on port {} not ready ({reply:?}); log tail: {:?}",
+                        "redis-server on port {} not ready ({reply}); stderr: {:?}; log tail: {:?}",
                         self.port,
-                        tail
+                        tail(&stderr_log),
+                        tail(&log)
                     );
                 }
             }
@@ -297,6 +303,38 @@ impl Drop for RedisServer {
         self.halt("KILL");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Calls per command in the text of `INFO commandstats` (`cmdstat_<name>:calls=…`),
+/// without the `INFO` calls themselves; for a caller with a client of its own.
+pub fn command_calls(info: &str) -> Result<BTreeMap<String, u64>> {
+    let mut calls = BTreeMap::new();
+    for line in info.lines() {
+        let Some((name, stats)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|rest| rest.split_once(':'))
+        else {
+            continue;
+        };
+        if name == "info" {
+            continue;
+        }
+        let n = stats
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("calls="))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow!("no calls in {line}"))?;
+        calls.insert(name.to_string(), n);
+    }
+    Ok(calls)
+}
+
+/// A loopback port nobody listens on now.
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind(("127.0.0.1", 0))
+        .context("binding a free port")?
+        .local_addr()?
+        .port())
 }
 
 /// Whether `pid` runs and is not a zombie (redis exited, its guard not yet reaped it).

@@ -123,3 +123,22 @@ async fn a_worker_serves_health_ready_metrics_and_stops_cleanly_on_sigterm() {
     let (ok, _, err) = hookq(&["healthcheck", "--url", &url("/health")]);
     assert!(!ok && err.contains("no answer"), "{err}");
 }
+
+/// `hookq check-config … | head -1`: the reader goes away before the summary
+/// is written. A command whose output is cut short ends quietly, as Unix
+/// tools do, instead of panicking.
+#[test]
+fn a_closed_output_pipe_ends_the_command_without_a_panic() {
+    let mut child = std::process::Command::new(crate::support::process::hookq_bin())
+        .args(["check-config", "--config"])
+        .arg(fixtures().join("reference-apps.json"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}

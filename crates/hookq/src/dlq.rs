@@ -26,11 +26,11 @@ pub async fn run(action: DlqAction) -> anyhow::Result<()> {
             let now = hookq_core::now_ms();
             for e in &entries {
                 if json {
-                    println!("{}", e.encode());
+                    say!("{}", e.encode());
                     continue;
                 }
                 let age_s = now.saturating_sub(e.failed_at_ms) / 1000;
-                println!(
+                say!(
                     "{:>6}s ago  app {}  endpoint {}  attempts {}  {}{}",
                     age_s,
                     e.app_id.as_deref().unwrap_or("-"),
@@ -44,15 +44,15 @@ pub async fn run(action: DlqAction) -> anyhow::Result<()> {
                 );
             }
             if !json {
-                println!(
+                say!(
                     "{} entr{}",
                     entries.len(),
                     if entries.len() == 1 { "y" } else { "ies" }
                 );
             }
         }
-        DlqAction::Replay(_) => println!("replayed {} entries", queue.dlq_replay(&filter).await?),
-        DlqAction::Purge(_) => println!("purged {} entries", queue.dlq_purge(&filter).await?),
+        DlqAction::Replay(_) => say!("replayed {} entries", queue.dlq_replay(&filter).await?),
+        DlqAction::Purge(_) => say!("purged {} entries", queue.dlq_purge(&filter).await?),
     }
     Ok(())
 }

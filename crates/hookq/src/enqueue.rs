@@ -50,9 +50,10 @@ pub async fn run(
         total.enqueued += p.enqueued;
         total.skipped += p.skipped;
     }
-    println!(
+    say!(
         "enqueued {} event(s) for {app}; {} skipped (no endpoint wants them)",
-        total.enqueued, total.skipped
+        total.enqueued,
+        total.skipped
     );
     Ok(())
 }

@@ -11,6 +11,14 @@
 //! `cli` holds the command line, `run` the worker's and the ingest's
 //! start-up, `enqueue` and `dlq` the operator commands, `demo` the demo.
 
+/// `println!` that ends quietly when the reader went away (`hookq … | head`)
+/// instead of panicking, and reports other write errors.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
 mod cli;
 mod demo;
 mod dlq;
@@ -22,6 +30,16 @@ use clap::Parser;
 use cli::{Cli, Command};
 use hookq_core::Config;
 use std::path::Path;
+
+/// Writes to standard output; a closed pipe is not an error (the reader has
+/// all it wanted).
+fn write_out(text: std::fmt::Arguments) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_fmt(text) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -83,7 +101,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest(c) => run::ingest(c.config.clone(), load_config(&c.config)?).await,
         Command::CheckConfig(c) => {
             let config = load_config(&c.config)?;
-            print!("{} is valid.\n{config}", c.config.display());
+            say!("{} is valid.\n{config}", c.config.display());
             Ok(())
         }
         Command::Enqueue {

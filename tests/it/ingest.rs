@@ -676,3 +676,41 @@ async fn a_shutdown_finishes_the_request_in_flight() {
     assert!(status.success(), "a clean exit: {status:?}");
     assert_eq!(queue.depth().await.unwrap().ready, 1);
 }
+
+/// A stand-alone ingest on the memory queue would answer `200` for jobs no
+/// worker can ever see (the queue lives and dies in its own process): it
+/// refuses to start, and says what to do instead.
+#[test]
+fn a_stand_alone_ingest_refuses_the_memory_queue() {
+    let dir = temp_dir("ingest-memory");
+    let mut cfg = config(json!([]), json!({}));
+    cfg["ingest"] = json!({"addr": format!("127.0.0.1:{}", crate::support::process::free_port())});
+    cfg["worker"]["admin_addr"] = json!(format!(
+        "127.0.0.1:{}",
+        crate::support::process::free_port()
+    ));
+    let path = write_config(&dir, "memory.json", &cfg);
+    let mut child = std::process::Command::new(crate::support::process::hookq_bin())
+        .args(["ingest", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("`hookq ingest` on the memory queue started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("ingest.enabled"),
+        "says what to do instead: {err}"
+    );
+}

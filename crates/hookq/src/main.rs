@@ -98,7 +98,17 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Worker(c) => run::worker(c.config.clone(), load_config(&c.config)?).await,
-        Command::Ingest(c) => run::ingest(c.config.clone(), load_config(&c.config)?).await,
+        Command::Ingest(c) => {
+            let config = load_config(&c.config)?;
+            if config.queue.driver == hookq_core::config::QueueDriverKind::Memory {
+                bail!(
+                    "the memory queue lives inside one process, so a stand-alone `hookq ingest` \
+                     would accept jobs no worker can see; set queue.driver to \"redis\" or \"sqs\", \
+                     or serve the ingest inside the worker with ingest.enabled: true"
+                );
+            }
+            run::ingest(c.config.clone(), config).await
+        }
         Command::CheckConfig(c) => {
             let config = load_config(&c.config)?;
             say!("{} is valid.\n{config}", c.config.display());

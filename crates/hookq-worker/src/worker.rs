@@ -412,12 +412,10 @@ async fn deliver(shared: Arc<Shared>, batch: Batch) {
         }
     }
     let ep = batch.endpoint();
-    if let Outcome::Retry { failure, .. } | Outcome::Reject { failure } = &outcome {
-        tracing::info!(
-            app_id = %batch.app.id, endpoint = %ep.id, attempt = batch.attempt,
-            reason = %failure.reason, "delivery failed"
-        );
-    }
+    let last_error = match &outcome {
+        Outcome::Retry { failure, .. } => Some(failure.reason.clone()),
+        Outcome::Delivered | Outcome::Reject { .. } => None,
+    };
     let disposition = decide::dispose(
         outcome,
         &batch,
@@ -428,8 +426,9 @@ async fn deliver(shared: Arc<Shared>, batch: Batch) {
     );
     match &disposition {
         Disposition::Push { message, .. } => tracing::info!(
-            app_id = %batch.app.id, endpoint = %ep.id,
-            retry_in_ms = message.delay.as_millis() as u64, "retrying"
+            app_id = %batch.app.id, endpoint = %ep.id, attempt = batch.attempt,
+            reason = last_error.as_deref().unwrap_or_default(),
+            retry_in_ms = message.delay.as_millis() as u64, "delivery failed, retrying"
         ),
         Disposition::DeadLetter { entry, .. } => tracing::warn!(
             app_id = %batch.app.id, endpoint = %ep.id, attempts = batch.attempt,

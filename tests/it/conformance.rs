@@ -209,6 +209,24 @@ pub async fn stale_ack_is_harmless(q: Arc<dyn QueueDriver>) {
     assert_eq!(q.depth().await.unwrap().held, 0);
 }
 
+/// A hold that expired and was taken by another receive is reported gone by
+/// `extend` (so its first holder settles nothing more for it) and by `ack`,
+/// and extending the new hold still works.
+pub async fn a_lost_hold_is_reported(q: Arc<dyn QueueDriver>) {
+    q.push(vec![msg(1)]).await.unwrap();
+    let first = receive_n(&*q, 1, Duration::from_secs(5)).await;
+    let second = receive_n(&*q, 1, HOLD * 4).await;
+    assert_eq!(second.len(), 1);
+    let both = [first[0].handle.clone(), second[0].handle.clone()];
+    assert_eq!(
+        q.extend(&both).await.unwrap(),
+        vec![first[0].handle.clone()],
+        "only the first hold is gone"
+    );
+    assert_eq!(q.ack(&both).await.unwrap(), 1, "one ack came too late");
+    assert_eq!(q.depth().await.unwrap().held, 0);
+}
+
 /// Stamps out the suite as `#[tokio::test]`s for a driver; `$make` is an async
 /// expression giving an `Arc<dyn QueueDriver>` with hold time [`HOLD`].
 macro_rules! conformance_suite {

@@ -19,3 +19,4 @@ mod schema;
 mod sqs_queue;
 mod sqs_workers;
 mod support;
+mod worker_faults;

@@ -9,7 +9,7 @@ fn make() -> Arc<dyn QueueDriver> {
 }
 
 conformance_suite!(make());
-conformance_suite!(make(); stale_ack_is_harmless);
+conformance_suite!(make(); stale_ack_is_harmless, a_lost_hold_is_reported);
 
 #[tokio::test]
 async fn a_full_queue_refuses_the_whole_push() {

@@ -55,7 +55,7 @@ async fn make() -> Arc<dyn QueueDriver> {
 }
 
 conformance_suite!(make().await);
-conformance_suite!(make().await; stale_ack_is_harmless);
+conformance_suite!(make().await; stale_ack_is_harmless, a_lost_hold_is_reported);
 
 /// Retries `f` while it fails transiently, for at most 10 s.
 async fn eventually<T, Fut>(what: &str, f: impl FnMut() -> Fut) -> T

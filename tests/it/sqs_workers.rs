@@ -11,7 +11,7 @@ use crate::support::receiver::{Receiver, Reply};
 use crate::support::wait::poll;
 use hookq_core::Event;
 use serde_json::{Value, json};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 fn sqs_config(r: &Receiver, queue_name: &str, fifo: bool) -> Value {
@@ -161,4 +161,62 @@ async fn queue_sqs_concurrency_is_how_many_receives_run_at_once() {
         );
         h.stop().await;
     }
+}
+
+/// 1,500 jobs held behind an endpoint that takes 1 s per batch, visibility
+/// 4 s: the worker's renewals (150 batch calls per round, on an emulator
+/// that answers slower the more it holds) must keep every hold, so no job
+/// comes back while no worker died: no event is sent in two requests. (One
+/// request may carry an event twice: SQS, and moto, may hand one message out
+/// twice at once; seen here in about one run of four.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_holds_behind_a_slow_endpoint_are_kept() {
+    const EVENTS: usize = 1_500;
+    let r = Receiver::start(&[("key-1", "secret-1")]).await;
+    r.always("/h", Reply::status(200).after(Duration::from_millis(1000)));
+    let dir = temp_dir("sqs-holds");
+    let name = format!("holds-{}", std::process::id());
+    let mut cfg = sqs_config(&r, &name, false);
+    cfg["webhooks"]["batching"] = json!({"enabled": true, "duration": 1000, "size": 50});
+    cfg["app_manager"]["array"]["apps"][0]["webhooks"][0]["max_concurrency"] = json!(1);
+    cfg["worker"]["max_held_jobs"] = json!(EVENTS);
+    let (p, queue) = producer(&cfg).await;
+    let mut w = WorkerProcess::start(&dir, "w", &cfg).await;
+    for chunk in 0..EVENTS / 100 {
+        let events = (chunk * 100..(chunk + 1) * 100)
+            .map(|i| Event::client_event("private-c", "client-e", i.to_string(), "1.1"))
+            .collect();
+        p.publish_batch("app-1", events).await.unwrap();
+    }
+    // The requests that carried each event.
+    let carried = |r: &Receiver| {
+        let mut by_event: HashMap<String, HashSet<String>> = HashMap::new();
+        for q in r.requests("/h") {
+            let id = q.header("webhook-id").unwrap_or_default().to_string();
+            for e in q.events() {
+                let data = e["data"].as_str().unwrap().to_string();
+                by_event.entry(data).or_default().insert(id.clone());
+            }
+        }
+        by_event
+    };
+    poll(
+        "every event delivered",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        async || match carried(&r) {
+            c if c.len() >= EVENTS => Ok(()),
+            c => Err(format!("{} distinct events delivered", c.len())),
+        },
+    )
+    .await;
+    wait_drained(&*queue, Duration::from_secs(30)).await;
+    let again = carried(&r).values().filter(|ids| ids.len() > 1).count();
+    assert_eq!(
+        again,
+        0,
+        "events sent in more than one request (a hold lapsed while the worker lived); log:\n{}",
+        w.log_text()
+    );
+    assert!(w.terminate(Duration::from_secs(15)).success());
 }

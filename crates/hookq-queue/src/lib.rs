@@ -248,11 +248,17 @@ pub trait QueueConsume: Send + Sync + 'static {
     /// Takes up to `max` ready messages and holds them; waits up to `wait` for the first one.
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, QueueError>;
 
-    /// Removes held messages for good. A handle whose hold already expired is ignored.
-    async fn ack(&self, handles: &[Handle]) -> Result<(), QueueError>;
+    /// Removes held messages for good. A handle whose hold is gone (it
+    /// expired and the message went back to the queue) removes nothing; the
+    /// answer is how many of `handles` were such, as far as the driver can
+    /// tell (SQS may still accept a stale receipt handle): those messages
+    /// may be delivered again by whoever takes them next.
+    async fn ack(&self, handles: &[Handle]) -> Result<usize, QueueError>;
 
-    /// Renews holds to the driver's full hold time.
-    async fn extend(&self, handles: &[Handle]) -> Result<(), QueueError>;
+    /// Renews holds to the driver's full hold time. The answer is the
+    /// handles whose hold is gone, so their messages are no longer this
+    /// holder's: it should settle nothing more for them.
+    async fn extend(&self, handles: &[Handle]) -> Result<Vec<Handle>, QueueError>;
 
     /// Leaves a held message in the queue, to come back after `after` (as
     /// near as the driver can), without acking it. For queues that cannot

@@ -203,28 +203,35 @@ impl QueueConsume for MemoryQueue {
         }
     }
 
-    async fn ack(&self, handles: &[Handle]) -> Result<(), QueueError> {
+    async fn ack(&self, handles: &[Handle]) -> Result<usize, QueueError> {
         let mut s = self.lock();
-        for t in handles.iter().filter_map(token) {
-            if let Some((_, deadline)) = s.held.remove(&t) {
-                s.hold_deadlines.remove(&(deadline, t));
+        let mut gone = 0;
+        for h in handles {
+            match token(h).and_then(|t| Some((t, s.held.remove(&t)?))) {
+                Some((t, (_, deadline))) => {
+                    s.hold_deadlines.remove(&(deadline, t));
+                }
+                None => gone += 1,
             }
         }
-        Ok(())
+        Ok(gone)
     }
 
-    async fn extend(&self, handles: &[Handle]) -> Result<(), QueueError> {
+    async fn extend(&self, handles: &[Handle]) -> Result<Vec<Handle>, QueueError> {
         let new_deadline = Instant::now() + self.hold;
         let mut s = self.lock();
-        for t in handles.iter().filter_map(token) {
-            let Some((_, deadline)) = s.held.get_mut(&t) else {
+        let mut gone = Vec::new();
+        for h in handles {
+            let Some((t, (_, deadline))) = token(h).and_then(|t| Some((t, s.held.get_mut(&t)?)))
+            else {
+                gone.push(h.clone());
                 continue;
             };
             let old = std::mem::replace(deadline, new_deadline);
             s.hold_deadlines.remove(&(old, t));
             s.hold_deadlines.insert((new_deadline, t), ());
         }
-        Ok(())
+        Ok(gone)
     }
 
     async fn dead_letter(&self, entries: Vec<DeadLetter>) -> Result<(), QueueError> {

@@ -42,8 +42,11 @@
 //!    script runs again. An idle receiver costs two commands per wait.
 //! 4. **Ack**: a script deletes the tokens from `held` and `leases`. A token
 //!    whose lease expired and was reclaimed is simply absent, so a late ack
-//!    never touches the job's new hold. **Extend** sets the deadline of tokens
-//!    still in `leases` (`ZADD XX`) to server time + lease.
+//!    never touches the job's new hold; the script counts what it removed, so
+//!    the worker learns how many acks came too late. **Extend** sets the
+//!    deadline of tokens still in `leases` (`ZADD XX`) to server time + lease
+//!    and returns the tokens that are gone: those jobs now belong to another
+//!    receive, and the worker settles nothing more for them.
 //!    [`QueuePush::push_once`] runs the push script with a key,
 //!    `{prefix}:once:<key>`, set with `SET NX PX <window>` in the same step:
 //!    a push whose key is already set pushes nothing.
@@ -620,28 +623,30 @@ impl QueueConsume for RedisQueue {
         }
     }
 
-    async fn ack(&self, handles: &[Handle]) -> Result<(), QueueError> {
+    async fn ack(&self, handles: &[Handle]) -> Result<usize, QueueError> {
         if handles.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let tokens: Vec<&str> = handles.iter().map(|h| h.0.as_str()).collect();
         let mut call = self.scripts.ack.prepare_invoke();
         call.key(&self.keys.held)
             .key(&self.keys.leases)
             .arg(&tokens);
-        self.run("ack", Request::Script(&call)).await
+        let removed: usize = self.run("ack", Request::Script(&call)).await?;
+        Ok(handles.len().saturating_sub(removed))
     }
 
-    async fn extend(&self, handles: &[Handle]) -> Result<(), QueueError> {
+    async fn extend(&self, handles: &[Handle]) -> Result<Vec<Handle>, QueueError> {
         if handles.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let tokens: Vec<&str> = handles.iter().map(|h| h.0.as_str()).collect();
         let mut call = self.scripts.extend.prepare_invoke();
         call.key(&self.keys.leases)
             .arg(self.lease_ms())
             .arg(&tokens);
-        self.run("extend", Request::Script(&call)).await
+        let gone: Vec<String> = self.run("extend", Request::Script(&call)).await?;
+        Ok(gone.into_iter().map(Handle).collect())
     }
 
     async fn dead_letter(&self, entries: Vec<DeadLetter>) -> Result<(), QueueError> {

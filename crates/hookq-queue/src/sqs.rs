@@ -78,6 +78,10 @@ const MAX_VISIBILITY_SECONDS: u64 = sqs_limits::MAX_VISIBILITY_SECONDS;
 const SHORT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Most `ReceiveMessage` calls one [`QueueConsume::receive`] makes to fill `max`.
 const MAX_RECEIVE_CALLS: usize = 10;
+/// Visibility batches of ten sent at once when extending many holds.
+const VISIBILITY_CALLS: usize = 8;
+/// Tries of one visibility batch while SQS is unavailable.
+const VISIBILITY_TRIES: u32 = 3;
 /// How long DLQ messages stay hidden while a list, replay or purge walks the DLQ.
 const WALK_VISIBILITY_SECONDS: i32 = 60;
 /// Long poll of each DLQ walk step: long enough that SQS looks at every server.
@@ -298,7 +302,9 @@ impl SqsQueue {
     }
 
     /// Deletes messages by receipt handle, ignoring handles that are no longer valid.
-    async fn delete(&self, url: &str, handles: &[&str]) -> Result<(), QueueError> {
+    /// Deletes messages; the answer is how many handles SQS called stale.
+    async fn delete(&self, url: &str, handles: &[&str]) -> Result<usize, QueueError> {
+        let mut stale = 0;
         for chunk in handles.chunks(BATCH) {
             let entries = chunk
                 .iter()
@@ -319,42 +325,47 @@ impl SqsQueue {
                 .send()
                 .await
                 .map_err(|e| sdk_error("DeleteMessageBatch", e))?;
-            check_handle_failures("DeleteMessageBatch", out.failed())?;
+            stale += stale_handles("DeleteMessageBatch", chunk, out.failed())?.len();
         }
-        Ok(())
+        Ok(stale)
     }
 
-    /// Sets the visibility of messages, ignoring handles that are no longer valid.
+    /// Sets the visibility of messages, [`VISIBILITY_CALLS`] batches of ten
+    /// at a time, each tried up to [`VISIBILITY_TRIES`] times; one batch that
+    /// fails does not stop the others. The answer is the handles SQS called
+    /// stale (their message was received again, or deleted); an error means
+    /// some batch failed every try, after all the others were sent.
     async fn set_visibility(
         &self,
         url: &str,
         handles: &[&str],
         secs: i32,
-    ) -> Result<(), QueueError> {
-        for chunk in handles.chunks(BATCH) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, h)| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(*h)
-                        .visibility_timeout(secs)
-                        .build()
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| QueueError::Backend(format!("SQS entry: {e}")))?;
-            let out = self
-                .client
-                .change_message_visibility_batch()
-                .queue_url(url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| sdk_error("ChangeMessageVisibilityBatch", e))?;
-            check_handle_failures("ChangeMessageVisibilityBatch", out.failed())?;
+    ) -> Result<Vec<String>, QueueError> {
+        let mut calls = tokio::task::JoinSet::new();
+        let mut stale = Vec::new();
+        let mut failed = None;
+        let mut chunks = handles.chunks(BATCH);
+        loop {
+            while calls.len() < VISIBILITY_CALLS
+                && let Some(chunk) = chunks.next()
+            {
+                let chunk: Vec<String> = chunk.iter().map(|h| h.to_string()).collect();
+                let (client, url) = (self.client.clone(), url.to_string());
+                calls.spawn(async move { change_visibility(&client, &url, &chunk, secs).await });
+            }
+            let Some(done) = calls.join_next().await else {
+                break;
+            };
+            match done {
+                Ok(Ok(gone)) => stale.extend(gone),
+                Ok(Err(e)) => failed = Some(e),
+                Err(e) => failed = Some(QueueError::Backend(format!("visibility task: {e}"))),
+            }
         }
-        Ok(())
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(stale),
+        }
     }
 
     /// One `ReceiveMessage` call.
@@ -589,15 +600,17 @@ impl QueueConsume for SqsQueue {
         Ok(out)
     }
 
-    async fn ack(&self, handles: &[Handle]) -> Result<(), QueueError> {
+    async fn ack(&self, handles: &[Handle]) -> Result<usize, QueueError> {
         let handles = unique(handles);
         self.delete(&self.queue_url, &handles).await
     }
 
-    async fn extend(&self, handles: &[Handle]) -> Result<(), QueueError> {
+    async fn extend(&self, handles: &[Handle]) -> Result<Vec<Handle>, QueueError> {
         let handles = unique(handles);
-        self.set_visibility(&self.queue_url, &handles, self.visibility_secs)
-            .await
+        let stale = self
+            .set_visibility(&self.queue_url, &handles, self.visibility_secs)
+            .await?;
+        Ok(stale.into_iter().map(Handle).collect())
     }
 
     async fn release(&self, handle: &Handle, after: Duration) -> Result<(), QueueError> {
@@ -606,6 +619,7 @@ impl QueueConsume for SqsQueue {
         let secs = after.as_secs_f64().ceil().min(43_200.0) as i32;
         self.set_visibility(&self.queue_url, &[handle.0.as_str()], secs)
             .await
+            .map(drop)
     }
 
     async fn dead_letter(&self, entries: Vec<DeadLetter>) -> Result<(), QueueError> {
@@ -856,16 +870,88 @@ fn is_stale_handle(f: &BatchResultErrorEntry) -> bool {
                 .is_some_and(|m| m.to_ascii_lowercase().contains("receipt handle")))
 }
 
-fn check_handle_failures(op: &str, failed: &[BatchResultErrorEntry]) -> Result<(), QueueError> {
+/// The handles of `chunk` (entry ids are their positions) that failed only
+/// because they are stale; an error if any entry failed for another reason.
+fn stale_handles<H: AsRef<str>>(
+    op: &str,
+    chunk: &[H],
+    failed: &[BatchResultErrorEntry],
+) -> Result<Vec<String>, QueueError> {
     let (stale, real): (Vec<_>, Vec<_>) = failed.iter().partition(|f| is_stale_handle(f));
-    if !stale.is_empty() {
-        tracing::debug!(op, count = stale.len(), "ignored stale SQS receipt handles");
+    if !real.is_empty() {
+        let owned: Vec<BatchResultErrorEntry> = real.into_iter().cloned().collect();
+        return Err(batch_error(op, &owned));
     }
-    if real.is_empty() {
-        return Ok(());
+    Ok(stale
+        .iter()
+        .filter_map(|f| chunk.get(f.id().parse::<usize>().ok()?))
+        .map(|h| h.as_ref().to_string())
+        .collect())
+}
+
+/// One `ChangeMessageVisibilityBatch` of at most ten handles, tried up to
+/// [`VISIBILITY_TRIES`] times while SQS is unavailable or some entries
+/// failed for a reason other than a stale handle; only the entries that
+/// failed are sent again. The answer is the stale handles.
+async fn change_visibility(
+    client: &Client,
+    url: &str,
+    chunk: &[String],
+    secs: i32,
+) -> Result<Vec<String>, QueueError> {
+    let mut left: Vec<String> = chunk.to_vec();
+    let mut stale = Vec::new();
+    let mut pause = Duration::from_millis(100);
+    for attempt in 1..=VISIBILITY_TRIES {
+        let entries = left
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(h)
+                    .visibility_timeout(secs)
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| QueueError::Backend(format!("SQS entry: {e}")))?;
+        let sent = client
+            .change_message_visibility_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| sdk_error("ChangeMessageVisibilityBatch", e));
+        let error = match sent {
+            Ok(out) => {
+                let mut again = Vec::new();
+                for f in out.failed() {
+                    let Some(h) = f.id().parse::<usize>().ok().and_then(|i| left.get(i)) else {
+                        continue;
+                    };
+                    if is_stale_handle(f) {
+                        stale.push(h.clone());
+                    } else {
+                        again.push((h.clone(), f.clone()));
+                    }
+                }
+                if again.is_empty() {
+                    return Ok(stale);
+                }
+                let failed: Vec<BatchResultErrorEntry> =
+                    again.iter().map(|(_, f)| f.clone()).collect();
+                left = again.into_iter().map(|(h, _)| h).collect();
+                batch_error("ChangeMessageVisibilityBatch", &failed)
+            }
+            Err(e) => e,
+        };
+        if matches!(error, QueueError::Backend(_)) || attempt == VISIBILITY_TRIES {
+            return Err(error);
+        }
+        tokio::time::sleep(pause).await;
+        pause *= 2;
     }
-    let owned: Vec<BatchResultErrorEntry> = real.into_iter().cloned().collect();
-    Err(batch_error(op, &owned))
+    unreachable!("the last try returns")
 }
 
 fn batch_error(op: &str, failed: &[BatchResultErrorEntry]) -> QueueError {

@@ -63,6 +63,8 @@ pub struct Batch {
     pub events: Vec<Arc<Encoded>>,
     /// The jobs whose parts this batch carries, each once.
     pub tickets: Vec<Arc<Ticket>>,
+    /// The index in `tickets` of each event's job.
+    owners: Vec<usize>,
     bytes: usize,
 }
 
@@ -77,6 +79,7 @@ impl Batch {
             first_attempt_ms: None,
             events: Vec::new(),
             tickets: Vec::new(),
+            owners: Vec::new(),
             bytes: envelope::OVERHEAD,
         }
     }
@@ -113,9 +116,44 @@ impl Batch {
     pub fn add(&mut self, event: Arc<Encoded>, ticket: &Arc<Ticket>) {
         self.bytes += event.json.len() + usize::from(!self.events.is_empty());
         self.events.push(event);
-        if !self.tickets.iter().any(|t| Arc::ptr_eq(t, ticket)) {
-            self.tickets.push(ticket.clone());
+        let owner = match self.tickets.iter().position(|t| Arc::ptr_eq(t, ticket)) {
+            Some(i) => i,
+            None => {
+                self.tickets.push(ticket.clone());
+                self.tickets.len() - 1
+            }
+        };
+        self.owners.push(owner);
+    }
+
+    /// Drops the events of jobs that were abandoned (their hold was lost, or
+    /// another part could not be made durable: the queue gives them back),
+    /// so nothing more is sent or pushed for them. Returns whether any event is left.
+    pub fn retain_held(&mut self) -> bool {
+        if self.tickets.iter().all(|t| !t.is_abandoned()) {
+            return !self.events.is_empty();
         }
+        let mut renumber = vec![None; self.tickets.len()];
+        let mut tickets = Vec::new();
+        for (i, t) in self.tickets.drain(..).enumerate() {
+            if !t.is_abandoned() {
+                renumber[i] = Some(tickets.len());
+                tickets.push(t);
+            }
+        }
+        self.tickets = tickets;
+        let (mut events, mut owners) = (Vec::new(), Vec::new());
+        for (e, o) in self.events.drain(..).zip(self.owners.drain(..)) {
+            if let Some(o) = renumber[o] {
+                events.push(e);
+                owners.push(o);
+            }
+        }
+        self.bytes = envelope::OVERHEAD
+            + events.iter().map(|e| e.json.len()).sum::<usize>()
+            + events.len().saturating_sub(1);
+        (self.events, self.owners) = (events, owners);
+        !self.events.is_empty()
     }
 }
 
@@ -298,6 +336,39 @@ mod tests {
             size,
             max_bytes,
         }
+    }
+
+    #[test]
+    fn retain_held_drops_the_events_of_abandoned_jobs() {
+        let a = app(1);
+        let (kept, lost) = (ticket(2), ticket(1));
+        let mut batch = Batch::new(a, 0);
+        let ev = |d: &str| Encoded::new(Event::client_event("c", "e", d, "1.1"), false);
+        batch.add(ev("k1"), &kept);
+        batch.add(ev("l1"), &lost);
+        batch.add(ev("k2"), &kept);
+        let full = batch.bytes();
+        assert!(batch.retain_held(), "nothing abandoned: all kept");
+        assert_eq!((batch.events.len(), batch.bytes()), (3, full));
+
+        lost.abandon();
+        assert!(batch.retain_held());
+        let data: Vec<_> = batch
+            .events
+            .iter()
+            .map(|e| e.event.data.as_deref())
+            .collect();
+        assert_eq!(data, [Some("k1"), Some("k2")]);
+        assert_eq!(batch.tickets.len(), 1);
+        assert!(Arc::ptr_eq(&batch.tickets[0], &kept));
+        let mut fresh = Batch::new(app(1), 0);
+        fresh.add(ev("k1"), &kept);
+        fresh.add(ev("k2"), &kept);
+        assert_eq!(batch.bytes(), fresh.bytes());
+
+        kept.abandon();
+        assert!(!batch.retain_held(), "every job abandoned: nothing left");
+        assert!(batch.tickets.is_empty());
     }
 
     #[test]

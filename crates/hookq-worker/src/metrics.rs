@@ -28,6 +28,9 @@ pub struct Metrics {
     pub dead_lettered: Family<Label, Counter>,
     /// Events received that no endpoint wanted.
     pub events_skipped: Counter,
+    /// Jobs whose hold was found gone (taken by another worker after it
+    /// expired) when extending, settling a failure, or acking.
+    pub holds_lost: Counter,
     /// Events per request.
     pub batch_size: Histogram,
     /// Seconds per delivery attempt.
@@ -51,6 +54,7 @@ impl Metrics {
             retries_scheduled: Counter::default(),
             dead_lettered: Family::default(),
             events_skipped: Counter::default(),
+            holds_lost: Counter::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             delivery_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             end_to_end_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
@@ -87,6 +91,11 @@ impl Metrics {
             "events_skipped",
             "Events no endpoint wanted",
             m.events_skipped.clone(),
+        );
+        registry.register(
+            "holds_lost",
+            "Jobs whose hold was gone (taken by another worker after it expired) when extended, settled or acked",
+            m.holds_lost.clone(),
         );
         registry.register("batch_size", "Events per request", m.batch_size.clone());
         registry.register(

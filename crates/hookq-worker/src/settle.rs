@@ -10,30 +10,57 @@
 //! While a ticket lives, its handle is in the [`Held`] set, whose holds a
 //! background task keeps extending; the ticket also carries its share of the
 //! worker's held-jobs budget, returned when it drops.
+//!
+//! A hold can be lost: a worker paused (or starved) past its hold finds its
+//! job taken by another worker. The queue says so when the hold is extended
+//! ([`QueueConsume::extend`] answers the handles whose hold is gone); their
+//! tickets are then abandoned like a refused one, so this worker delivers,
+//! retries and dead-letters nothing more for them ([`Held::lose`]). Before a
+//! failed delivery turns into a retry job or a dead letter, the worker asks
+//! the same question of the batch's holds ([`confirm`]), so a retry is never
+//! pushed for a job that another worker now has.
 
+use crate::metrics::Metrics;
 use hookq_queue::{Handle, QueueConsume};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
-/// The handles of jobs this worker holds, for extending their holds.
+/// The jobs this worker holds, by handle, for extending their holds.
 #[derive(Clone, Default)]
-pub struct Held(Arc<Mutex<HashSet<Handle>>>);
+pub struct Held(Arc<Mutex<HashMap<Handle, Weak<Ticket>>>>);
 
 impl Held {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Handle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Handle, Weak<Ticket>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn insert(&self, h: Handle) {
-        self.lock().insert(h);
+    fn insert(&self, ticket: &Arc<Ticket>) {
+        self.lock()
+            .insert(ticket.handle.clone(), Arc::downgrade(ticket));
     }
 
     fn remove(&self, h: &Handle) {
         self.lock().remove(h);
+    }
+
+    /// The queue says these holds are gone: abandons their tickets. Returns
+    /// how many of them this worker still held.
+    pub fn lose(&self, handles: &[Handle]) -> usize {
+        let lost: Vec<Arc<Ticket>> = {
+            let mut held = self.lock();
+            handles
+                .iter()
+                .filter_map(|h| held.remove(h)?.upgrade())
+                .collect()
+        };
+        for t in &lost {
+            t.abandoned.store(true, Ordering::Release);
+        }
+        lost.len()
     }
 
     /// How many jobs are held.
@@ -48,7 +75,7 @@ impl Held {
 
     /// A copy of the handles.
     pub fn snapshot(&self) -> Vec<Handle> {
-        self.lock().iter().cloned().collect()
+        self.lock().keys().cloned().collect()
     }
 }
 
@@ -85,15 +112,16 @@ impl Settler {
         enqueued_at_ms: Option<u64>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Arc<Ticket> {
-        self.held.insert(handle.clone());
-        Arc::new(Ticket {
+        let ticket = Arc::new(Ticket {
             handle,
             remaining: AtomicUsize::new(parts),
             abandoned: AtomicBool::new(false),
             enqueued_at_ms,
             settler: self.clone(),
             _permit: permit,
-        })
+        });
+        self.held.insert(&ticket);
+        ticket
     }
 }
 
@@ -127,15 +155,34 @@ impl Ticket {
         self.settler.held.remove(&self.handle);
     }
 
+    /// Whether the job was given back (a part could not be made durable, or
+    /// its hold was lost): nothing more is done for it here.
+    pub fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
+    }
+
     /// The job's hold.
     pub fn handle(&self) -> &Handle {
         &self.handle
     }
 }
 
+impl Drop for Ticket {
+    /// A ticket dropped with parts unsettled (its delivery task panicked, or
+    /// its batch was dropped) stops being extended, so the queue gives the
+    /// job back when its hold runs out instead of this worker holding it
+    /// until it restarts.
+    fn drop(&mut self) {
+        if self.remaining.load(Ordering::Acquire) > 0 {
+            self.settler.held.remove(&self.handle);
+        }
+    }
+}
+
 /// Acks handles in bulk until `stop` fires and the channel is drained.
 pub async fn run_acker(
     queue: Arc<dyn QueueConsume>,
+    metrics: Arc<Metrics>,
     mut rx: mpsc::UnboundedReceiver<Handle>,
     stop: CancellationToken,
 ) {
@@ -150,7 +197,7 @@ pub async fn run_acker(
                     buf.push(h);
                 }
                 if !buf.is_empty() {
-                    ack_with_retries(&*queue, &buf).await;
+                    ack_with_retries(&*queue, &metrics, &buf).await;
                 }
                 return;
             }
@@ -158,16 +205,24 @@ pub async fn run_acker(
         if n == 0 {
             return;
         }
-        ack_with_retries(&*queue, &buf).await;
+        ack_with_retries(&*queue, &metrics, &buf).await;
         buf.clear();
     }
 }
 
-async fn ack_with_retries(queue: &dyn QueueConsume, handles: &[Handle]) {
+async fn ack_with_retries(queue: &dyn QueueConsume, metrics: &Metrics, handles: &[Handle]) {
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=5 {
         match queue.ack(handles).await {
-            Ok(()) => return,
+            Ok(0) => return,
+            Ok(late) => {
+                metrics.holds_lost.inc_by(late as u64);
+                tracing::warn!(
+                    count = late,
+                    "acked after the hold had expired; another worker may deliver these jobs again"
+                );
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, attempt, count = handles.len(), "ack failed");
                 tokio::time::sleep(delay).await;
@@ -182,9 +237,11 @@ async fn ack_with_retries(queue: &dyn QueueConsume, handles: &[Handle]) {
     );
 }
 
-/// Extends the holds of every held job every `every`, until `stop` fires.
+/// Extends the holds of every held job every `every`, until `stop` fires;
+/// a hold the queue says is gone abandons its ticket.
 pub async fn run_extender(
     queue: Arc<dyn QueueConsume>,
+    metrics: Arc<Metrics>,
     held: Held,
     every: Duration,
     stop: CancellationToken,
@@ -199,10 +256,46 @@ pub async fn run_extender(
         }
         let handles = held.snapshot();
         for chunk in handles.chunks(1000) {
-            if let Err(e) = queue.extend(chunk).await {
-                tracing::warn!(error = %e, count = chunk.len(), "extending holds failed");
+            match queue.extend(chunk).await {
+                Ok(gone) => lost(&metrics, &held, &gone, "extending holds"),
+                Err(e) => {
+                    tracing::warn!(error = %e, count = chunk.len(), "extending holds failed")
+                }
             }
         }
+    }
+}
+
+/// Extends the holds of `tickets` now and abandons those whose hold is gone.
+/// Called before a failed delivery becomes a retry job or a dead letter; if
+/// the queue cannot answer, the tickets are left as they are (the push that
+/// follows will most likely fail too, and abandon them).
+pub async fn confirm(
+    queue: &dyn QueueConsume,
+    metrics: &Metrics,
+    held: &Held,
+    tickets: &[Arc<Ticket>],
+) {
+    let handles: Vec<Handle> = tickets
+        .iter()
+        .filter(|t| !t.is_abandoned())
+        .map(|t| t.handle.clone())
+        .collect();
+    match queue.extend(&handles).await {
+        Ok(gone) => lost(metrics, held, &gone, "settling a failed delivery"),
+        Err(e) => tracing::debug!(error = %e, "could not confirm holds"),
+    }
+}
+
+fn lost(metrics: &Metrics, held: &Held, gone: &[Handle], when: &str) {
+    let n = held.lose(gone);
+    if n > 0 {
+        metrics.holds_lost.inc_by(n as u64);
+        tracing::warn!(
+            count = n,
+            when,
+            "holds lost (the worker was paused or starved past its hold): another worker has these jobs; dropping them here"
+        );
     }
 }
 
@@ -227,6 +320,32 @@ pub(crate) mod tests {
         t.settle();
         assert_eq!(rx.try_recv().unwrap(), Handle("h1".into()));
         assert!(settler.held().is_empty());
+    }
+
+    #[test]
+    fn a_lost_hold_abandons_its_ticket() {
+        let (settler, mut rx) = Settler::new();
+        let t = settler.ticket(Handle("h3".into()), 1, None, None);
+        let other = settler.ticket(Handle("h4".into()), 1, None, None);
+        let gone = [Handle("h3".into()), Handle("not-held".into())];
+        assert_eq!(settler.held().lose(&gone), 1);
+        assert!(t.is_abandoned());
+        assert!(!other.is_abandoned());
+        assert_eq!(settler.held().snapshot(), vec![Handle("h4".into())]);
+        t.settle();
+        assert!(rx.try_recv().is_err(), "a lost job is not acked");
+    }
+
+    #[test]
+    fn a_ticket_dropped_unsettled_is_no_longer_extended() {
+        let (settler, _rx) = Settler::new();
+        let t = settler.ticket(Handle("h5".into()), 2, None, None);
+        t.settle();
+        drop(t);
+        assert!(
+            settler.held().is_empty(),
+            "its hold would be extended forever"
+        );
     }
 
     #[test]

@@ -131,11 +131,13 @@ impl Worker {
         let background = CancellationToken::new();
         let acker = tokio::spawn(settle::run_acker(
             shared.queue.clone(),
+            shared.metrics.clone(),
             self.acks,
             background.clone(),
         ));
         let extender = tokio::spawn(settle::run_extender(
             shared.queue.clone(),
+            shared.metrics.clone(),
             shared.settler.held().clone(),
             shared.queue.hold().max(Duration::from_millis(300)) / 3,
             background.clone(),
@@ -390,9 +392,20 @@ impl Shared {
     }
 }
 
-/// One attempt of a batch, then what follows from its outcome.
-async fn deliver(shared: Arc<Shared>, batch: Batch) {
+/// One attempt of a batch, then what follows from its outcome. Events of
+/// jobs abandoned meanwhile (a lost hold) are neither sent nor retried here.
+async fn deliver(shared: Arc<Shared>, mut batch: Batch) {
+    let waiting = Instant::now();
     let permit = shared.limit(&batch).acquire_owned().await;
+    if waiting.elapsed() > shared.queue.hold() / 3 {
+        // Waited for its endpoint past an extension period (or the process
+        // was paused): make sure the jobs are still ours before sending.
+        let (m, held) = (&*shared.metrics, shared.settler.held());
+        settle::confirm(&*shared.queue, m, held, &batch.tickets).await;
+    }
+    if !batch.retain_held() {
+        return;
+    }
     let sent_ms = now_ms();
     let started = Instant::now();
     let outcome = shared.deliverer.deliver(&batch, sent_ms).await;
@@ -409,6 +422,15 @@ async fn deliver(shared: Arc<Shared>, batch: Batch) {
                 m.end_to_end_seconds
                     .observe(now.saturating_sub(at) as f64 / 1000.0);
             }
+        }
+    }
+    if outcome != Outcome::Delivered {
+        // A retry job or a dead letter only for jobs still held: one paused
+        // past its hold may find them taken by another worker.
+        let held = shared.settler.held();
+        settle::confirm(&*shared.queue, m, held, &batch.tickets).await;
+        if !batch.retain_held() {
+            return;
         }
     }
     let ep = batch.endpoint();

@@ -1,0 +1,116 @@
+//! Worker faults on a real redis-server, each reproduced before its fix
+//! (issue 14): a worker paused past its lease.
+
+use crate::support::inproc::config;
+use crate::support::process::{WorkerProcess, temp_dir};
+use crate::support::queue::{producer, wait_drained};
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::redis_server::RedisServer;
+use hookq_core::Event;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const PATH: &str = "/app-1/ep";
+
+/// One app on `redis` whose one endpoint gets one event per request,
+/// `concurrency` at a time; leases of 3 s.
+fn unbatched(redis: &RedisServer, prefix: &str, r: &Receiver, concurrency: usize) -> Value {
+    let apps = json!([{"id": "app-1", "key": "key-1", "secret": "secret-1", "webhooks": [
+        {"id": "ep", "url": r.url(PATH), "event_types": ["client_event"], "max_concurrency": concurrency}
+    ]}]);
+    let mut c = config(
+        apps,
+        json!({"event_ids": true, "request_timeout_ms": 2000, "batching": {"enabled": false},
+        "retry": {"initial_backoff_ms": 100, "max_backoff_ms": 200, "max_elapsed_time_ms": 60000}}),
+    );
+    c["queue"] = json!({"driver": "redis", "redis": {"url": redis.url(), "prefix": prefix, "lease_ms": 3000}});
+    c
+}
+
+fn events(range: std::ops::Range<usize>) -> Vec<Event> {
+    range
+        .map(|i| Event::client_event("private-c", "client-e", i.to_string(), "1.1"))
+        .collect()
+}
+
+/// Accepted deliveries of each event (by its `data`) on `PATH`.
+fn accepted(r: &Receiver) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for q in r.requests(PATH).iter().filter(|q| q.answered == 200) {
+        for e in q.events() {
+            *seen
+                .entry(e["data"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    seen
+}
+
+/// Worker A sends ten requests that the receiver answers `500` only after
+/// 1.5 s, and is paused (`SIGSTOP`) while they are in flight, for longer
+/// than its lease; worker B reclaims the jobs and delivers them. When A
+/// resumes it reads the ten failures: the jobs are no longer its own, so it
+/// must not push retries for them (before the fix it did, and each of those
+/// events was accepted twice), nor send the ten it held waiting for the
+/// endpoint (before the fix it did: accepted twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_paused_past_its_lease_pushes_no_retry_for_jobs_it_lost() {
+    const EVENTS: usize = 20;
+    let redis = RedisServer::start();
+    let r = Receiver::start(&[("key-1", "secret-1")]).await;
+    let slow_failure = Reply::status(500).after(Duration::from_millis(1500));
+    r.script(PATH, vec![slow_failure; 10]);
+    let dir = temp_dir("paused");
+    let cfg = unbatched(&redis, "paused", &r, 10);
+    let (p, queue) = producer(&cfg).await;
+    let mut a = WorkerProcess::start(&dir, "a", &cfg).await;
+    p.publish_batch("app-1", events(0..EVENTS)).await.unwrap();
+    r.wait_for("A's ten requests", Duration::from_secs(20), |r| {
+        r.requests(PATH).len() >= 10
+    })
+    .await;
+    a.signal("STOP");
+    let in_flight: Vec<String> = r
+        .requests(PATH)
+        .iter()
+        .flat_map(|q| q.events())
+        .map(|e| e["data"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(in_flight.len(), 10, "A had ten events in flight");
+
+    // B takes every job once A's leases lapse, and delivers each.
+    let mut b = WorkerProcess::start(&dir, "b", &cfg).await;
+    r.wait_for("B delivering all", Duration::from_secs(30), |r| {
+        accepted(r).len() >= EVENTS
+    })
+    .await;
+    a.signal("CONT");
+    // A reads its ten failures now; give it time to act on them and on the
+    // jobs it still thought it held, then let the queue drain.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let d = wait_drained(&*queue, Duration::from_secs(30)).await;
+    assert_eq!(d.dead, 0);
+
+    let seen = accepted(&r);
+    assert_eq!(seen.len(), EVENTS, "every event delivered: {seen:?}");
+    for e in &in_flight {
+        assert_eq!(
+            seen[e],
+            1,
+            "event {e} failed on A, which had lost its job, then was delivered by B: \
+             A must push no retry for it; accepted {seen:?}\nA's log:\n{}",
+            a.log_text()
+        );
+    }
+    // The other ten waited on A for the endpoint past an extension period:
+    // A asks before sending and finds them gone.
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "A sent none of the jobs it had lost: {seen:?}"
+    );
+    let lost = a.metric("hookq_holds_lost_total").await.unwrap_or(0.0);
+    assert_eq!(lost, EVENTS as f64, "A counted its lost holds");
+    assert!(a.terminate(Duration::from_secs(15)).success());
+    assert!(b.terminate(Duration::from_secs(15)).success());
+}

@@ -480,3 +480,124 @@ async fn dlq_replay_and_purge_keep_the_order_of_what_stays() {
     assert_eq!(got[0].body, "{\"dead\":5}");
     q.ack(&handles(&got)).await.unwrap();
 }
+
+/// Replay and purge walk the DLQ in steps of 1,000 entries: across steps the
+/// app filter and the limit keep their meaning, each replayed entry leaves
+/// the DLQ and its job is on the queue once, and what stays keeps its order,
+/// whichever end the walk's kept entries are put back at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_walks_longer_than_a_step_keep_filter_limit_and_order() {
+    let q = driver(&shared().url(), &unique_prefix()).await;
+    let all: Vec<DeadLetter> = (0..3000)
+        .map(|n| dead(if n % 2 == 0 { "a" } else { "b" }, n))
+        .collect();
+    for chunk in all.chunks(500) {
+        q.dead_letter(chunk.to_vec()).await.unwrap();
+    }
+    let list = async || q.dlq_list(&DlqFilter::default()).await.unwrap();
+    let filter = |app: &str, limit| DlqFilter {
+        app_id: Some(app.into()),
+        limit: Some(limit),
+    };
+
+    // The 600 oldest of app a: the walk stops in its second step, having
+    // kept 599 entries of b, fewer than the 1,801 it did not reach.
+    assert_eq!(q.dlq_replay(&filter("a", 600)).await.unwrap(), 600);
+    let mut want: Vec<DeadLetter> = all
+        .iter()
+        .filter(|e| !(e.app_id.as_deref() == Some("a") && e.failed_at_ms < 1_700_000_001_200))
+        .cloned()
+        .collect();
+    assert_eq!(list().await, want, "what stays, in its order");
+    let replayed = receive_n(&q, 600, Duration::from_secs(10)).await;
+    let mut bodies: Vec<String> = replayed.iter().map(|r| r.body.clone()).collect();
+    bodies.sort();
+    let mut expected: Vec<String> = (0..600)
+        .map(|i| format!("{{\"dead\":{}}}", 2 * i))
+        .collect();
+    expected.sort();
+    assert_eq!(bodies, expected, "each replayed job on the queue once");
+    q.ack(&handles(&replayed)).await.unwrap();
+
+    // 1,300 of app b: it stops in its second step having kept 700 of a,
+    // more than the 400 it did not reach.
+    assert_eq!(q.dlq_purge(&filter("b", 1300)).await.unwrap(), 1300);
+    let mut purged = 0;
+    want.retain(|e| {
+        let b = e.app_id.as_deref() == Some("b");
+        purged += usize::from(b);
+        !(b && purged <= 1300)
+    });
+    assert_eq!(list().await, want, "what stays, in its order");
+    assert_eq!(q.depth().await.unwrap().dead, 1100);
+}
+
+/// A walk covers what the DLQ held when it began: the entries it keeps
+/// (pushed back behind the others) and entries dead-lettered while it runs,
+/// even ones it would take, are not walked again, so it ends however many
+/// keep coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dlq_walk_ends_while_entries_keep_coming() {
+    let prefix = unique_prefix();
+    let q = Arc::new(driver(&shared().url(), &prefix).await);
+    let first: Vec<DeadLetter> = (0..5000)
+        .map(|n| dead(if n % 2 == 0 { "a" } else { "b" }, n))
+        .collect();
+    for chunk in first.chunks(500) {
+        q.dead_letter(chunk.to_vec()).await.unwrap();
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let feeder = {
+        let (q, stop) = (q.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.is_cancelled() {
+                let late: Vec<DeadLetter> = (n..n + 10)
+                    .map(|n| DeadLetter {
+                        reason: format!("late #{n}"),
+                        ..dead("a", n)
+                    })
+                    .collect();
+                q.dead_letter(late).await.unwrap();
+                n += 10;
+                tokio::task::yield_now().await;
+            }
+            n
+        })
+    };
+    let only_a = DlqFilter {
+        app_id: Some("a".into()),
+        limit: None,
+    };
+    let purged = tokio::time::timeout(Duration::from_secs(20), q.dlq_purge(&only_a))
+        .await
+        .expect("the purge ends while entries keep coming")
+        .unwrap();
+    stop.cancel();
+    let late = feeder.await.unwrap();
+    let left = q.dlq_list(&DlqFilter::default()).await.unwrap();
+    eprintln!(
+        "purged {purged}; {late} entries dead-lettered meanwhile, {} left",
+        left.len()
+    );
+    let (late_left, kept): (Vec<DeadLetter>, Vec<DeadLetter>) =
+        left.into_iter().partition(|e| e.reason.starts_with("late"));
+    let b: Vec<DeadLetter> = first
+        .iter()
+        .filter(|e| e.app_id.as_deref() == Some("b"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        kept, b,
+        "every entry of a at the start purged, b's kept in order"
+    );
+    assert!(
+        !late_left.is_empty(),
+        "entries dead-lettered during the walk stay"
+    );
+    assert_eq!(
+        purged + late_left.len(),
+        b.len() + late as usize,
+        "nothing lost: 2,500 entries of a at the start, and the late ones"
+    );
+}

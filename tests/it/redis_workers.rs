@@ -1,17 +1,18 @@
 //! Worker processes on one real redis-server: a SIGKILLed worker loses
 //! nothing, a flaky receiver gets everything without re-sends to endpoints
 //! that succeeded, a Redis restart is survived, a raw `LPUSH` from another
-//! language is delivered, and the DLQ commands work from the CLI.
+//! language is delivered, the DLQ commands work from the CLI, and a replay
+//! over a long DLQ leaves the workers alone.
 
 use crate::support::inproc::config;
 use crate::support::process::{WorkerProcess, hookq, temp_dir, write_config};
 use crate::support::queue::{producer, wait_drained};
 use crate::support::receiver::{Receiver, Reply};
-use crate::support::redis_server::RedisServer;
+use crate::support::redis_server::{RedisServer, Reply as RedisReply};
 use crate::support::wait::{poll, retry};
-use hookq_core::Event;
+use hookq_core::{DeadLetter, Event};
 use hookq_producer::Producer;
-use hookq_queue::redis::ready_key;
+use hookq_queue::redis::{key_for, ready_key};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -349,5 +350,184 @@ async fn dlq_list_replay_and_purge_from_the_cli() {
     assert!(ok && out.contains("purged 1 entries"), "{out}");
     let (_, out, _) = hookq(&["dlq", "list", "--config", path]);
     assert!(out.contains("0 entries"), "{out}");
+    assert!(w.terminate(Duration::from_secs(15)).success());
+}
+
+/// The longest call in Redis's slow log (entries slower than its
+/// `slowlog-log-slower-than`): (microseconds, command name).
+fn slowest_call(redis: &RedisServer) -> Option<(i64, String)> {
+    let RedisReply::Array(Some(entries)) = redis.command(&["SLOWLOG", "GET", "1000"]).unwrap()
+    else {
+        return None;
+    };
+    entries
+        .iter()
+        .filter_map(|e| match e {
+            // [id, timestamp, duration µs, [command, args…], …]
+            RedisReply::Array(Some(f)) => match (&f[2], &f[3]) {
+                (RedisReply::Int(us), RedisReply::Array(Some(args))) => {
+                    Some((*us, args[0].text().unwrap_or_default()))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .max()
+}
+
+/// Issue 14, item 4: `hookq dlq replay` over a long DLQ while a worker
+/// delivers. One script walking 200,000 entries blocked Redis for well over
+/// half a second (0.60–0.64 s measured): every other client got `BUSY` once it
+/// passed Redis's `busy-reply-threshold` (5 s by default, about 1.6 million
+/// such entries; 200 ms here, so that 200,000 show it), and a held job's
+/// lease (500 ms here) ran out while its worker could not ack or renew it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_replay_of_200k_entries_never_blocks_the_workers() {
+    const ENTRIES: usize = 200_000;
+    let redis = RedisServer::start();
+    for (name, value) in [
+        ("busy-reply-threshold", "200"),
+        // To report the longest call (not asserted: BUSY and leases are).
+        ("slowlog-log-slower-than", "1000"),
+        ("slowlog-max-len", "10000"),
+    ] {
+        let reply = redis.command(&["CONFIG", "SET", name, value]).unwrap();
+        assert_eq!(reply, RedisReply::Simple("OK".into()), "CONFIG SET {name}");
+    }
+    let r = receiver(1).await;
+    let dir = temp_dir("dlqlong");
+    let mut cfg = redis_config(&redis, "dlqlong", apps(&r, 1, 1), 1000);
+    cfg["queue"]["redis"]["lease_ms"] = json!(500);
+    cfg["webhooks"]["request_timeout_ms"] = json!(300);
+    let path = write_config(&dir, "cli.json", &cfg);
+
+    // The DLQ, in the shape the worker writes: 200 RPUSHes of 1,000 entries.
+    let dead = key_for("dlqlong", "dead");
+    let entry = |i: usize| {
+        DeadLetter {
+            job: json!({"v": 1, "kind": "event", "id": format!("dead-{i}"), "app_id": "app-0",
+                "enqueued_at_ms": 1_700_000_000_000u64,
+                "event": {"name": "client_event", "channel": "private-c", "event": "client-e",
+                    "data": format!("{{\"n\":{i},\"note\":\"an event that failed\"}}"),
+                    "socket_id": "1.1"}})
+            .to_string(),
+            reason: "HTTP 400".into(),
+            failed_at_ms: 1_700_000_000_000 + i as u64,
+            app_id: Some("app-0".into()),
+            endpoint: Some("ep-0".into()),
+            attempts: 1,
+            last_status: Some(400),
+            body_excerpt: Some("{\"error\":\"no such room\"}".into()),
+        }
+        .encode()
+    };
+    for chunk in (0..ENTRIES).collect::<Vec<_>>().chunks(1000) {
+        let entries: Vec<String> = chunk.iter().map(|&i| entry(i)).collect();
+        let mut args = vec!["RPUSH", dead.as_str()];
+        args.extend(entries.iter().map(String::as_str));
+        redis.command(&args).unwrap();
+    }
+    assert_eq!(
+        redis.command(&["LLEN", &dead]).unwrap(),
+        RedisReply::Int(ENTRIES as i64)
+    );
+
+    // A steady stream of events, one every 10 ms, through the worker.
+    let mut w = WorkerProcess::start(&dir, "w1", &cfg).await;
+    let (p, _queue) = producer(&cfg).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stream = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut published, mut errors) = (0usize, Vec::new());
+            while !stop.is_cancelled() {
+                let event =
+                    Event::client_event("private-c", "client-e", published.to_string(), "1.1");
+                match p.publish("app-0", event).await {
+                    Ok(_) => published += 1,
+                    Err(e) => errors.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (published, errors)
+        })
+    };
+    wait_delivered(&r, 20, Duration::from_secs(20), Duration::from_millis(20)).await;
+
+    // From here on the slow log is the replay's (and the worker's beside it).
+    redis.command(&["SLOWLOG", "RESET"]).unwrap();
+    let started = std::time::Instant::now();
+    let path = path.to_str().unwrap().to_string();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        hookq(&[
+            "dlq", "replay", "--config", &path, "--app", "none", "--limit", "1",
+        ])
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    // Some more of the stream after the walk, then let it drain.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.cancel();
+    let (published, publish_errors) = stream.await.unwrap();
+    wait_delivered(
+        &r,
+        published,
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (distinct, total) = delivered(&r);
+    let received = w.metric("hookq_jobs_received_total").await.unwrap();
+    let slowest = slowest_call(&redis);
+    let log = w.log_text();
+    let busy: Vec<&str> = log.lines().filter(|l| l.contains("BUSY")).collect();
+    eprintln!(
+        "replay took {took:?}: {out:?}; slowest Redis call {slowest:?} µs; {published} events \
+         published ({} publishes failed), {total} deliveries of {distinct} distinct, \
+         {received} jobs received; {} BUSY lines in the worker's log",
+        publish_errors.len(),
+        busy.len()
+    );
+    assert!(ok && out.contains("replayed 0 entries"), "{out}{err}");
+    // Every symptom at once, so a failure shows them all.
+    let mut faults = Vec::new();
+    if err.contains("BUSY") {
+        faults.push(format!("the CLI saw BUSY: {err}"));
+    }
+    if let Some(first) = publish_errors.first() {
+        faults.push(format!(
+            "{} publishes failed, the first: {first}",
+            publish_errors.len()
+        ));
+    }
+    if let Some(first) = busy.first() {
+        faults.push(format!(
+            "the worker logged {} BUSY errors, the first: {first}",
+            busy.len()
+        ));
+    }
+    if total != distinct || received != published as f64 {
+        faults.push(format!(
+            "leases lost: {received} jobs received and {total} deliveries for {published} \
+             events (a job whose lease ran out while Redis was blocked is received and sent again)"
+        ));
+    }
+    assert!(faults.is_empty(), "{}", faults.join("\n"));
+    assert_eq!(distinct, published, "every event delivered");
+    assert_eq!(
+        redis.command(&["LLEN", &dead]).unwrap(),
+        RedisReply::Int(ENTRIES as i64),
+        "the walk kept every entry"
+    );
+    for (at, i) in [("0", 0), ("-1", ENTRIES - 1)] {
+        assert_eq!(
+            redis.command(&["LINDEX", &dead, at]).unwrap().text(),
+            Some(entry(i)),
+            "the walk kept the DLQ's order"
+        );
+    }
     assert!(w.terminate(Duration::from_secs(15)).success());
 }

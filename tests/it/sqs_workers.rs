@@ -1,15 +1,17 @@
 //! Workers on the SQS emulator: one SIGKILLed mid-run loses nothing, a FIFO
-//! queue's retries wait out their backoff, and `queue.sqs.concurrency`
-//! receives run at once.
+//! queue's retries wait out their backoff, `queue.sqs.concurrency`
+//! receives run at once, and `hookq dlq replay` ends while a worker
+//! dead-letters every replayed job again.
 
 use crate::support::counting_proxy::CountingProxy;
 use crate::support::inproc::{InProc, config};
 use crate::support::moto::Moto;
-use crate::support::process::{WorkerProcess, temp_dir};
+use crate::support::process::{WorkerProcess, hookq_within, temp_dir, write_config};
 use crate::support::queue::{producer, wait_drained};
 use crate::support::receiver::{Receiver, Reply};
 use crate::support::wait::poll;
 use hookq_core::Event;
+use hookq_queue::DlqFilter;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -217,6 +219,116 @@ async fn many_holds_behind_a_slow_endpoint_are_kept() {
         0,
         "events sent in more than one request (a hold lapsed while the worker lived); log:\n{}",
         w.log_text()
+    );
+    assert!(w.terminate(Duration::from_secs(15)).success());
+}
+
+/// Every event's `data` in a dead-letter entry's job (an event job's one, a
+/// retry job's several).
+fn data_of(job: &str) -> Vec<String> {
+    let job: Value = serde_json::from_str(job).unwrap();
+    let events = match job["kind"].as_str() {
+        Some("event") => vec![job["event"].clone()],
+        _ => job["events"].as_array().cloned().unwrap_or_default(),
+    };
+    events
+        .iter()
+        .map(|e| e["data"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Issue 14, item 4: `hookq dlq replay` on SQS while a worker dead-letters
+/// every replayed job again at once (its endpoint answers 400). The walk
+/// received its own output as fresh DLQ messages and replayed them again,
+/// for as long as the worker kept up: it never returned (killed after 30 s,
+/// 3,950 re-dead-letterings of 20 entries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_replay_on_sqs_ends_while_every_replayed_entry_fails_again() {
+    const ENTRIES: usize = 20;
+    let r = Receiver::start(&[("key-1", "secret-1")]).await;
+    r.always("/h", Reply::status(400).with_body("no such room"));
+    let dir = temp_dir("sqs-dlq-replay");
+    let name = format!("dlqreplay-{}", std::process::id());
+    let cfg = sqs_config(&r, &name, false);
+    let path = write_config(&dir, "cli.json", &cfg);
+    let (p, queue) = producer(&cfg).await;
+    let mut w = WorkerProcess::start(&dir, "w1", &cfg).await;
+    // One event at a time, beyond the batching window: one entry per event.
+    for i in 0..ENTRIES {
+        p.publish(
+            "app-1",
+            Event::client_event("private-c", "client-e", i.to_string(), "1.1"),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead_lettered = async || {
+        w.metric("hookq_dead_lettered_total")
+            .await
+            .unwrap_or_default()
+    };
+    poll(
+        "every event dead-lettered",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || match (queue.depth().await.unwrap().dead, dead_lettered().await) {
+            (d, n) if d == ENTRIES as u64 && n == ENTRIES as f64 => Ok(()),
+            seen => Err(format!("(DLQ depth, dead-lettered): {seen:?}")),
+        },
+    )
+    .await;
+
+    let limit = Duration::from_secs(30);
+    let started = Instant::now();
+    let path = path.to_str().unwrap().to_string();
+    let ran = tokio::task::spawn_blocking(move || {
+        hookq_within(&["dlq", "replay", "--config", &path], limit)
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    let again = dead_lettered().await - ENTRIES as f64;
+    eprintln!(
+        "replay {} after {took:?}: {:?}; {again} entries dead-lettered again meanwhile",
+        if ran.is_some() { "returned" } else { "killed" },
+        ran.as_ref().map(|(_, out, _)| out)
+    );
+    let (ok, out, err) = ran.unwrap_or_else(|| {
+        panic!("dlq replay did not return within {limit:?} ({again} re-dead-letterings)")
+    });
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("replayed {ENTRIES} entries")),
+        "{out}"
+    );
+
+    // Each replayed job fails once more and is back in the DLQ, once.
+    let entries = poll(
+        "every replayed job back in the DLQ",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        async || {
+            let d = queue.depth().await.unwrap();
+            let entries = queue.dlq_list(&DlqFilter::default()).await.unwrap();
+            let events: usize = entries.iter().map(|e| data_of(&e.job).len()).sum();
+            if d.ready + d.held + d.delayed == 0 && events >= ENTRIES {
+                Ok(entries)
+            } else {
+                Err(format!("{d:?}, {events} events in the DLQ"))
+            }
+        },
+    )
+    .await;
+    let mut data: Vec<String> = entries.iter().flat_map(|e| data_of(&e.job)).collect();
+    data.sort_by_key(|d| d.parse::<usize>().unwrap());
+    let want: Vec<String> = (0..ENTRIES).map(|i| i.to_string()).collect();
+    assert_eq!(data, want, "each event in the DLQ once");
+    let sent: usize = r.requests("/h").iter().map(|q| q.events().len()).sum();
+    assert_eq!(
+        sent,
+        2 * ENTRIES,
+        "each event sent twice: once, and once replayed"
     );
     assert!(w.terminate(Duration::from_secs(15)).success());
 }

@@ -4,8 +4,43 @@
 //! `event_limits.max_payload_in_kb`), drops it when no endpoint of the app
 //! wants it (a busy server must not flood the queue with events nobody asked
 //! for), wraps it in a job and pushes it; [`Producer::publish_batch`] does the
-//! same for many events in one round trip. Delivery, batching and retries are
-//! the workers' business: the producer only enqueues.
+//! same for many events in one push. Delivery, batching and retries are the
+//! workers' business: the producer only enqueues.
+//!
+//! # When the queue fails: what was queued, and what a retry does
+//!
+//! Everything the producer checks (the app, each event's fields and size)
+//! is checked before anything is pushed: those errors queue nothing. A
+//! [`PublishError::Queue`] comes from the push itself, and what it leaves
+//! behind depends on the driver:
+//!
+//! - **Redis**: the push is one command (`LPUSH`, or one script when a push
+//!   carries delays or a key), which Redis applies whole or not at all. An
+//!   error means nothing was queued — unless the error came after Redis had
+//!   the command (a response timeout, a connection lost before the answer):
+//!   then all of it may be queued.
+//! - **SQS**: the jobs go in `SendMessageBatch` calls of at most 10 jobs and
+//!   256 KiB, one after another, and SQS answers each entry of a call
+//!   separately: it can accept some and refuse others. When every refusal
+//!   is SQS's own fault, the refused entries are sent once more; otherwise,
+//!   or if they fail again, the push stops with the error. So an error can
+//!   leave **part** of the jobs queued — those of the calls before the
+//!   failing one and the entries of that call SQS accepted — and the rest
+//!   not, and [`Published::job_ids`] is not returned, so the caller cannot
+//!   tell which. (The AWS SDK also re-sends a call whose
+//!   answer was lost, which on a standard queue can queue a job twice.)
+//! - **Memory**: all or nothing (a full queue refuses the whole push).
+//!
+//! A retry of [`Producer::publish_batch`] with the same events builds new
+//! jobs with **new ids**, so the jobs that went in the first time are queued
+//! again: those events are delivered twice, with different event ids
+//! (`webhooks.event_ids`), so receivers cannot recognise the copies by id,
+//! and an SQS FIFO queue, which de-duplicates by job id, does not drop them
+//! either. Nothing is lost, and delivery was at least once anyway; to keep a
+//! retry from duplicating on SQS, publish one event per call (one entry is
+//! accepted or refused whole, lost answers aside). The ingest, by contrast,
+//! derives its job ids from the request's body, so a re-sent webhook gets
+//! the same ids (docs/architecture.md).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -71,7 +106,10 @@ pub enum PublishError {
         /// The payload limit, in bytes.
         max_payload: usize,
     },
-    /// The queue refused or could not be reached; nothing of the batch was queued.
+    /// The queue refused or could not be reached. On Redis and the memory
+    /// queue nothing of the batch was queued (unless a Redis answer was lost
+    /// after the push took effect); on SQS part of it may be. See the crate
+    /// docs, "When the queue fails".
     #[error(transparent)]
     Queue(#[from] QueueError),
 }
@@ -121,7 +159,10 @@ impl Producer {
         self.publish_batch(app_id, vec![event]).await
     }
 
-    /// Publishes events for an app in one round trip; all are checked before any is queued.
+    /// Publishes events for an app in one push (one round trip on Redis; on
+    /// SQS one `SendMessageBatch` per 10 jobs or 256 KiB); all are checked before any is
+    /// queued. After a [`PublishError::Queue`] part of them may be queued,
+    /// and a retry queues those again under new ids (see the crate docs).
     pub async fn publish_batch(
         &self,
         app_id: &str,

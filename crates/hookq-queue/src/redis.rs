@@ -50,9 +50,23 @@
 //!    [`QueuePush::push_once`] runs the push script with a key,
 //!    `{prefix}:once:<key>`, set with `SET NX PX <window>` in the same step:
 //!    a push whose key is already set pushes nothing.
-//! 5. **Dead letters**: [`DeadLetter`] JSON is `RPUSH`ed to `dead`; replay and
-//!    purge run in one script that walks the list from the oldest entry and
-//!    pushes each replayed entry's `job` to `ready`.
+//! 5. **Dead letters**: [`DeadLetter`] JSON is `RPUSH`ed to `dead`. Replay
+//!    and purge walk the list from the oldest entry in steps: one script call
+//!    (`redis/dlq.lua`) per at most 1,000 entries, each popping an entry from
+//!    the left and either taking it (a replay pushes its `job` to `ready` in
+//!    the same step) or pushing it back on the right. No call holds Redis for
+//!    long whatever the list's length (a step over entries of ~500 bytes took
+//!    at most 14 ms on a loaded machine; one script over 200,000 entries held
+//!    Redis 0.6 s, and Redis answers every other client `BUSY` once a script
+//!    passes `busy-reply-threshold`, 5 s by default), and every entry is in
+//!    `dead` between steps, so a walk that dies midway loses nothing. The walk
+//!    covers the length `dead` had at its first step: what it pushes back
+//!    and what is dead-lettered meanwhile are appended behind that and never
+//!    walked, so the walk ends. When the limit stops it early, what it kept
+//!    is moved back in front (the shorter way round), so what stays keeps its
+//!    order; entries dead-lettered during a walk may end up among older
+//!    ones. A purge without an app filter only trims the list's head
+//!    (`LTRIM`), or `UNLINK`s it when the whole list goes.
 //!
 //! # Guarantees
 //!
@@ -96,8 +110,6 @@ use tracing::{debug, warn};
 
 /// The response timeout of every non-blocking command and script.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
-/// The response timeout of DLQ replay and purge, which walk the whole list.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// What a blocking call's response timeout adds to its server-side timeout.
@@ -110,6 +122,11 @@ const MOVE_BATCH: usize = 1000;
 const MAX_CLAIM: usize = 1000;
 /// Dead-letter entries read per `LRANGE` when listing.
 const DLQ_PAGE: isize = 500;
+/// Most dead-letter entries one step of a replay or purge walks (one script
+/// call; a step over entries of about 500 bytes took at most 14 ms of
+/// Redis's time on a loaded machine, see docs/redis.md), so a walk of any
+/// length never holds Redis for long.
+const DLQ_CHUNK: usize = 1000;
 /// The longest delay kept exactly (about 300 years; scores are doubles).
 const MAX_DELAY_MS: u128 = 10_000_000_000_000;
 
@@ -245,8 +262,6 @@ enum Request<'a> {
     Cmd(&'a Cmd),
     Pipe(&'a Pipeline),
     Script(&'a ScriptInvocation<'a>),
-    /// A script that may run long (DLQ replay and purge): [`ADMIN_TIMEOUT`].
-    LongScript(&'a ScriptInvocation<'a>),
 }
 
 /// How every connection is opened: a bounded connect, redis-rs's 500 ms
@@ -339,11 +354,6 @@ impl RedisQueue {
                 Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
                 Request::Pipe(pipe) => pipe.query_async(&mut conn).await,
                 Request::Script(call) => call.invoke_async(&mut conn).await,
-                Request::LongScript(call) => {
-                    // This clone's own timeout: the shared connection keeps its.
-                    conn.set_response_timeout(ADMIN_TIMEOUT);
-                    call.invoke_async(&mut conn).await
-                }
             };
             match result {
                 Ok(value) => return Ok(value),
@@ -520,20 +530,81 @@ impl RedisQueue {
         }
     }
 
-    /// Replays or purges dead-letter entries in one script.
-    async fn dlq_script(&self, mode: &str, filter: &DlqFilter) -> Result<usize, QueueError> {
-        let limit = filter
-            .limit
-            .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
-        let mut call = self.scripts.dlq.prepare_invoke();
-        call.key(&self.keys.dead)
-            .key(&self.keys.ready)
-            .arg(mode)
-            .arg(if filter.app_id.is_some() { "1" } else { "0" })
-            .arg(filter.app_id.as_deref().unwrap_or(""))
-            .arg(limit);
-        self.run(&format!("dlq {mode}"), Request::LongScript(&call))
-            .await
+    /// Replays or purges the dead-letter entries `filter` selects, oldest
+    /// first, in steps of at most [`DLQ_CHUNK`] entries (`redis/dlq.lua`).
+    /// The walk covers the entries `dead` held when it began and no more:
+    /// entries dead-lettered meanwhile are appended behind them. When the
+    /// limit stops it early, what it kept is put back in front of what it
+    /// did not reach, so the order of what stays is unchanged.
+    async fn dlq_walk(&self, mode: &str, filter: &DlqFilter) -> Result<usize, QueueError> {
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let what = format!("dlq {mode}");
+        let (mut done, mut kept) = (0, 0);
+        // Entries of the walk not walked yet; `None` until the first step measured it.
+        let mut left: Option<usize> = None;
+        while done < limit && left != Some(0) {
+            let mut call = self.scripts.dlq.prepare_invoke();
+            call.key(&self.keys.dead)
+                .key(&self.keys.ready)
+                .arg(mode)
+                .arg(if filter.app_id.is_some() { "1" } else { "0" })
+                .arg(filter.app_id.as_deref().unwrap_or(""))
+                .arg(if limit == usize::MAX {
+                    -1
+                } else {
+                    i64::try_from(limit - done).unwrap_or(i64::MAX)
+                })
+                .arg(DLQ_CHUNK)
+                .arg(left.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX)));
+            let (taken, walked, len): (usize, usize, usize) =
+                self.run(&what, Request::Script(&call)).await?;
+            done += taken;
+            kept += walked - taken;
+            left = Some(left.unwrap_or(len).saturating_sub(walked));
+            if walked == 0 {
+                break;
+            }
+        }
+        let unwalked = left.unwrap_or(0);
+        if kept > 0 && unwalked > 0 {
+            self.dlq_restore_order(unwalked).await?;
+        }
+        Ok(done)
+    }
+
+    /// After a walk stopped short, `dead` is: the `unwalked` entries, then
+    /// what the walk kept (and what was dead-lettered meanwhile). Moves the
+    /// shorter of the two parts to the other end, in steps, so what the walk
+    /// kept is in front again.
+    async fn dlq_restore_order(&self, unwalked: usize) -> Result<(), QueueError> {
+        let mut llen = ::redis::cmd("LLEN");
+        llen.arg(&self.keys.dead);
+        let len: usize = self.run("dlq order", Request::Cmd(&llen)).await?;
+        let behind = len.saturating_sub(unwalked);
+        let (direction, mut n) = if behind <= unwalked {
+            ("back", behind)
+        } else {
+            ("forward", unwalked)
+        };
+        while n > 0 {
+            let step = n.min(DLQ_CHUNK);
+            let mut call = self.scripts.dlq.prepare_invoke();
+            call.key(&self.keys.dead)
+                .key(&self.keys.ready)
+                .arg("rotate")
+                .arg(direction)
+                .arg("")
+                .arg(0)
+                .arg(step)
+                .arg(0);
+            let (_, moved, _): (usize, usize, usize) =
+                self.run("dlq order", Request::Script(&call)).await?;
+            if moved == 0 {
+                break;
+            }
+            n -= step;
+        }
+        Ok(())
     }
 }
 
@@ -707,11 +778,11 @@ impl DeadLetters for RedisQueue {
     }
 
     async fn dlq_replay(&self, filter: &DlqFilter) -> Result<usize, QueueError> {
-        self.dlq_script("replay", filter).await
+        self.dlq_walk("replay", filter).await
     }
 
     async fn dlq_purge(&self, filter: &DlqFilter) -> Result<usize, QueueError> {
-        self.dlq_script("purge", filter).await
+        self.dlq_walk("purge", filter).await
     }
 
     async fn depth(&self) -> Result<Depth, QueueError> {

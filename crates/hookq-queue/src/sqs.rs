@@ -36,7 +36,11 @@
 //! only then deletes the entry (at least once); purge receives and deletes.
 //! A message that SQS itself moved to the DLQ (redrive) is not a
 //! `DeadLetter` JSON; it is shown as one whose job is the raw body and whose
-//! reason says it was redriven.
+//! reason says it was redriven. A walk covers the messages sent to the DLQ
+//! before it began (by `SentTimestamp`), so entries dead-lettered meanwhile —
+//! a replayed job that failed again at once — are not walked again and the
+//! walk ends; it also stops once it has seen as many as the DLQ's
+//! `ApproximateNumberOfMessages` at its start (see `walk_dlq`).
 //!
 //! **FIFO.** `MessageGroupId` is `message_group_id` or the message's app id, and
 //! `MessageDeduplicationId` the job id. A replayed job gets a fresh
@@ -86,6 +90,9 @@ const VISIBILITY_TRIES: u32 = 3;
 const WALK_VISIBILITY_SECONDS: i32 = 60;
 /// Long poll of each DLQ walk step: long enough that SQS looks at every server.
 const WALK_WAIT_SECONDS: i32 = 1;
+/// Receives in a row that bring nothing of its own after which a DLQ walk
+/// ends (only messages sent after it began, or already seen).
+const WALK_IDLE_RECEIVES: usize = 3;
 /// DLQ retention this driver sets on a DLQ it creates (SQS's maximum, 14 days).
 const DLQ_RETENTION_SECONDS: u64 = sqs_limits::MAX_RETENTION_SECONDS;
 
@@ -399,6 +406,17 @@ impl SqsQueue {
     /// once handled (deleted when `deletes`). Everything else seen, and the
     /// taken entries when not `deletes`, is made visible again at the end.
     /// Returns the taken entries.
+    ///
+    /// The walk covers the messages the DLQ held when it began. A message
+    /// whose `SentTimestamp` is at or after that instant is not part of it —
+    /// an entry a worker dead-lettered meanwhile, perhaps a job this very
+    /// replay sent back — and is left alone (hidden until the end like the
+    /// rest, so it does not come back within the walk). The walk ends at the
+    /// limit; at an empty receive; at a receive that brings nothing it has not
+    /// seen; after [`WALK_IDLE_RECEIVES`] receives in a row that bring none of
+    /// its messages; or once it has seen as many of its messages as the DLQ's
+    /// `ApproximateNumberOfMessages` when it began (when that is above zero:
+    /// the count is approximate, and zero may mean "not counted yet").
     async fn walk_dlq<'a, F, Fut>(
         &'a self,
         filter: &DlqFilter,
@@ -410,11 +428,25 @@ impl SqsQueue {
         Fut: std::future::Future<Output = Result<Vec<Peeked>, QueueError>>,
     {
         let limit = filter.limit.unwrap_or(usize::MAX);
+        let began_ms = hookq_core::now_ms();
+        let at_start = queue_attributes(
+            &self.client,
+            &self.dlq_url,
+            vec![QueueAttributeName::ApproximateNumberOfMessages],
+        )
+        .await?
+        .get(&QueueAttributeName::ApproximateNumberOfMessages)
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(usize::MAX);
         let mut taken: Vec<DeadLetter> = Vec::new();
         let mut release: Vec<String> = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
+        // Messages of this walk seen so far.
+        let mut walked = 0usize;
+        let mut idle = 0usize;
         let result = async {
-            while taken.len() < limit {
+            while taken.len() < limit && walked < at_start && idle < WALK_IDLE_RECEIVES {
                 let batch = self
                     .receive_once(
                         &self.dlq_url,
@@ -428,6 +460,7 @@ impl SqsQueue {
                 }
                 let mut fresh = false;
                 let mut chosen = Vec::new();
+                idle += 1;
                 for m in batch {
                     let Some(handle) = m.receipt_handle.clone() else {
                         continue;
@@ -440,6 +473,13 @@ impl SqsQueue {
                         continue;
                     }
                     fresh = true;
+                    if sent_ms(&m).is_some_and(|sent| sent >= began_ms) {
+                        // Sent after the walk began: not part of it.
+                        release.push(handle);
+                        continue;
+                    }
+                    idle = 0;
+                    walked += 1;
                     let entry = self.dead_letter_of(&m);
                     if taken.len() + chosen.len() < limit && filter.matches(&entry) {
                         chosen.push(Peeked {
@@ -806,6 +846,15 @@ fn redrive_max_receive_count(policy: &str) -> Option<u32> {
     n.as_u64()
         .or_else(|| n.as_str()?.parse().ok())
         .and_then(|n| u32::try_from(n).ok())
+}
+
+/// When SQS accepted a message (its `SentTimestamp`, Unix ms, SQS's clock).
+fn sent_ms(m: &Message) -> Option<u64> {
+    m.attributes
+        .as_ref()?
+        .get(&MessageSystemAttributeName::SentTimestamp)?
+        .parse()
+        .ok()
 }
 
 /// A received SQS message as a [`Received`].

@@ -58,6 +58,34 @@ pub fn hookq(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs `hookq <args>`, killed once `limit` passed: `Some((exit success,
+/// stdout, stderr))` when it ended by itself, `None` when it had to be killed.
+pub fn hookq_within(args: &[&str], limit: Duration) -> Option<(bool, String, String)> {
+    let mut child = Command::new(hookq_bin())
+        .args(args)
+        .env("HOOKQ_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hookq runs");
+    let start = Instant::now();
+    while child.try_wait().expect("hookq's status").is_none() {
+        if start.elapsed() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("hookq's output");
+    Some((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// Writes a config to a file in `dir`.
 pub fn write_config(dir: &Path, name: &str, config: &Value) -> PathBuf {
     let path = dir.join(name);

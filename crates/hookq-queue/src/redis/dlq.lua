@@ -1,40 +1,81 @@
--- dlq: replay or purge dead-letter entries, oldest first, atomically.
+-- dlq: one bounded step of a DLQ replay or purge (the driver calls it until
+-- the walk is done; see `RedisQueue::dlq_walk`).
 --
 -- KEYS: 1 dead, 2 ready
--- ARGV: 1 'replay' | 'purge', 2 '1' to filter by app else '0', 3 the app id,
---       4 most entries to touch (-1: all)
--- Returns how many entries were replayed or purged.
+-- ARGV: 1 'replay' | 'purge' | 'rotate'
+--   replay, purge:
+--       2 '1' to filter by app else '0', 3 the app id,
+--       4 most entries to take (-1: no limit),
+--       5 most entries to walk in this call,
+--       6 entries of the walk not yet walked (-1: this call starts the walk)
+--   rotate:
+--       2 'back' (right end to left end) | 'forward' (left end to right end),
+--       5 how many entries to move
+-- Returns {taken, walked, length}: entries replayed or purged, entries
+-- examined, and the length of `dead` when this call began (for the first
+-- call, the bound of the whole walk).
 --
--- Each entry is popped from the left and either taken or pushed back on the
--- right; when the limit stops the walk early, the entries kept so far are
--- moved back to the left, so the order of what stays is unchanged. O(entries
--- walked), constant memory. An entry that is not a JSON object with a string
--- "job" cannot be replayed: it is kept (a purge without an app filter removes it).
+-- Each walked entry is popped from the left and either taken (replay: its
+-- job is pushed to `ready` in the same step) or pushed back on the right, so
+-- an entry is never both replayed and kept, and is never out of `dead`
+-- between calls. Entries dead-lettered meanwhile are appended on the right,
+-- behind the walk's bound, so they are never walked by it. An entry that is
+-- not a JSON object with a string "job" cannot be replayed: it is kept (a
+-- purge without an app filter removes it).
 local dead, ready = KEYS[1], KEYS[2]
-local replay = ARGV[1] == 'replay'
-local by_app, app = ARGV[2] == '1', ARGV[3]
-local limit = tonumber(ARGV[4])
+local mode = ARGV[1]
+local len = redis.call('LLEN', dead)
 
-local total = redis.call('LLEN', dead)
-if not replay and not by_app and (limit < 0 or limit >= total) then
-  redis.call('DEL', dead)
-  return total
+if mode == 'rotate' then
+  local from, to = 'RIGHT', 'LEFT'
+  if ARGV[2] == 'forward' then
+    from, to = 'LEFT', 'RIGHT'
+  end
+  local n = math.min(tonumber(ARGV[5]), len)
+  for _ = 1, n do
+    redis.call('LMOVE', dead, dead, from, to)
+  end
+  return {0, n, len}
 end
 
-local done, kept, walked = 0, 0, 0
-while walked < total and (limit < 0 or done < limit) do
+local replay = mode == 'replay'
+local by_app, app = ARGV[2] == '1', ARGV[3]
+local limit = tonumber(ARGV[4])
+local chunk = tonumber(ARGV[5])
+local left = tonumber(ARGV[6])
+if left < 0 then
+  left = len
+end
+
+if not replay and not by_app then
+  -- Every entry walked is taken: no decoding, no rotation.
+  local n = math.min(left, len)
+  if limit >= 0 and limit < n then
+    n = limit
+  end
+  if n == len then
+    -- The whole list is what is left of the walk: one O(1) step (UNLINK
+    -- frees a long list in the background).
+    redis.call('UNLINK', dead)
+    return {n, n, len}
+  end
+  n = math.min(n, chunk)
+  if n > 0 then
+    redis.call('LTRIM', dead, n, -1)
+  end
+  return {n, n, len}
+end
+
+-- Never more than the list holds now: what this call pushes back is not walked again.
+local walk = math.min(chunk, left, len)
+local done, walked = 0, 0
+while walked < walk and (limit < 0 or done < limit) do
   local entry = redis.call('LPOP', dead)
   walked = walked + 1
   local ok, decoded = pcall(cjson.decode, entry)
   local valid = ok and type(decoded) == 'table' and type(decoded.job) == 'string'
-  local take
-  if by_app then
-    take = valid and decoded.app_id == app
-  elseif replay then
-    take = valid
-  else
-    take = true
-  end
+  -- (A purge without an app filter took the branch above.)
+  local take = valid and (not by_app or decoded.app_id == app)
   if take then
     done = done + 1
     if replay then
@@ -42,12 +83,6 @@ while walked < total and (limit < 0 or done < limit) do
     end
   else
     redis.call('RPUSH', dead, entry)
-    kept = kept + 1
   end
 end
-if walked < total then
-  for _ = 1, kept do
-    redis.call('LPUSH', dead, redis.call('RPOP', dead))
-  end
-end
-return done
+return {done, walked, len}

@@ -66,10 +66,17 @@
 //! taking one costs nothing: no checkout, no health-check round trip (a
 //! checkout pool's `PING` per command tripled what one `publish` cost). A
 //! connection is opened on first use and opened again after a command on it
-//! fails with a broken connection or a timeout. Each concurrent `receive` runs
-//! on a connection of its own, taken from a small free list, because a
-//! blocked `BLMOVE` holds up every other command on its connection; its
-//! response timeout is set above each block. Connection failures are
+//! fails with a broken connection, a timeout, or an answer that says the
+//! server at its other end is not the primary (`READONLY`, `MASTERDOWN`,
+//! `UNBLOCKED`: a failover behind the same address left it talking to the
+//! demoted primary). After a broken or wrong-server answer on a connection
+//! used before, the command is sent once more on a new one — neither ran it.
+//! Each concurrent `receive` runs on a connection of its own, taken from a
+//! small free list, because a blocked `BLMOVE` holds up every other command
+//! on its connection; its response timeout is set above each block. A
+//! wrong-server answer to a receive empties the free list (its connections
+//! reach the same server) and the receive runs once more on a new
+//! connection. Connection failures and wrong-server answers are
 //! [`QueueError::Unavailable`]; scripts are re-sent after a `NOSCRIPT`, so a
 //! restarted Redis works again without a new driver.
 
@@ -223,10 +230,11 @@ impl Shared {
     }
 
     /// Notes how a command on the connection of `slot` and `generation`
-    /// failed: a broken or silent connection is dropped (unless it was
+    /// failed: a broken or silent connection, or one to a server that is no
+    /// longer the primary ([`is_wrong_server`]), is dropped (unless it was
     /// replaced meanwhile), so the slot opens a new one.
     async fn failed(&self, slot: usize, generation: u64, e: &RedisError) {
-        if !(e.is_connection_dropped() || e.is_io_error() || e.is_timeout()) {
+        if !(e.is_connection_dropped() || e.is_io_error() || e.is_timeout() || is_wrong_server(e)) {
             return;
         }
         let mut guard = self.slots[slot].lock().await;
@@ -314,7 +322,9 @@ impl RedisQueue {
 
     /// Runs one short request (`what` names it in errors) on a shared
     /// connection. A connection that broke since its last use (a Redis
-    /// restart) is replaced and the request sent once more on the new one.
+    /// restart), or that reaches a server no longer the primary (a failover
+    /// behind the same address), is replaced and the request sent once more
+    /// on the new one: neither ran it.
     async fn run<T: FromRedisValue>(
         &self,
         what: &str,
@@ -347,8 +357,8 @@ impl RedisQueue {
                 Err(e) => {
                     self.shared.failed(slot, generation, &e).await;
                     let broken = e.is_connection_dropped() || e.is_io_error();
-                    if broken && retry.is_none() && !fresh {
-                        debug!(error = %e, "redis connection dropped; reconnecting");
+                    if (broken || is_wrong_server(&e)) && retry.is_none() && !fresh {
+                        debug!(error = %e, "redis connection dropped or not to the primary; reconnecting");
                         // The slot has let go of it: the next get opens a new one.
                         retry = Some(slot);
                         continue;
@@ -534,24 +544,37 @@ impl RedisQueue {
     }
 }
 
+/// Whether `e` says this connection reaches a server that is not (or no
+/// longer) the primary: a replica refusing a write (`READONLY`), a replica
+/// cut off from its primary (`MASTERDOWN`), a blocked command ended because
+/// the server turned replica (`UNBLOCKED`). A replica runs none of the
+/// request, and a new connection to the same address may reach the primary.
+fn is_wrong_server(e: &RedisError) -> bool {
+    matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "UNBLOCKED"))
+}
+
 /// Whether `e` says the server or the path to it is down, so trying later may work.
 fn is_unavailable(e: &RedisError) -> bool {
     if e.kind() == ErrorKind::AuthenticationFailed {
         // A wrong password stays wrong: say so rather than retry forever.
         return false;
     }
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+    if e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || is_wrong_server(e)
+    {
         return true;
     }
-    // LOADING, TRYAGAIN, MASTERDOWN, CLUSTERDOWN; BUSY (a script running),
-    // READONLY (a replica after a failover).
+    // LOADING, TRYAGAIN, CLUSTERDOWN; BUSY (a script running).
     matches!(
         e.retry_method(),
         RetryMethod::Reconnect
             | RetryMethod::ReconnectFromInitialConnections
             | RetryMethod::WaitAndRetry
             | RetryMethod::RetryImmediately
-    ) || matches!(e.code(), Some("BUSY" | "READONLY" | "LOADING"))
+    ) || matches!(e.code(), Some("BUSY" | "LOADING"))
 }
 
 fn redis_error(what: &str, e: RedisError) -> QueueError {
@@ -600,6 +623,7 @@ impl QueueConsume for RedisQueue {
             .receiver()
             .await
             .map_err(|e| redis_error("receive", e))?;
+        let mut moved = false;
         loop {
             match self.receive_on(&mut conn, max, deadline).await {
                 Ok(got) => {
@@ -610,6 +634,19 @@ impl QueueConsume for RedisQueue {
                 // once more on a new one before reporting the outage.
                 Err(e) if reused && e.is_connection_dropped() => {
                     debug!(error = %e, "redis receive connection dropped; reconnecting");
+                    (conn, reused) = self
+                        .receiver()
+                        .await
+                        .map_err(|e| redis_error("receive", e))?;
+                }
+                // A server that is no longer the primary (a failover behind
+                // the same address): the idle connections reach it too, so
+                // they go, and the receive runs once more on a new one.
+                // The replica ran nothing, so nothing was claimed.
+                Err(e) if !moved && is_wrong_server(&e) => {
+                    debug!(error = %e, "redis receive connection not to the primary; reconnecting");
+                    self.idle().clear();
+                    moved = true;
                     (conn, reused) = self
                         .receiver()
                         .await

@@ -1,6 +1,7 @@
 //! Redis faults a worker process must come through: a failover behind one
 //! address (the old primary, demoted, answers `READONLY` on the connections
-//! still open to it).
+//! still open to it), and a Redis that refuses writes while claims still
+//! work (`/ready` must say so).
 
 use crate::support::inproc::config;
 use crate::support::process::{WorkerProcess, temp_dir};
@@ -229,5 +230,88 @@ async fn a_failover_behind_one_address_moves_the_worker_to_the_new_primary() {
         !w.log_text().contains("giving up acking"),
         "acks were lost:\n{}",
         w.log_text()
+    );
+}
+
+/// `/ready` is false while the worker cannot write, even when its receives
+/// work. A Redis at `maxmemory` (with `noeviction`) refuses every write that
+/// needs memory — the retry jobs a worker pushes, its lease renewals — but
+/// still lets it claim the jobs in `ready` (a claim pops first, and a script
+/// that has written may go on). Readiness that followed receives alone said
+/// ready all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_writes_fail_is_not_ready() {
+    let redis = RedisServer::start();
+    let r = Receiver::start(&[("key-0", "secret-0")]).await;
+    r.always(PATH, Reply::status(500));
+    let retry =
+        json!({"initial_backoff_ms": 100, "max_backoff_ms": 200, "max_elapsed_time_ms": 60000});
+    let mut cfg = worker_config(&r, &redis.url(), "full", 30_000, retry);
+    // Ten jobs at a time, so that claims go on for a while.
+    cfg["worker"]["max_held_jobs"] = json!(10);
+    let (p, queue) = producer(&cfg).await;
+    for chunk in 0..4 {
+        publish(&p, chunk * 500..chunk * 500 + 500).await;
+    }
+    let set = |v: &str| {
+        let reply = redis.command(&["CONFIG", "SET", "maxmemory", v]).unwrap();
+        assert_eq!(reply.text().as_deref(), Some("OK"), "{reply:?}");
+    };
+    set("1");
+    let dir = temp_dir("full");
+    let w = WorkerProcess::start(&dir, "w1", &cfg).await;
+
+    let start = Instant::now();
+    let first_failure = poll(
+        "a failed retry push",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let seen = r.requests(PATH).len();
+            let log = w.log_text();
+            std::future::ready(if log.contains("could not push") {
+                Ok(start.elapsed())
+            } else {
+                Err(format!("{seen} requests so far; log:\n{log}"))
+            })
+        },
+    )
+    .await;
+    // Sampled for 3 s from the first failed write: ready must go (and stay) false.
+    let mut answers = Vec::new();
+    let sampling = Instant::now();
+    while sampling.elapsed() < Duration::from_secs(3) {
+        answers.push(w.get("/ready").await.map(|(s, _)| s));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let d = queue.depth().await.unwrap();
+    let ok = answers.iter().filter(|s| **s == Some(200)).count();
+    eprintln!(
+        "full Redis: first retry push refused {first_failure:?} after the start; \
+         /ready answered 200 {ok} of {} times in 3 s; {} requests; depth {d:?}",
+        answers.len(),
+        r.requests(PATH).len()
+    );
+    assert!(d.ready > 0, "still claiming: the worker was never idle");
+    // One answer may predate the first failure being noted.
+    assert!(
+        ok <= 1,
+        "/ready said 200 {ok} times in 3 s while writes failed: {answers:?}"
+    );
+    let (_, body) = w.get("/ready").await.unwrap();
+    assert!(body.contains("write"), "/ready says why: {body}");
+
+    // Room again: ready again, within one receive.
+    set("0");
+    let lifted = Instant::now();
+    w.wait_ok(
+        &["/ready"],
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+    )
+    .await;
+    eprintln!(
+        "ready again {:?} after maxmemory was lifted",
+        lifted.elapsed()
     );
 }

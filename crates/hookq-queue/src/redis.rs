@@ -92,7 +92,7 @@ use ::redis::{
 use async_trait::async_trait;
 use hookq_core::DeadLetter;
 use hookq_core::config::RedisSettings;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -254,6 +254,26 @@ enum Request<'a> {
     LongScript(&'a ScriptInvocation<'a>),
 }
 
+/// The plain commands the driver sends that only read.
+const READ_COMMANDS: [&[u8]; 2] = [b"PING", b"LRANGE"];
+
+impl Request<'_> {
+    /// Whether the request writes, so that its failure says the driver
+    /// cannot write now: every script does, and every command but the
+    /// reads of [`READ_COMMANDS`]; the pipeline (depth) only reads.
+    fn writes(&self) -> bool {
+        match self {
+            Request::Script(_) | Request::LongScript(_) => true,
+            Request::Pipe(_) => false,
+            Request::Cmd(cmd) => !matches!(
+                cmd.args_iter().next(),
+                Some(::redis::Arg::Simple(name))
+                    if READ_COMMANDS.iter().any(|r| name.eq_ignore_ascii_case(r))
+            ),
+        }
+    }
+}
+
 /// How every connection is opened: a bounded connect, redis-rs's 500 ms
 /// default response timeout raised to [`COMMAND_TIMEOUT`].
 fn connection_config() -> AsyncConnectionConfig {
@@ -273,6 +293,9 @@ pub struct RedisQueue {
     keys: Keys,
     lease: Duration,
     scripts: Scripts,
+    /// A write failed, and no [write check](RedisQueue::check_writes) has
+    /// succeeded since: what [`QueueConsume::writable`] answers.
+    writes_failing: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisQueue {
@@ -301,6 +324,7 @@ impl RedisQueue {
             keys: Keys::new(&settings.prefix),
             lease: settings.lease,
             scripts: Scripts::new(),
+            writes_failing: AtomicBool::new(false),
         })
     }
 
@@ -321,11 +345,26 @@ impl RedisQueue {
     }
 
     /// Runs one short request (`what` names it in errors) on a shared
+    /// connection, as [`RedisQueue::send`] does, and notes a write that
+    /// failed for [`QueueConsume::writable`].
+    async fn run<T: FromRedisValue>(
+        &self,
+        what: &str,
+        request: Request<'_>,
+    ) -> Result<T, QueueError> {
+        let result = self.send(what, request).await;
+        if result.is_err() && request.writes() {
+            self.writes_failing.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Sends one short request (`what` names it in errors) on a shared
     /// connection. A connection that broke since its last use (a Redis
     /// restart), or that reaches a server no longer the primary (a failover
     /// behind the same address), is replaced and the request sent once more
     /// on the new one: neither ran it.
-    async fn run<T: FromRedisValue>(
+    async fn send<T: FromRedisValue>(
         &self,
         what: &str,
         request: Request<'_>,
@@ -416,6 +455,23 @@ impl RedisQueue {
         } else {
             Once::Pushed
         })
+    }
+
+    /// After a failed write, checks whether writes work again with a write
+    /// that changes nothing (`INCRBY seq 0`) on a shared connection; the
+    /// flag clears only when it succeeds. Any successful write would not
+    /// do: a full Redis (`maxmemory`) still takes acks, which free memory,
+    /// while it refuses pushes, and `INCRBY` is refused like a push.
+    async fn check_writes(&self) {
+        if !self.writes_failing.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut incrby = ::redis::cmd("INCRBY");
+        incrby.arg(&self.keys.seq).arg(0);
+        match self.run::<i64>("write check", Request::Cmd(&incrby)).await {
+            Ok(_) => self.writes_failing.store(false, Ordering::Relaxed),
+            Err(e) => debug!(error = %e, "redis still refuses writes"),
+        }
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<MultiplexedConnection>> {
@@ -628,6 +684,8 @@ impl QueueConsume for RedisQueue {
             match self.receive_on(&mut conn, max, deadline).await {
                 Ok(got) => {
                     self.release(conn);
+                    // Redis answers: the moment to see whether it takes writes again.
+                    self.check_writes().await;
                     return Ok(got);
                 }
                 // An idle connection that died with its server (a restart):
@@ -697,6 +755,10 @@ impl QueueConsume for RedisQueue {
 
     fn hold(&self) -> Duration {
         self.lease
+    }
+
+    fn writable(&self) -> bool {
+        !self.writes_failing.load(Ordering::Relaxed)
     }
 }
 

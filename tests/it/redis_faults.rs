@@ -1,17 +1,20 @@
 //! Redis faults a worker process must come through: a failover behind one
 //! address (the old primary, demoted, answers `READONLY` on the connections
-//! still open to it), and a Redis that refuses writes while claims still
-//! work (`/ready` must say so).
+//! still open to it), a Redis that refuses writes while claims still work
+//! (`/ready` must say so), and a retry due soon while the worker waits on
+//! an idle queue (it must not wait for the next lease deadline).
 
 use crate::support::inproc::config;
 use crate::support::process::{WorkerProcess, temp_dir};
-use crate::support::queue::producer;
+use crate::support::queue::{handles, producer, receive_n};
 use crate::support::receiver::{Receiver, Reply};
 use crate::support::redirect_proxy::RedirectProxy;
 use crate::support::redis_server::RedisServer;
 use crate::support::wait::poll;
 use hookq_core::Event;
 use hookq_producer::Producer;
+use hookq_queue::redis::{RedisQueue, ready_key};
+use hookq_queue::{DeadLetters, Outgoing, QueueConsume, QueuePush};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -233,6 +236,53 @@ async fn a_failover_behind_one_address_moves_the_worker_to_the_new_primary() {
     );
 }
 
+/// A retry due soon is delivered soon even when the worker waits on an idle
+/// queue: pushing it into the delayed set must wake the receiver blocked on
+/// `ready`, which otherwise sleeps until the lease deadline of the job it
+/// just took, or the end of its 5 s wait, whichever comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_due_soon_is_delivered_soon_from_an_idle_queue() {
+    let redis = RedisServer::start();
+    let r = Receiver::start(&[("key-0", "secret-0")]).await;
+    // Retries after 100 to 200 ms (the backoff's upper half is jittered).
+    let retry =
+        json!({"initial_backoff_ms": 200, "max_backoff_ms": 200, "max_elapsed_time_ms": 60000});
+    let cfg = worker_config(&r, &redis.url(), "prompt", 30_000, retry);
+    let dir = temp_dir("prompt");
+    let w = WorkerProcess::start(&dir, "w1", &cfg).await;
+    w.wait_ok(
+        &["/ready"],
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+    )
+    .await;
+    let (p, _queue) = producer(&cfg).await;
+    let mut gaps = Vec::new();
+    for round in 0..2 {
+        // The worker is idle: blocked on `ready`, nothing held, nothing delayed.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        r.script(PATH, vec![Reply::status(500)]);
+        publish(&p, round..round + 1).await;
+        r.wait_for("the failure and its retry", Duration::from_secs(15), |r| {
+            r.requests(PATH).len() == 2 * round + 2
+        })
+        .await;
+        let seen = r.requests(PATH);
+        let (failed, retried) = (&seen[2 * round], &seen[2 * round + 1]);
+        assert_eq!((failed.answered, retried.answered), (500, 200));
+        gaps.push(retried.at - failed.at);
+    }
+    eprintln!("retry due 100-200 ms after the failure arrived after {gaps:?}");
+    // Before this was fixed: about 5 s (the receive's wait); a loaded
+    // machine adds tens of milliseconds, not seconds.
+    for gap in &gaps {
+        assert!(
+            *gap < Duration::from_millis(1500),
+            "a retry due within 200 ms of its failure came {gap:?} after it"
+        );
+    }
+}
+
 /// `/ready` is false while the worker cannot write, even when its receives
 /// work. A Redis at `maxmemory` (with `noeviction`) refuses every write that
 /// needs memory — the retry jobs a worker pushes, its lease renewals — but
@@ -314,4 +364,72 @@ async fn a_worker_whose_writes_fail_is_not_ready() {
         "ready again {:?} after maxmemory was lifted",
         lifted.elapsed()
     );
+}
+
+/// The wake marker behind prompt retries, on the driver: a delayed push
+/// ends a receive waiting on an empty queue, the marker it leaves is never
+/// received as a job, and there is never more than one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_push_wakes_a_waiting_receive_and_its_marker_is_no_job() {
+    let server = RedisServer::start();
+    let settings = hookq_core::config::RedisSettings {
+        url: server.url(),
+        prefix: "wake".into(),
+        concurrency: 10,
+        lease: Duration::from_secs(30),
+        pool_size: 2,
+    };
+    let q = std::sync::Arc::new(RedisQueue::connect(&settings).await.unwrap());
+    let job = |n: u32, ms: u64| {
+        Outgoing::now(format!("{n}"), "app", format!("{{\"n\":{n}}}"))
+            .delayed(Duration::from_millis(ms))
+    };
+    let ready_len = || match server.command(&["LLEN", &ready_key("wake")]).unwrap() {
+        crate::support::redis_server::Reply::Int(n) => n,
+        other => panic!("LLEN gave {other:?}"),
+    };
+
+    // A receive waiting on an empty queue, with nothing delayed or held.
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let got = q.receive(10, Duration::from_secs(10)).await.unwrap();
+            (got, start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    q.push(vec![job(1, 300)]).await.unwrap();
+    let (got, waited) = waiter.await.unwrap();
+    eprintln!(
+        "a receive waiting since 300 ms before a push due 300 ms later returned after {waited:?}"
+    );
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0].body.as_str(), got[0].receive_count),
+        ("{\"n\":1}", 1)
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "the due job waited for the receive's whole wait: {waited:?}"
+    );
+    q.ack(&handles(&got)).await.unwrap();
+    assert_eq!(ready_len(), 0, "the marker was taken with the job");
+
+    // No receiver: one marker for the first delayed push, none for one due
+    // later, none for one due sooner (ready is not empty, so nobody waits).
+    q.push(vec![job(2, 400)]).await.unwrap();
+    assert_eq!(ready_len(), 1, "a marker");
+    assert_eq!(q.depth().await.unwrap().ready, 1, "depth counts the marker");
+    q.push(vec![job(3, 600)]).await.unwrap();
+    q.push(vec![job(4, 200)]).await.unwrap();
+    assert_eq!(ready_len(), 1, "still one marker");
+    let got = receive_n(&*q, 3, Duration::from_secs(5)).await;
+    let mut bodies: Vec<_> = got.iter().map(|r| r.body.as_str()).collect();
+    bodies.sort_unstable();
+    assert_eq!(bodies, ["{\"n\":2}", "{\"n\":3}", "{\"n\":4}"], "{got:?}");
+    assert!(got.iter().all(|r| r.receive_count == 1), "{got:?}");
+    q.ack(&handles(&got)).await.unwrap();
+    let d = q.depth().await.unwrap();
+    assert_eq!((d.ready, d.delayed, d.held), (0, 0, 0), "{d:?}");
 }

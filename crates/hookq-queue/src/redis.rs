@@ -23,7 +23,9 @@
 //!
 //! 1. **Push**: [`QueuePush::push`] `LPUSH`es ready jobs to `ready`; a job
 //!    with a delay goes to `delayed`, scored by the Redis server's time plus
-//!    the delay, behind a sequence number so identical bodies stay distinct.
+//!    the delay, behind a sequence number so identical bodies stay distinct
+//!    (`redis/push.lua`). A delayed push that may find receivers waiting
+//!    past its due time also pushes the wake marker to `ready` (step 3).
 //! 2. **Receive**: one Lua script per call (`redis/receive.lua`) moves due
 //!    `delayed` members to `ready` (at most 1,000 a call), returns expired
 //!    leases to the front of `ready`, pops up to `max` jobs from the right of
@@ -32,14 +34,23 @@
 //!    workers ever claim one job and no delayed job moves twice. A job
 //!    returned from an expired lease is pushed as `\0<count>|<body>`, so its
 //!    receive count carries over; bodies taken from `ready` never start with
-//!    a NUL byte otherwise (they are JSON).
+//!    a NUL byte otherwise (they are JSON). The wake marker, `\0wake`, is
+//!    dropped, never claimed.
 //! 3. **Wait**: when nothing was claimed, the receiver blocks on
 //!    `BLMOVE ready ready RIGHT RIGHT <t>` — a rotation of the list onto
 //!    itself, which wakes when `ready` is non-empty and leaves the job where
 //!    it was, so nothing is ever out of the list without a lease even if the
 //!    client gives up. `t` is the smaller of the wait left and the time to the
 //!    next delayed job or lease deadline (the script returns it), then the
-//!    script runs again. An idle receiver costs two commands per wait.
+//!    script runs again. An idle receiver costs two commands per wait. A job
+//!    delayed while receivers wait is what `t` does not know: when a push of
+//!    delayed jobs only finds `ready` empty and brings a job due sooner than
+//!    every one in `delayed`, it pushes the wake marker, which ends every
+//!    block; the receive script drops it and returns the new time to wait
+//!    for. A job due no sooner than one already delayed needs none (every
+//!    blocked receiver wakes by then), a non-empty `ready` has no receiver
+//!    blocked on it, so `ready` holds at most one marker, an idle queue none,
+//!    and `LLEN ready` (the depth) counts a marker as a job until a receive.
 //! 4. **Ack**: a script deletes the tokens from `held` and `leases`. A token
 //!    whose lease expired and was reclaimed is simply absent, so a late ack
 //!    never touches the job's new hold. **Extend** sets the deadline of tokens

@@ -8,7 +8,8 @@
 //!   hold;
 //! - [`QueueConsume`] — receive, ack, extend, release, dead-letter, and the
 //!   driver's answers about consuming from it (its hold, how many receive
-//!   loops suit it, whether a push can carry a delay): what a worker uses;
+//!   loops suit it, whether a push can carry a delay, whether it takes
+//!   writes now): what a worker uses;
 //! - [`DeadLetters`] — list, replay and purge the dead-letter queue, and the
 //!   depth per state: what `hookq dlq` holds.
 //!
@@ -281,6 +282,15 @@ pub trait QueueConsume: Send + Sync + 'static {
     /// messages (memory, Redis).
     fn receive_concurrency(&self) -> usize {
         1
+    }
+
+    /// Whether the driver can write now, as far as it knows: false after a
+    /// write (push, ack, extend, dead letter) failed, until the driver has
+    /// seen writes work again (Redis checks at each receive). A worker that
+    /// cannot write is not ready, even while its receives work. Drivers
+    /// that do not track it answer true.
+    fn writable(&self) -> bool {
+        true
     }
 
     /// Whether a pushed message can carry a delay, so that a job received

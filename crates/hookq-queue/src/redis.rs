@@ -23,7 +23,9 @@
 //!
 //! 1. **Push**: [`QueuePush::push`] `LPUSH`es ready jobs to `ready`; a job
 //!    with a delay goes to `delayed`, scored by the Redis server's time plus
-//!    the delay, behind a sequence number so identical bodies stay distinct.
+//!    the delay, behind a sequence number so identical bodies stay distinct
+//!    (`redis/push.lua`). A delayed push that may find receivers waiting
+//!    past its due time also pushes the wake marker to `ready` (step 3).
 //! 2. **Receive**: one Lua script per call (`redis/receive.lua`) moves due
 //!    `delayed` members to `ready` (at most 1,000 a call), returns expired
 //!    leases to the front of `ready`, pops up to `max` jobs from the right of
@@ -32,14 +34,23 @@
 //!    workers ever claim one job and no delayed job moves twice. A job
 //!    returned from an expired lease is pushed as `\0<count>|<body>`, so its
 //!    receive count carries over; bodies taken from `ready` never start with
-//!    a NUL byte otherwise (they are JSON).
+//!    a NUL byte otherwise (they are JSON). The wake marker, `\0wake`, is
+//!    dropped, never claimed.
 //! 3. **Wait**: when nothing was claimed, the receiver blocks on
 //!    `BLMOVE ready ready RIGHT RIGHT <t>` — a rotation of the list onto
 //!    itself, which wakes when `ready` is non-empty and leaves the job where
 //!    it was, so nothing is ever out of the list without a lease even if the
 //!    client gives up. `t` is the smaller of the wait left and the time to the
 //!    next delayed job or lease deadline (the script returns it), then the
-//!    script runs again. An idle receiver costs two commands per wait.
+//!    script runs again. An idle receiver costs two commands per wait. A job
+//!    delayed while receivers wait is what `t` does not know: when a push of
+//!    delayed jobs only finds `ready` empty and brings a job due sooner than
+//!    every one in `delayed`, it pushes the wake marker, which ends every
+//!    block; the receive script drops it and returns the new time to wait
+//!    for. A job due no sooner than one already delayed needs none (every
+//!    blocked receiver wakes by then), a non-empty `ready` has no receiver
+//!    blocked on it, so `ready` holds at most one marker, an idle queue none,
+//!    and `LLEN ready` (the depth) counts a marker as a job until a receive.
 //! 4. **Ack**: a script deletes the tokens from `held` and `leases`. A token
 //!    whose lease expired and was reclaimed is simply absent, so a late ack
 //!    never touches the job's new hold; the script counts what it removed, so
@@ -83,10 +94,17 @@
 //! taking one costs nothing: no checkout, no health-check round trip (a
 //! checkout pool's `PING` per command tripled what one `publish` cost). A
 //! connection is opened on first use and opened again after a command on it
-//! fails with a broken connection or a timeout. Each concurrent `receive` runs
-//! on a connection of its own, taken from a small free list, because a
-//! blocked `BLMOVE` holds up every other command on its connection; its
-//! response timeout is set above each block. Connection failures are
+//! fails with a broken connection, a timeout, or an answer that says the
+//! server at its other end is not the primary (`READONLY`, `MASTERDOWN`,
+//! `UNBLOCKED`: a failover behind the same address left it talking to the
+//! demoted primary). After a broken or wrong-server answer on a connection
+//! used before, the command is sent once more on a new one — neither ran it.
+//! Each concurrent `receive` runs on a connection of its own, taken from a
+//! small free list, because a blocked `BLMOVE` holds up every other command
+//! on its connection; its response timeout is set above each block. A
+//! wrong-server answer to a receive empties the free list (its connections
+//! reach the same server) and the receive runs once more on a new
+//! connection. Connection failures and wrong-server answers are
 //! [`QueueError::Unavailable`]; scripts are re-sent after a `NOSCRIPT`, so a
 //! restarted Redis works again without a new driver.
 
@@ -102,7 +120,7 @@ use ::redis::{
 use async_trait::async_trait;
 use hookq_core::DeadLetter;
 use hookq_core::config::RedisSettings;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -243,10 +261,11 @@ impl Shared {
     }
 
     /// Notes how a command on the connection of `slot` and `generation`
-    /// failed: a broken or silent connection is dropped (unless it was
+    /// failed: a broken or silent connection, or one to a server that is no
+    /// longer the primary ([`is_wrong_server`]), is dropped (unless it was
     /// replaced meanwhile), so the slot opens a new one.
     async fn failed(&self, slot: usize, generation: u64, e: &RedisError) {
-        if !(e.is_connection_dropped() || e.is_io_error() || e.is_timeout()) {
+        if !(e.is_connection_dropped() || e.is_io_error() || e.is_timeout() || is_wrong_server(e)) {
             return;
         }
         let mut guard = self.slots[slot].lock().await;
@@ -262,6 +281,26 @@ enum Request<'a> {
     Cmd(&'a Cmd),
     Pipe(&'a Pipeline),
     Script(&'a ScriptInvocation<'a>),
+}
+
+/// The plain commands the driver sends that only read.
+const READ_COMMANDS: [&[u8]; 2] = [b"PING", b"LRANGE"];
+
+impl Request<'_> {
+    /// Whether the request writes, so that its failure says the driver
+    /// cannot write now: every script does, and every command but the
+    /// reads of [`READ_COMMANDS`]; the pipeline (depth) only reads.
+    fn writes(&self) -> bool {
+        match self {
+            Request::Script(_) | Request::LongScript(_) => true,
+            Request::Pipe(_) => false,
+            Request::Cmd(cmd) => !matches!(
+                cmd.args_iter().next(),
+                Some(::redis::Arg::Simple(name))
+                    if READ_COMMANDS.iter().any(|r| name.eq_ignore_ascii_case(r))
+            ),
+        }
+    }
 }
 
 /// How every connection is opened: a bounded connect, redis-rs's 500 ms
@@ -283,6 +322,9 @@ pub struct RedisQueue {
     keys: Keys,
     lease: Duration,
     scripts: Scripts,
+    /// A write failed, and no [write check](RedisQueue::check_writes) has
+    /// succeeded since: what [`QueueConsume::writable`] answers.
+    writes_failing: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisQueue {
@@ -311,6 +353,7 @@ impl RedisQueue {
             keys: Keys::new(&settings.prefix),
             lease: settings.lease,
             scripts: Scripts::new(),
+            writes_failing: AtomicBool::new(false),
         })
     }
 
@@ -331,9 +374,26 @@ impl RedisQueue {
     }
 
     /// Runs one short request (`what` names it in errors) on a shared
-    /// connection. A connection that broke since its last use (a Redis
-    /// restart) is replaced and the request sent once more on the new one.
+    /// connection, as [`RedisQueue::send`] does, and notes a write that
+    /// failed for [`QueueConsume::writable`].
     async fn run<T: FromRedisValue>(
+        &self,
+        what: &str,
+        request: Request<'_>,
+    ) -> Result<T, QueueError> {
+        let result = self.send(what, request).await;
+        if result.is_err() && request.writes() {
+            self.writes_failing.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Sends one short request (`what` names it in errors) on a shared
+    /// connection. A connection that broke since its last use (a Redis
+    /// restart), or that reaches a server no longer the primary (a failover
+    /// behind the same address), is replaced and the request sent once more
+    /// on the new one: neither ran it.
+    async fn send<T: FromRedisValue>(
         &self,
         what: &str,
         request: Request<'_>,
@@ -360,8 +420,8 @@ impl RedisQueue {
                 Err(e) => {
                     self.shared.failed(slot, generation, &e).await;
                     let broken = e.is_connection_dropped() || e.is_io_error();
-                    if broken && retry.is_none() && !fresh {
-                        debug!(error = %e, "redis connection dropped; reconnecting");
+                    if (broken || is_wrong_server(&e)) && retry.is_none() && !fresh {
+                        debug!(error = %e, "redis connection dropped or not to the primary; reconnecting");
                         // The slot has let go of it: the next get opens a new one.
                         retry = Some(slot);
                         continue;
@@ -419,6 +479,23 @@ impl RedisQueue {
         } else {
             Once::Pushed
         })
+    }
+
+    /// After a failed write, checks whether writes work again with a write
+    /// that changes nothing (`INCRBY seq 0`) on a shared connection; the
+    /// flag clears only when it succeeds. Any successful write would not
+    /// do: a full Redis (`maxmemory`) still takes acks, which free memory,
+    /// while it refuses pushes, and `INCRBY` is refused like a push.
+    async fn check_writes(&self) {
+        if !self.writes_failing.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut incrby = ::redis::cmd("INCRBY");
+        incrby.arg(&self.keys.seq).arg(0);
+        match self.run::<i64>("write check", Request::Cmd(&incrby)).await {
+            Ok(_) => self.writes_failing.store(false, Ordering::Relaxed),
+            Err(e) => debug!(error = %e, "redis still refuses writes"),
+        }
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<MultiplexedConnection>> {
@@ -608,24 +685,37 @@ impl RedisQueue {
     }
 }
 
+/// Whether `e` says this connection reaches a server that is not (or no
+/// longer) the primary: a replica refusing a write (`READONLY`), a replica
+/// cut off from its primary (`MASTERDOWN`), a blocked command ended because
+/// the server turned replica (`UNBLOCKED`). A replica runs none of the
+/// request, and a new connection to the same address may reach the primary.
+fn is_wrong_server(e: &RedisError) -> bool {
+    matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "UNBLOCKED"))
+}
+
 /// Whether `e` says the server or the path to it is down, so trying later may work.
 fn is_unavailable(e: &RedisError) -> bool {
     if e.kind() == ErrorKind::AuthenticationFailed {
         // A wrong password stays wrong: say so rather than retry forever.
         return false;
     }
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+    if e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || is_wrong_server(e)
+    {
         return true;
     }
-    // LOADING, TRYAGAIN, MASTERDOWN, CLUSTERDOWN; BUSY (a script running),
-    // READONLY (a replica after a failover).
+    // LOADING, TRYAGAIN, CLUSTERDOWN; BUSY (a script running).
     matches!(
         e.retry_method(),
         RetryMethod::Reconnect
             | RetryMethod::ReconnectFromInitialConnections
             | RetryMethod::WaitAndRetry
             | RetryMethod::RetryImmediately
-    ) || matches!(e.code(), Some("BUSY" | "READONLY" | "LOADING"))
+    ) || matches!(e.code(), Some("BUSY" | "LOADING"))
 }
 
 fn redis_error(what: &str, e: RedisError) -> QueueError {
@@ -674,16 +764,32 @@ impl QueueConsume for RedisQueue {
             .receiver()
             .await
             .map_err(|e| redis_error("receive", e))?;
+        let mut moved = false;
         loop {
             match self.receive_on(&mut conn, max, deadline).await {
                 Ok(got) => {
                     self.release(conn);
+                    // Redis answers: the moment to see whether it takes writes again.
+                    self.check_writes().await;
                     return Ok(got);
                 }
                 // An idle connection that died with its server (a restart):
                 // once more on a new one before reporting the outage.
                 Err(e) if reused && e.is_connection_dropped() => {
                     debug!(error = %e, "redis receive connection dropped; reconnecting");
+                    (conn, reused) = self
+                        .receiver()
+                        .await
+                        .map_err(|e| redis_error("receive", e))?;
+                }
+                // A server that is no longer the primary (a failover behind
+                // the same address): the idle connections reach it too, so
+                // they go, and the receive runs once more on a new one.
+                // The replica ran nothing, so nothing was claimed.
+                Err(e) if !moved && is_wrong_server(&e) => {
+                    debug!(error = %e, "redis receive connection not to the primary; reconnecting");
+                    self.idle().clear();
+                    moved = true;
                     (conn, reused) = self
                         .receiver()
                         .await
@@ -736,6 +842,10 @@ impl QueueConsume for RedisQueue {
 
     fn hold(&self) -> Duration {
         self.lease
+    }
+
+    fn writable(&self) -> bool {
+        !self.writes_failing.load(Ordering::Relaxed)
     }
 }
 

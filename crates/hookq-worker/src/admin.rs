@@ -1,6 +1,7 @@
 //! The admin HTTP server: `/metrics` (Prometheus text: the worker's, and an
 //! in-process ingest's when `ingest.enabled`), `/health` (the process
-//! answers) and `/ready` (the queue answered the last receive).
+//! answers) and `/ready` (the queue answered the last receive, takes
+//! writes, and the apps can be resolved).
 
 use crate::worker::Shared;
 use axum::Router;
@@ -61,6 +62,8 @@ async fn metrics(State(Admin { shared, ingest }): State<Admin>) -> impl IntoResp
 async fn ready(State(Admin { shared, .. }): State<Admin>) -> impl IntoResponse {
     if !shared.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "queue not reachable\n")
+    } else if !shared.queue.writable() {
+        (StatusCode::SERVICE_UNAVAILABLE, "queue refuses writes\n")
     } else if !shared.apps.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "apps cannot be resolved\n")
     } else {

@@ -12,6 +12,7 @@ pub mod postgres;
 pub mod process;
 pub mod queue;
 pub mod receiver;
+pub mod redirect_proxy;
 pub mod sender;
 pub mod wait;
 

@@ -4,11 +4,27 @@
 -- when a push has delayed jobs or a key; a push of ready jobs only is a
 -- plain LPUSH.
 --
+-- A receiver waiting on an empty ready list blocks until the earliest
+-- delayed job it knew of is due (or a lease deadline, or its wait ends), so
+-- a delayed job due sooner than every one already in the delayed set would
+-- wait for that. Such a push, with no ready body and ready empty, also
+-- pushes the wake marker WAKE to ready: it ends every receiver's block,
+-- and the receive script drops it and tells them the new time to wait for.
+-- A job due no sooner than one already delayed needs no marker: every
+-- blocked receiver wakes by then (it knew of that one, or of one due
+-- sooner, or was woken after it came). A push with ready bodies wakes them
+-- itself, and a non-empty ready list has no receiver blocked on it. So at
+-- most one marker is ever in ready, and an idle queue gets none.
+--
 -- KEYS: 1 ready, 2 delayed, 3 seq, 4 the push's key (read only with a window)
 -- ARGV: 1 window ms (0: no key); 2 n, the number of ready bodies;
 --       3..n+2 the ready bodies; then pairs (delay ms, body)
 -- Returns the number of jobs pushed, or -1 when the key was already set.
 local ready, delayed, seq = KEYS[1], KEYS[2], KEYS[3]
+-- The same in receive.lua. Job bodies are JSON, and a reclaimed job is
+-- "\0<count>|<body>": nothing else is exactly this.
+local WAKE = '\0wake'
+
 -- The window is passed on as the text it came as: a Lua number would be
 -- formatted as a float for every call.
 if ARGV[1] ~= '0' and not redis.call('SET', KEYS[4], '1', 'NX', 'PX', ARGV[1]) then
@@ -25,11 +41,30 @@ if m >= 1 then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local first = redis.call('INCRBY', seq, m) - m
+  -- Whether a receiver may be blocked on an empty ready list past the soonest
+  -- due time of this push (see the top).
+  local wake = false
+  if n == 0 and redis.call('LLEN', ready) == 0 then
+    local known = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2]
+    wake = true
+    if known then
+      known = tonumber(known)
+      for j = 0, m - 1 do
+        wake = now + tonumber(ARGV[start + 2 * j]) < known
+        if wake then
+          break
+        end
+      end
+    end
+  end
   for j = 0, m - 1 do
     local delay = tonumber(ARGV[start + 2 * j])
     local body = ARGV[start + 2 * j + 1]
     -- The sequence number keeps identical bodies distinct members.
     redis.call('ZADD', delayed, now + delay, (first + j + 1) .. '|' .. body)
+  end
+  if wake then
+    redis.call('LPUSH', ready, WAKE)
   end
 end
 return n + m

@@ -8,6 +8,9 @@
 -- Returns {next, {token, body, receive_count, ...}} where next is the number
 -- of ms until the earliest delayed job or lease deadline, -1 when none.
 local ready, delayed, held, leases, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+-- The wake marker of push.lua: it only ends receivers' waits, and is dropped.
+local WAKE = '\0wake'
+
 local max, lease, batch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -57,6 +60,14 @@ end
 local out = {}
 local items = redis.call('RPOP', ready, max)
 if items then
+  -- At most one marker; comparing interned Lua strings is cheap.
+  for i = #items, 1, -1 do
+    if items[i] == WAKE then
+      table.remove(items, i)
+    end
+  end
+end
+if items and #items > 0 then
   local first = redis.call('INCRBY', seq, #items) - #items
   local deadline = string.format('%d', now + lease)
   -- The server time in the token keeps tokens unique even when a Redis

@@ -292,7 +292,7 @@ impl Request<'_> {
     /// reads of [`READ_COMMANDS`]; the pipeline (depth) only reads.
     fn writes(&self) -> bool {
         match self {
-            Request::Script(_) | Request::LongScript(_) => true,
+            Request::Script(_) => true,
             Request::Pipe(_) => false,
             Request::Cmd(cmd) => !matches!(
                 cmd.args_iter().next(),

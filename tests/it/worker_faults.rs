@@ -1,9 +1,10 @@
 //! Worker faults on a real redis-server, each reproduced before its fix
-//! (issue 14): a worker paused past its lease.
+//! (issue 14): a worker paused past its lease; Redis paused past the
+//! response timeout while retries are pushed.
 
 use crate::support::inproc::config;
 use crate::support::process::{WorkerProcess, temp_dir};
-use crate::support::queue::{producer, wait_drained};
+use crate::support::queue::{producer, wait_dlq, wait_drained};
 use crate::support::receiver::{Receiver, Reply};
 use crate::support::redis_server::RedisServer;
 use hookq_core::Event;
@@ -16,6 +17,16 @@ const PATH: &str = "/app-1/ep";
 /// One app on `redis` whose one endpoint gets one event per request,
 /// `concurrency` at a time; leases of 3 s.
 fn unbatched(redis: &RedisServer, prefix: &str, r: &Receiver, concurrency: usize) -> Value {
+    unbatched_with_lease(redis, prefix, r, concurrency, 3000)
+}
+
+fn unbatched_with_lease(
+    redis: &RedisServer,
+    prefix: &str,
+    r: &Receiver,
+    concurrency: usize,
+    lease_ms: u64,
+) -> Value {
     let apps = json!([{"id": "app-1", "key": "key-1", "secret": "secret-1", "webhooks": [
         {"id": "ep", "url": r.url(PATH), "event_types": ["client_event"], "max_concurrency": concurrency}
     ]}]);
@@ -24,7 +35,7 @@ fn unbatched(redis: &RedisServer, prefix: &str, r: &Receiver, concurrency: usize
         json!({"event_ids": true, "request_timeout_ms": 2000, "batching": {"enabled": false},
         "retry": {"initial_backoff_ms": 100, "max_backoff_ms": 200, "max_elapsed_time_ms": 60000}}),
     );
-    c["queue"] = json!({"driver": "redis", "redis": {"url": redis.url(), "prefix": prefix, "lease_ms": 3000}});
+    c["queue"] = json!({"driver": "redis", "redis": {"url": redis.url(), "prefix": prefix, "lease_ms": lease_ms}});
     c
 }
 
@@ -113,4 +124,81 @@ async fn a_worker_paused_past_its_lease_pushes_no_retry_for_jobs_it_lost() {
     assert_eq!(lost, EVENTS as f64, "A counted its lost holds");
     assert!(a.terminate(Duration::from_secs(15)).success());
     assert!(b.terminate(Duration::from_secs(15)).success());
+}
+
+/// Every request fails, three attempts each, so each event's retry chain
+/// ends in one dead letter. Redis is paused (`SIGSTOP`) for 12 s — longer
+/// than the 5 s response timeout — while the worker pushes retry jobs. A
+/// push whose answer timed out may have run: it must not be sent blindly
+/// again (a second retry job), nor its job given up to come back and start a
+/// second chain (before the fix: both happened). One dead letter per event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_paused_past_the_response_timeout_makes_no_second_retry_chain() {
+    const EVENTS: usize = 20;
+    let redis = RedisServer::start();
+    let r = Receiver::start(&[("key-1", "secret-1")]).await;
+    r.always(PATH, Reply::status(500).after(Duration::from_millis(300)));
+    let dir = temp_dir("redis-paused");
+    let mut cfg = unbatched_with_lease(&redis, "rpaused", &r, 20, 20_000);
+    cfg["webhooks"]["retry"]["max_attempts"] = json!(3);
+    let (p, queue) = producer(&cfg).await;
+    let mut w = WorkerProcess::start(&dir, "w", &cfg).await;
+    p.publish_batch("app-1", events(0..EVENTS)).await.unwrap();
+    // Attempts are answered after 300 ms. Once the second attempts are in
+    // flight (the first ones' retries have opened the worker's connections),
+    // pause Redis while the worker is about to push their retries.
+    r.wait_for("second attempts", Duration::from_secs(20), |r| {
+        r.requests(PATH).len() >= 2 * EVENTS
+    })
+    .await;
+    let pid = redis.pid().expect("redis runs").to_string();
+    let signal = |s: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {s} redis");
+    };
+    signal("-STOP");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    signal("-CONT");
+
+    // Each chain ends within a few seconds; a second chain would start only
+    // once an abandoned job's 20 s lease ran out, so wait past that.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let d = wait_drained(&*queue, Duration::from_secs(30)).await;
+    let dlq = wait_dlq(&*queue, d.dead as usize, Duration::from_secs(5)).await;
+    let mut chains: HashMap<String, usize> = HashMap::new();
+    for entry in &dlq {
+        let job: Value = serde_json::from_str(&entry.job).unwrap();
+        let events = match job["kind"].as_str() {
+            Some("event") => vec![job["event"].clone()],
+            _ => job["events"].as_array().cloned().unwrap_or_default(),
+        };
+        for e in events {
+            *chains
+                .entry(e["data"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    let mut tries: HashMap<String, usize> = HashMap::new();
+    for q in r.requests(PATH) {
+        for e in q.events() {
+            *tries
+                .entry(e["data"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    eprintln!("DLQ {} dead {} tries {tries:?}", dlq.len(), d.dead);
+    assert_eq!(
+        chains.len(),
+        EVENTS,
+        "every event dead-lettered: {chains:?}"
+    );
+    assert!(
+        chains.values().all(|n| *n == 1),
+        "one retry chain per event, so one dead letter each: {chains:?}\nlog:\n{}",
+        w.log_text()
+    );
+    assert!(w.terminate(Duration::from_secs(15)).success());
 }

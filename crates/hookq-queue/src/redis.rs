@@ -392,7 +392,11 @@ impl RedisQueue {
     /// connection. A connection that broke since its last use (a Redis
     /// restart), or that reaches a server no longer the primary (a failover
     /// behind the same address), is replaced and the request sent once more
-    /// on the new one: neither ran it.
+    /// on the new one: neither ran it. A request whose reply timed out is
+    /// not sent again: it may have run (Redis paused, not gone), so the
+    /// caller gets [`QueueError::Unavailable`] and decides — the worker
+    /// re-sends its pushes under a once-key (no second retry job), a
+    /// producer's caller learns the push may or may not be in.
     async fn send<T: FromRedisValue>(
         &self,
         what: &str,
@@ -419,7 +423,9 @@ impl RedisQueue {
                 Ok(value) => return Ok(value),
                 Err(e) => {
                     self.shared.failed(slot, generation, &e).await;
-                    let broken = e.is_connection_dropped() || e.is_io_error();
+                    // A reply that timed out may come: the request may have
+                    // run, so it is not sent again (the caller decides).
+                    let broken = (e.is_connection_dropped() || e.is_io_error()) && !e.is_timeout();
                     if (broken || is_wrong_server(&e)) && retry.is_none() && !fresh {
                         debug!(error = %e, "redis connection dropped or not to the primary; reconnecting");
                         // The slot has let go of it: the next get opens a new one.

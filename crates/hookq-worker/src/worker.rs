@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::settle::{self, Settler, Ticket};
 use hookq_core::{AppRegistry, Config, StaticApps, now_ms};
-use hookq_queue::{QueueDriver, Received};
+use hookq_queue::{QueueDriver, QueueError, Received};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -331,18 +331,30 @@ async fn execute(shared: &Shared, tickets: &[Arc<Ticket>], disposition: Disposit
     let durable = match disposition {
         Disposition::Ack => true,
         Disposition::Push { message, retry } => {
-            let pushed = shared.queue.push(vec![message]).await;
+            // Under a once-key (the job's id): a push whose answer was lost
+            // may have gone in, and is sent again while the jobs are still
+            // held, so a queue that pauses makes no second retry job.
+            let window = shared.queue.hold();
+            let pushed = persist(shared, "push", || {
+                shared
+                    .queue
+                    .push_once(&message.id, window, vec![message.clone()])
+            })
+            .await;
             match &pushed {
-                Ok(()) if retry => {
+                Ok(_) if retry => {
                     shared.metrics.retries_scheduled.inc();
                 }
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "could not push; the jobs will come back"),
             }
             pushed.is_ok()
         }
         Disposition::DeadLetter { entry, label } => {
-            let written = shared.queue.dead_letter(vec![entry]).await;
+            let written = persist(shared, "dead letter", || {
+                shared.queue.dead_letter(vec![entry.clone()])
+            })
+            .await;
             match &written {
                 Ok(()) => shared.metrics.dead_letter(label),
                 Err(e) => {
@@ -363,6 +375,28 @@ async fn execute(shared: &Shared, tickets: &[Arc<Ticket>], disposition: Disposit
     };
     for t in tickets {
         if durable { t.settle() } else { t.abandon() }
+    }
+}
+
+/// Runs `write` until it succeeds, fails for good, or a transient failure
+/// (the queue down or paused) has lasted half a hold: past that, the jobs
+/// are given back rather than risk their holds running out while held.
+async fn persist<T, F, Fut>(shared: &Shared, what: &str, write: F) -> Result<T, QueueError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, QueueError>>,
+{
+    let give_up = Instant::now() + shared.queue.hold() / 2;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Err(e) if e.is_transient() && Instant::now() + pause < give_up => {
+                tracing::debug!(error = %e, what, "queue write failed; sending it again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            done => return done,
+        }
     }
 }
 

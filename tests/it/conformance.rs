@@ -6,7 +6,7 @@
 
 use crate::support::queue::{Drain, assert_each_once, drain, drain_together, handles, receive_n};
 use hookq_core::DeadLetter;
-use hookq_queue::{DlqFilter, Outgoing, QueueDriver};
+use hookq_queue::{DlqFilter, Keyed, Once, Outgoing, QueueDriver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -209,6 +209,41 @@ pub async fn stale_ack_is_harmless(q: Arc<dyn QueueDriver>) {
     assert_eq!(q.depth().await.unwrap().held, 0);
 }
 
+/// Several keyed pushes in one call are answered each on its own: a key
+/// already set pushes nothing, the others push theirs.
+pub async fn push_once_each_answers_each_group(q: Arc<dyn QueueDriver>) {
+    let key = |k: &str| format!("each-{k}-{}", hookq_core::new_id("k"));
+    let (a, b) = (key("a"), key("b"));
+    let window = Duration::from_secs(60);
+    let group = |key: &str, from: usize| Keyed {
+        key: key.to_string(),
+        window,
+        messages: vec![msg(from), msg(from + 1)],
+    };
+    assert_eq!(
+        q.push_once(&b, window, vec![msg(9)]).await.unwrap(),
+        Once::Pushed
+    );
+    let answers = q
+        .push_once_each(vec![group(&a, 1), group(&b, 3), group(&key("c"), 5)])
+        .await;
+    let answers: Vec<Once> = answers.into_iter().map(Result::unwrap).collect();
+    assert_eq!(answers, [Once::Pushed, Once::Duplicate, Once::Pushed]);
+    let got = drain(
+        &*q,
+        Drain {
+            until: 5,
+            ..Drain::default()
+        },
+    )
+    .await;
+    let mut bodies: Vec<String> = got.iter().map(|d| d.msg.body.clone()).collect();
+    bodies.sort();
+    let mut want: Vec<String> = [1, 2, 5, 6, 9].iter().map(|i| msg(*i).body).collect();
+    want.sort();
+    assert_eq!(bodies, want, "the duplicate group pushed nothing");
+}
+
 /// A hold that expired and was taken by another receive is reported gone by
 /// `extend` (so its first holder settles nothing more for it) and by `ack`,
 /// and extending the new hold still works.
@@ -233,7 +268,8 @@ macro_rules! conformance_suite {
     ($make:expr) => {
         conformance_suite!($make; push_receive_ack, expired_hold_returns, extend_keeps_the_hold,
             delayed_not_before_its_time, delayed_is_invisible_until_due, dlq_round_trip,
-            concurrent_consumers_never_share, depth_counts_each_state, answers_its_capabilities);
+            concurrent_consumers_never_share, depth_counts_each_state, answers_its_capabilities,
+            push_once_each_answers_each_group);
     };
     ($make:expr; $($case:ident),+ $(,)?) => {
         $(

@@ -35,10 +35,11 @@ use bytes::Bytes;
 use hookq_core::config::{INGEST_ROUTE, IngestSettings};
 use hookq_core::sign::verify_pusher_signature;
 use hookq_core::{AppRegistry, LookupError};
-use hookq_queue::{Once, QueuePush};
+use hookq_queue::{Keyed, Once, QueueError, QueuePush};
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::{debug, warn};
 
 pub use metrics::IngestMetrics;
@@ -52,6 +53,40 @@ pub struct Ingest {
     queue: Arc<dyn QueuePush>,
     settings: IngestSettings,
     metrics: Arc<IngestMetrics>,
+    commits: mpsc::Sender<Commit>,
+}
+
+/// Most requests whose pushes go to the queue in one call.
+const GROUP_MAX: usize = 64;
+/// Calls to the queue in flight at once, each carrying what waited.
+const COMMITTERS: usize = 4;
+
+/// One request's keyed push, waiting for a committer.
+struct Commit {
+    group: Keyed,
+    done: oneshot::Sender<Result<Once, QueueError>>,
+}
+
+/// Group commit: takes every push waiting at this moment (at least one, at
+/// most [`GROUP_MAX`]), sends them in one call ([`QueuePush::push_once_each`]:
+/// one script call on Redis), and answers each request with its own result.
+/// [`COMMITTERS`] of these share the queue of waiting pushes, so while one
+/// call is in flight the next takes what arrived meanwhile; at low load each
+/// push goes alone, at once. Ends when the ingest is dropped.
+async fn commit(queue: Arc<dyn QueuePush>, waiting: Arc<Mutex<mpsc::Receiver<Commit>>>) {
+    let mut taken = Vec::with_capacity(GROUP_MAX);
+    loop {
+        if waiting.lock().await.recv_many(&mut taken, GROUP_MAX).await == 0 {
+            return;
+        }
+        let (groups, done): (Vec<Keyed>, Vec<_>) =
+            taken.drain(..).map(|c| (c.group, c.done)).unzip();
+        let answers = queue.push_once_each(groups).await;
+        for (done, answer) in done.into_iter().zip(answers) {
+            // The request may have gone (its connection closed): nothing to tell.
+            let _ = done.send(answer);
+        }
+    }
 }
 
 /// An answer to one request: its status, a short JSON body, and the
@@ -124,19 +159,38 @@ impl IntoResponse for Answer {
 }
 
 impl Ingest {
-    /// An ingest over these apps and this queue.
+    /// An ingest over these apps and this queue; starts its committers, so
+    /// it is made inside a Tokio runtime.
     pub fn new(
         settings: IngestSettings,
         apps: Arc<dyn AppRegistry>,
         queue: Arc<dyn QueuePush>,
         metrics: Arc<IngestMetrics>,
     ) -> Arc<Self> {
+        let (commits, waiting) = mpsc::channel(GROUP_MAX * COMMITTERS * 4);
+        let waiting = Arc::new(Mutex::new(waiting));
+        for _ in 0..COMMITTERS {
+            tokio::spawn(commit(queue.clone(), waiting.clone()));
+        }
         Arc::new(Self {
             apps,
             queue,
             settings,
             metrics,
+            commits,
         })
+    }
+
+    /// Pushes one request's jobs under its key, with the pushes of the
+    /// requests waiting at the same moment ([`commit`]).
+    async fn push_once(&self, group: Keyed) -> Result<Once, QueueError> {
+        let (done, answer) = oneshot::channel();
+        let gone = || QueueError::Unavailable("the ingest is stopping".into());
+        self.commits
+            .send(Commit { group, done })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.unwrap_or_else(|_| Err(gone()))
     }
 
     /// The settings it runs with.
@@ -218,7 +272,12 @@ impl Ingest {
             // 128 bits of the digest: collisions stay out of reach, and each marker
             // costs Redis 32 bytes less than with all 256.
             let key = format!("ingest:{}", &digest[..32]);
-            self.queue.push_once(&key, window, jobs.messages).await
+            self.push_once(Keyed {
+                key,
+                window,
+                messages: jobs.messages,
+            })
+            .await
         };
         self.metrics
             .push_seconds

@@ -74,6 +74,17 @@ impl Outgoing {
     }
 }
 
+/// One push of [`QueuePush::push_once_each`]: ready messages under a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyed {
+    /// The push's key.
+    pub key: String,
+    /// How long the key holds.
+    pub window: Duration,
+    /// The messages, pushed only if the key was not set.
+    pub messages: Vec<Outgoing>,
+}
+
 /// What [`QueuePush::push_once`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Once {
@@ -189,7 +200,7 @@ impl DlqFilter {
 }
 
 /// What went wrong talking to a queue.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     /// The backend cannot be reached (connection refused, timed out, reset).
     #[error("queue unavailable: {0}")]
@@ -231,6 +242,19 @@ pub trait QueuePush: Send + Sync + 'static {
     ) -> Result<Once, QueueError> {
         let _ = (key, window);
         self.push(messages).await.map(|()| Once::Pushed)
+    }
+
+    /// Several [`QueuePush::push_once`]s at once, in as few round trips as
+    /// the backend allows (Redis: one script call for all), each answered on
+    /// its own, in order. What the ingest uses to push the requests that
+    /// wait at one moment together (group commit). The default runs them one
+    /// after another.
+    async fn push_once_each(&self, groups: Vec<Keyed>) -> Vec<Result<Once, QueueError>> {
+        let mut answers = Vec::with_capacity(groups.len());
+        for g in groups {
+            answers.push(self.push_once(&g.key, g.window, g.messages).await);
+        }
+        answers
     }
 
     /// The longest delay one push can carry; longer delays are re-delayed on receipt.

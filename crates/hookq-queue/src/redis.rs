@@ -109,8 +109,8 @@
 //! restarted Redis works again without a new driver.
 
 use crate::{
-    DeadLetters, Depth, DlqFilter, Handle, Once, Outgoing, QueueConsume, QueueError, QueuePush,
-    Received,
+    DeadLetters, Depth, DlqFilter, Handle, Keyed, Once, Outgoing, QueueConsume, QueueError,
+    QueuePush, Received,
 };
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{
@@ -184,6 +184,7 @@ impl Keys {
 struct Scripts {
     receive: Script,
     push: Script,
+    push_each: Script,
     ack: Script,
     extend: Script,
     dlq: Script,
@@ -194,6 +195,7 @@ impl Scripts {
         Self {
             receive: Script::new(include_str!("redis/receive.lua")),
             push: Script::new(include_str!("redis/push.lua")),
+            push_each: Script::new(include_str!("redis/push_each.lua")),
             ack: Script::new(include_str!("redis/ack.lua")),
             extend: Script::new(include_str!("redis/extend.lua")),
             dlq: Script::new(include_str!("redis/dlq.lua")),
@@ -751,6 +753,46 @@ impl QueuePush for RedisQueue {
         let marker = self.key(&format!("once:{key}"));
         let window_ms = window.as_millis().clamp(1, MAX_DELAY_MS);
         self.push_keyed(Some((&marker, window_ms)), messages).await
+    }
+
+    /// One script call for all the groups (`redis/push_each.lua`). A group
+    /// with a delayed message goes through [`QueuePush::push_once`] alone.
+    async fn push_once_each(&self, groups: Vec<Keyed>) -> Vec<Result<Once, QueueError>> {
+        if groups
+            .iter()
+            .any(|g| g.messages.iter().any(|m| !m.delay.is_zero()))
+        {
+            let mut answers = Vec::with_capacity(groups.len());
+            for g in groups {
+                answers.push(self.push_once(&g.key, g.window, g.messages).await);
+            }
+            return answers;
+        }
+        let mut call = self.scripts.push_each.prepare_invoke();
+        call.key(&self.keys.ready);
+        for g in &groups {
+            call.key(self.key(&format!("once:{}", g.key)))
+                .arg(g.window.as_millis().clamp(1, MAX_DELAY_MS).to_string())
+                .arg(g.messages.len());
+        }
+        for m in groups.iter().flat_map(|g| &g.messages) {
+            call.arg(&m.body);
+        }
+        match self.run::<Vec<i64>>("push", Request::Script(&call)).await {
+            Ok(pushed) if pushed.len() == groups.len() => pushed
+                .into_iter()
+                .map(|n| Ok(if n < 0 { Once::Duplicate } else { Once::Pushed }))
+                .collect(),
+            Ok(pushed) => {
+                let e = QueueError::Backend(format!(
+                    "redis push: {} answers for {} groups",
+                    pushed.len(),
+                    groups.len()
+                ));
+                vec![Err(e); groups.len()]
+            }
+            Err(e) => vec![Err(e); groups.len()],
+        }
     }
 
     async fn ping(&self) -> Result<(), QueueError> {

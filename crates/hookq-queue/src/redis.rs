@@ -61,6 +61,8 @@
 //!    [`QueuePush::push_once`] runs the push script with a key,
 //!    `{prefix}:once:<key>`, set with `SET NX PX <window>` in the same step:
 //!    a push whose key is already set pushes nothing.
+//!    [`QueuePush::push_once_each`] does the same for several keyed pushes of
+//!    ready jobs in one call (`redis/push_each.lua`), each answered alone.
 //! 5. **Dead letters**: [`DeadLetter`] JSON is `RPUSH`ed to `dead`. Replay
 //!    and purge walk the list from the oldest entry in steps: one script call
 //!    (`redis/dlq.lua`) per at most 1,000 entries, each popping an entry from

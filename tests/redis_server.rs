@@ -180,13 +180,20 @@ impl RedisServer {
 
     /// Sends one command and reads its reply, on a new connection.
     pub fn command(&self, args: &[&str]) -> Result<Reply> {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.command_bytes(&args)
+    }
+
+    /// Sends one command whose arguments are any bytes (a value that is not
+    /// UTF-8, as another language may `LPUSH`), on a new connection.
+    pub fn command_bytes(&self, args: &[&[u8]]) -> Result<Reply> {
         let mut conn = TcpStream::connect(("127.0.0.1", self.port))
             .with_context(|| format!("connecting to redis on port {}", self.port))?;
         conn.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut out = format!("*{}\r\n", args.len()).into_bytes();
         for a in args {
             out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a.as_bytes());
+            out.extend_from_slice(a);
             out.extend_from_slice(b"\r\n");
         }
         conn.write_all(&out)?;

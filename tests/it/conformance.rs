@@ -108,6 +108,7 @@ pub async fn delayed_is_invisible_until_due(q: Arc<dyn QueueDriver>) {
 fn entry(app: &str, n: usize) -> DeadLetter {
     DeadLetter {
         job: format!("{{\"dead\":{n}}}"),
+        job_base64: None,
         reason: format!("HTTP 400 #{n}"),
         failed_at_ms: 1_700_000_000_000 + n as u64,
         app_id: Some(app.to_string()),

@@ -12,6 +12,7 @@ mod ingest;
 mod lambda;
 mod manifests;
 mod memory;
+mod poison;
 mod redis_faults;
 mod redis_queue;
 mod redis_workers;

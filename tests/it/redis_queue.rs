@@ -412,6 +412,7 @@ async fn redis_down_is_transient_and_the_driver_recovers() {
 fn dead(app: &str, n: u32) -> DeadLetter {
     DeadLetter {
         job: format!("{{\"dead\":{n}}}"),
+        job_base64: None,
         reason: format!("HTTP 500 #{n}"),
         failed_at_ms: 1_700_000_000_000 + u64::from(n),
         app_id: Some(app.to_string()),

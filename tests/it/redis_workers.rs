@@ -411,6 +411,7 @@ async fn dlq_replay_of_200k_entries_never_blocks_the_workers() {
                     "data": format!("{{\"n\":{i},\"note\":\"an event that failed\"}}"),
                     "socket_id": "1.1"}})
             .to_string(),
+            job_base64: None,
             reason: "HTTP 400".into(),
             failed_at_ms: 1_700_000_000_000 + i as u64,
             app_id: Some("app-0".into()),

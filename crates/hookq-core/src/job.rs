@@ -9,6 +9,7 @@
 
 use crate::event::{Event, EventError};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// The wire format version this code writes and reads.
 pub const VERSION: u32 = 1;
@@ -231,8 +232,16 @@ impl EventJob {
 /// An entry of the dead-letter queue: what failed, why, and a job that replays it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
-    /// The job to push again on replay, as text (a malformed job is kept as it came).
+    /// The job to push again on replay, as text (a malformed job is kept as
+    /// it came). For a message that is not UTF-8 this is only its text for
+    /// reading (U+FFFD where a byte was not UTF-8), and [`DeadLetter::job_base64`]
+    /// holds what replay puts back.
     pub job: String,
+    /// The message's exact bytes, in standard base64 with padding, when they
+    /// are not UTF-8 (a raw `LPUSH` from another language): replay puts
+    /// back these bytes, not `job`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_base64: Option<String>,
     /// Why it was dead-lettered, e.g. `HTTP 400`, `unknown app`, `malformed job: …`.
     pub reason: String,
     /// When (Unix ms).
@@ -259,6 +268,7 @@ impl DeadLetter {
     pub fn unusable(raw: &str, reason: impl Into<String>, app_id: Option<String>) -> Self {
         Self {
             job: raw.to_string(),
+            job_base64: None,
             reason: reason.into(),
             failed_at_ms: crate::now_ms(),
             app_id,
@@ -269,9 +279,67 @@ impl DeadLetter {
         }
     }
 
+    /// An entry for a message whose bytes are not UTF-8, keeping them
+    /// exactly (`job_base64`) beside their text for reading (`job`).
+    pub fn not_utf8(raw: &[u8], reason: impl Into<String>, app_id: Option<String>) -> Self {
+        use base64::Engine;
+        Self {
+            job_base64: Some(base64::engine::general_purpose::STANDARD.encode(raw)),
+            ..Self::unusable(&String::from_utf8_lossy(raw), reason, app_id)
+        }
+    }
+
+    /// The bytes replay puts back: those of `job_base64` when it is set,
+    /// else `job`'s. `None` when `job_base64` is not valid base64.
+    pub fn job_bytes(&self) -> Option<Cow<'_, [u8]>> {
+        use base64::Engine;
+        match &self.job_base64 {
+            None => Some(self.job.as_bytes().into()),
+            Some(b64) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .ok()
+                .map(Into::into),
+        }
+    }
+
+    /// The job replay puts back, as text: `None` when its bytes are not
+    /// UTF-8, which a queue of text messages (SQS, the memory queue) cannot
+    /// carry.
+    pub fn job_text(&self) -> Option<Cow<'_, str>> {
+        match &self.job_base64 {
+            None => Some(Cow::Borrowed(&self.job)),
+            Some(_) => String::from_utf8(self.job_bytes()?.into_owned())
+                .ok()
+                .map(Cow::Owned),
+        }
+    }
+
     /// The JSON text of the entry.
     pub fn encode(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Room a retry job's own fields get beside its events, in bytes of JSON:
+/// the version, kind, ids, times, attempt and `last_error` (a failure's
+/// short reason). App and endpoint ids of a few hundred bytes fit.
+pub const RETRY_JOB_FIELDS_ALLOWANCE: usize = 2048;
+
+/// Room each event of a retry job gets beyond its bytes in the request
+/// body: its `"id":"…",`, which a request leaves out unless
+/// `webhooks.event_ids`. hookq's ids (`job_` and 32 hex digits) take 44
+/// bytes; ids up to 56 characters fit.
+pub const RETRY_JOB_EVENT_ALLOWANCE: usize = 64;
+
+impl RetryJob {
+    /// The most bytes the retry job of a batch can take whose request body
+    /// is `body_bytes` long with `events` events, as far as the allowances
+    /// ([`RETRY_JOB_FIELDS_ALLOWANCE`], [`RETRY_JOB_EVENT_ALLOWANCE`]) cover
+    /// its own fields and its events' ids.
+    pub fn max_bytes_for(body_bytes: usize, events: usize) -> usize {
+        body_bytes
+            .saturating_add(RETRY_JOB_FIELDS_ALLOWANCE)
+            .saturating_add(events.saturating_mul(RETRY_JOB_EVENT_ALLOWANCE))
     }
 }
 

@@ -162,6 +162,12 @@ pub struct Received {
     pub body: String,
     /// How many times it was received, this time included.
     pub receive_count: u32,
+    /// The message's bytes when they are not UTF-8 (`body` is then their
+    /// text with U+FFFD in place of what is not UTF-8). Only Redis can hold
+    /// such a message (a raw `LPUSH` from another language); SQS and the
+    /// memory queue carry text only. The worker dead-letters it with these
+    /// bytes intact.
+    pub not_utf8: Option<Vec<u8>>,
 }
 
 /// How many messages are in each state.

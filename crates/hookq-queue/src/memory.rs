@@ -122,6 +122,7 @@ impl MemoryQueue {
                 handle: Handle(token.to_string()),
                 body: msg.body.clone(),
                 receive_count: msg.receive_count,
+                not_utf8: None,
             });
             s.hold_deadlines.insert((deadline, token), ());
             s.held.insert(token, (msg, deadline));
@@ -260,16 +261,24 @@ impl DeadLetters for MemoryQueue {
         let taken = {
             let mut s = self.lock();
             let taken = drain_matching(&mut s.dead, filter);
-            if s.len() + taken.len() > self.capacity {
+            let refusal = if s.len() + taken.len() > self.capacity {
+                Some(QueueError::Full("no room to replay".into()))
+            } else {
+                taken
+                    .iter()
+                    .find(|e| e.job_text().is_none())
+                    .map(|_| not_text_error())
+            };
+            if let Some(e) = refusal {
                 // Put them back where they were: replay is all or nothing.
                 for e in taken.into_iter().rev() {
                     s.dead.push_front(e);
                 }
-                return Err(QueueError::Full("no room to replay".into()));
+                return Err(e);
             }
             for e in &taken {
                 s.ready.push_back(Message {
-                    body: e.job.clone(),
+                    body: e.job_text().unwrap_or_default().into_owned(),
                     receive_count: 0,
                 });
             }
@@ -293,6 +302,14 @@ impl DeadLetters for MemoryQueue {
             dead: s.dead.len() as u64,
         })
     }
+}
+
+/// Why a replay refuses an entry whose job is not UTF-8 (`job_base64`):
+/// this queue carries text only. (It never makes such an entry itself.)
+fn not_text_error() -> QueueError {
+    QueueError::Backend(
+        "a dead-letter entry holds a job that is not UTF-8 (job_base64), which this queue cannot carry; nothing was replayed".into(),
+    )
 }
 
 /// Removes up to the filter's limit of matching entries, oldest first.

@@ -33,9 +33,11 @@
 //!    (deadline = server time + lease). The script runs atomically, so no two
 //!    workers ever claim one job and no delayed job moves twice. A job
 //!    returned from an expired lease is pushed as `\0<count>|<body>`, so its
-//!    receive count carries over; bodies taken from `ready` never start with
-//!    a NUL byte otherwise (they are JSON). The wake marker, `\0wake`, is
-//!    dropped, never claimed.
+//!    receive count carries over (the worker dead-letters a job received
+//!    more than `queue.max_receives` times); bodies taken from `ready` never
+//!    start with a NUL byte otherwise (they are JSON). The wake marker,
+//!    `\0wake`, is dropped, never claimed. A body that is not UTF-8 is
+//!    handed over with its bytes ([`Received::not_utf8`]).
 //! 3. **Wait**: when nothing was claimed, the receiver blocks on
 //!    `BLMOVE ready ready RIGHT RIGHT <t>` — a rotation of the list onto
 //!    itself, which wakes when `ready` is non-empty and leaves the job where
@@ -67,7 +69,8 @@
 //!    and purge walk the list from the oldest entry in steps: one script call
 //!    (`redis/dlq.lua`) per at most 1,000 entries, each popping an entry from
 //!    the left and either taking it (a replay pushes its `job` to `ready` in
-//!    the same step) or pushing it back on the right. No call holds Redis for
+//!    the same step, or the exact bytes of its `job_base64`) or pushing it
+//!    back on the right. No call holds Redis for
 //!    long whatever the list's length (a step over entries of ~500 bytes took
 //!    at most 14 ms on a loaded machine; one script over 200,000 entries held
 //!    Redis 0.6 s, and Redis answers every other client `BUSY` once a script
@@ -559,16 +562,23 @@ impl RedisQueue {
         while let (Some(token), Some(body), Some(count)) =
             (items.next(), items.next(), items.next())
         {
+            // A body that is not UTF-8 reaches the worker with its bytes
+            // (rather than failing every receive): the worker dead-letters it.
+            let (body, not_utf8) = match String::from_utf8(body) {
+                Ok(text) => (text, None),
+                Err(e) => {
+                    let bytes = e.into_bytes();
+                    (String::from_utf8_lossy(&bytes).into_owned(), Some(bytes))
+                }
+            };
             got.push(Received {
                 handle: Handle(String::from_utf8_lossy(&token).into_owned()),
-                // A body that is not UTF-8 reaches the worker mangled rather
-                // than failing every receive: the worker dead-letters it.
-                body: String::from_utf8(body)
-                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                body,
                 receive_count: std::str::from_utf8(&count)
                     .ok()
                     .and_then(|c| c.parse().ok())
                     .unwrap_or(1),
+                not_utf8,
             });
         }
         let next = u64::try_from(next).ok().map(Duration::from_millis);

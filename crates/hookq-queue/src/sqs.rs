@@ -7,9 +7,13 @@
 //! (`GetQueueUrl`, created when missing); the DLQ from `dead_letter_queue_url`,
 //! else by the name `{name}-dlq` (`{name}-dlq.fifo` for FIFO), created when
 //! missing. A main queue this driver creates gets a redrive policy
-//! (`maxReceiveCount` = `max_receive_count`) towards the DLQ, so a poison
-//! message that keeps coming back ends there too; a queue that already exists
-//! is never modified (a missing redrive policy is only logged).
+//! (`maxReceiveCount` = `max_receive_count`, by default one more than
+//! `queue.max_receives`) towards the DLQ: the worker dead-letters a poison
+//! message that keeps coming back itself, with its reason, on the receive
+//! after `max_receives` (the count is `ApproximateReceiveCount`), and the
+//! redrive is the backstop when even that did not settle it. A queue that
+//! already exists is never modified (a missing redrive policy, or one that
+//! redrives before `max_receive_count`, is only logged).
 //!
 //! **Holds.** A received message is hidden for `visibility_timeout` (passed on
 //! every `ReceiveMessage`, so the hold is the configured one whatever the
@@ -197,7 +201,18 @@ impl SqsQueue {
         let attrs =
             queue_attributes(&client, &queue_url, vec![QueueAttributeName::RedrivePolicy]).await?;
         let max_receive_count = match attrs.get(&QueueAttributeName::RedrivePolicy) {
-            Some(policy) => redrive_max_receive_count(policy).unwrap_or(settings.max_receive_count),
+            Some(policy) => {
+                let n = redrive_max_receive_count(policy).unwrap_or(settings.max_receive_count);
+                if n < settings.max_receive_count {
+                    tracing::warn!(
+                        queue = %queue_url,
+                        max_receive_count = n,
+                        wanted = settings.max_receive_count,
+                        "the SQS queue's redrive policy moves a message to the dead-letter queue after fewer receives than queue.sqs.max_receive_count (by default queue.max_receives + 1): SQS dead-letters a job that keeps coming back itself, before the worker can write why"
+                    );
+                }
+                n
+            }
             None => {
                 tracing::warn!(
                     queue = %queue_url,
@@ -716,8 +731,13 @@ impl DeadLetters for SqsQueue {
                     .enumerate()
                     .map(|(i, p)| {
                         let app = p.entry.app_id.clone().unwrap_or_default();
-                        let m =
-                            Outgoing::now(hookq_core::new_id("replay"), app, p.entry.job.clone());
+                        // SQS carries text only (and never made such an entry).
+                        let job = p.entry.job_text().ok_or_else(|| {
+                            QueueError::Backend(
+                                "a dead-letter entry holds a job that is not UTF-8 (job_base64), which SQS cannot carry; purge it".into(),
+                            )
+                        })?;
+                        let m = Outgoing::now(hookq_core::new_id("replay"), app, job);
                         q.main_entry(i, &m, &m.id)
                     })
                     .collect::<Result<Vec<_>, _>>()?;
@@ -870,6 +890,8 @@ fn received(m: &Message) -> Option<Received> {
         handle: Handle(handle),
         body: m.body.clone().unwrap_or_default(),
         receive_count,
+        // SQS carries only text.
+        not_utf8: None,
     })
 }
 

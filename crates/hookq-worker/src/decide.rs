@@ -14,7 +14,7 @@ use crate::outcome::{Failure, Outcome};
 use hookq_core::config::App;
 use hookq_core::job::{EventJob, Job, RetryJob, VERSION};
 use hookq_core::{AppRegistry, DeadLetter, LookupError};
-use hookq_queue::Outgoing;
+use hookq_queue::{Outgoing, Received};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +48,30 @@ pub enum Rejection {
         /// Attempts already made.
         attempts: u32,
     },
+    /// The message's bytes are not UTF-8, so not a job; kept exactly.
+    NotUtf8 {
+        /// The bytes as they came.
+        bytes: Vec<u8>,
+        /// Where the first byte that is not UTF-8 is.
+        error: String,
+        /// The `app_id` field, if the text has one.
+        app_id: Option<String>,
+    },
+    /// Received more than `queue.max_receives` times without being settled:
+    /// each worker that took it died on it, or could not write its retry or
+    /// dead letter.
+    TooManyReceives {
+        /// This receive's number.
+        count: u32,
+        /// `queue.max_receives`.
+        max: u32,
+        /// The app.
+        app_id: String,
+        /// The endpoint, for a retry job.
+        endpoint: Option<String>,
+        /// Attempts already made, for a retry job.
+        attempts: u32,
+    },
 }
 
 impl Rejection {
@@ -59,6 +83,8 @@ impl Rejection {
             Self::InvalidApp { .. } => "invalid_app",
             Self::AppDisabled(_) => "app_disabled",
             Self::EndpointRemoved { .. } => "endpoint_removed",
+            Self::NotUtf8 { .. } => "not_utf8",
+            Self::TooManyReceives { .. } => "max_receives",
         }
     }
 
@@ -76,24 +102,41 @@ impl Rejection {
             Self::EndpointRemoved { endpoint, .. } => {
                 format!("endpoint removed: {endpoint:?} is no longer configured")
             }
+            Self::NotUtf8 { error, .. } => {
+                format!("malformed job: not UTF-8 ({error}); its bytes are kept in job_base64")
+            }
+            Self::TooManyReceives { count, max, .. } => format!(
+                "received {count} times, more than queue.max_receives ({max}): it came back each time without being settled (its worker died on it, or its retry or dead letter could not be written)"
+            ),
         }
     }
 
-    /// The dead-letter entry, keeping the message's text as it came.
+    /// The dead-letter entry, keeping the message's text as it came (its
+    /// bytes, for one that is not UTF-8), so a replay pushes it back as it was.
     pub fn dead_letter(&self, body: &str) -> DeadLetter {
         let app_id = match self {
-            Self::Malformed { app_id, .. } => app_id.clone(),
+            Self::Malformed { app_id, .. } | Self::NotUtf8 { app_id, .. } => app_id.clone(),
             Self::UnknownApp(id) | Self::AppDisabled(id) => Some(id.clone()),
-            Self::InvalidApp { app_id, .. } | Self::EndpointRemoved { app_id, .. } => {
-                Some(app_id.clone())
-            }
+            Self::InvalidApp { app_id, .. }
+            | Self::EndpointRemoved { app_id, .. }
+            | Self::TooManyReceives { app_id, .. } => Some(app_id.clone()),
         };
-        let entry = DeadLetter::unusable(body, self.reason(), app_id);
+        let entry = match self {
+            Self::NotUtf8 { bytes, .. } => DeadLetter::not_utf8(bytes, self.reason(), app_id),
+            _ => DeadLetter::unusable(body, self.reason(), app_id),
+        };
         match self {
             Self::EndpointRemoved {
                 endpoint, attempts, ..
             } => DeadLetter {
                 endpoint: Some(endpoint.clone()),
+                attempts: *attempts,
+                ..entry
+            },
+            Self::TooManyReceives {
+                endpoint, attempts, ..
+            } => DeadLetter {
+                endpoint: endpoint.clone(),
                 attempts: *attempts,
                 ..entry
             },
@@ -155,18 +198,46 @@ impl Accept {
     }
 }
 
-/// Decides what the message `body` becomes at `now_ms`: decode, due time,
-/// app lookup, fan-out or the retry job's endpoint.
-pub async fn accept(apps: &dyn AppRegistry, body: &str, now_ms: u64) -> Accept {
+/// The `app_id` field of a message's text, when it is JSON with one.
+fn sniff_app_id(body: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("app_id")?.as_str().map(str::to_string))
+}
+
+/// Decides what the message `msg` becomes at `now_ms`: bytes that are not
+/// UTF-8, decode, due time, app lookup, then — for a job received more than
+/// `max_receives` times — the dead letter, else the fan-out or the retry
+/// job's endpoint.
+///
+/// The receive count is looked at only once the job is one the worker would
+/// work on: a job whose app cannot be looked up now ([`Accept::Wait`]) is
+/// waiting, not poison, and one that is rejected or not due never comes
+/// back (each receive before, a wait included, still counts).
+pub async fn accept(
+    apps: &dyn AppRegistry,
+    msg: &Received,
+    max_receives: u32,
+    now_ms: u64,
+) -> Accept {
+    let body = msg.body.as_str();
+    if let Some(bytes) = &msg.not_utf8 {
+        let error = match std::str::from_utf8(bytes) {
+            Err(e) => e.to_string(),
+            Ok(_) => "invalid UTF-8".into(),
+        };
+        return Accept::Reject(Rejection::NotUtf8 {
+            bytes: bytes.clone(),
+            error,
+            app_id: sniff_app_id(body),
+        });
+    }
     let job = match Job::decode(body) {
         Ok(job) => job,
         Err(e) => {
-            let app_id = serde_json::from_str::<serde_json::Value>(body)
-                .ok()
-                .and_then(|v| v.get("app_id")?.as_str().map(str::to_string));
             return Accept::Reject(Rejection::Malformed {
                 error: e.to_string(),
-                app_id,
+                app_id: sniff_app_id(body),
             });
         }
     };
@@ -184,6 +255,19 @@ pub async fn accept(apps: &dyn AppRegistry, body: &str, now_ms: u64) -> Accept {
     };
     if !app.enabled {
         return Accept::Reject(Rejection::AppDisabled(app.id.clone()));
+    }
+    if msg.receive_count > max_receives {
+        let (endpoint, attempts) = match &job {
+            Job::Retry(r) => (Some(r.endpoint.clone()), r.attempt.saturating_sub(1)),
+            Job::Event(_) => (None, 0),
+        };
+        return Accept::Reject(Rejection::TooManyReceives {
+            count: msg.receive_count,
+            max: max_receives,
+            app_id: app.id.clone(),
+            endpoint,
+            attempts,
+        });
     }
     match job {
         Job::Event(job) => {
@@ -349,6 +433,7 @@ fn dead_letter(
     Disposition::DeadLetter {
         entry: DeadLetter {
             job: Job::Retry(replay).encode(),
+            job_base64: None,
             reason,
             failed_at_ms: now_ms,
             app_id: Some(batch.app.id.clone()),
@@ -565,12 +650,86 @@ mod tests {
         assert_eq!(label, "exhausted");
     }
 
+    /// On SQS a retry job must fit one message (256 KiB): it carries the
+    /// batch's events, each with its id, which the request body leaves out
+    /// unless `webhooks.event_ids`. A batch as full as the default
+    /// `batching` lets it be — 100 events of 2.5 KiB, ids as the producer
+    /// makes them — must have a retry job SQS accepts. Before the fix
+    /// `max_bytes` was 256 KiB on SQS too: the batch closed at 100 events
+    /// and 259,336 bytes, and its retry job came to 263,962 bytes, over
+    /// SQS's 262,144.
+    #[test]
+    fn on_sqs_the_retry_job_of_a_full_batch_fits_one_message() {
+        use crate::batch::{Batcher, Item};
+        let c = Config::parse(
+            r#"{"queue": {"driver": "sqs"}, "app_manager": {"array": {"apps": [
+                {"id": "app-1", "key": "k", "secret": "s", "webhooks": [
+                  {"id": "ep", "url": "http://127.0.0.1:9/x", "event_types": ["client_event"]}]}]}}}"#,
+            |_| None,
+        )
+        .unwrap()
+        .0;
+        let limit = hookq_core::config::sqs_limits::MAX_MESSAGE_BYTES;
+        let (settler, _acks) = Settler::new();
+        let mut batcher = Batcher::new(c.webhooks.batching, 10);
+        let now = tokio::time::Instant::now();
+        let mut closed = Vec::new();
+        for n in 0..1000 {
+            let mut e = Event::client_event("private-c", "client-e", "x".repeat(2500), "1.1");
+            // As decoding a producer's job sets it: the job id.
+            e.id = Some(hookq_core::new_id("job"));
+            let ticket = settler.ticket(Handle(format!("h{n}")), 1, None, None);
+            let item = Item {
+                app: c.apps[0].clone(),
+                endpoint: 0,
+                event: Encoded::new(e, c.webhooks.event_ids),
+                ticket,
+            };
+            closed.extend(batcher.push(item, now));
+            if !closed.is_empty() {
+                break;
+            }
+        }
+        let batch = closed.remove(0);
+        let d = dispose(
+            retry(503, None),
+            &batch,
+            NOW,
+            NOW,
+            Duration::from_secs(900),
+            0.0,
+        );
+        let Disposition::Push { message, .. } = d else {
+            panic!("a retry push expected, got {d:?}")
+        };
+        eprintln!(
+            "a batch of {} events, {} bytes sent; its retry job {} bytes (SQS takes {limit})",
+            batch.events.len(),
+            batch.bytes(),
+            message.body.len()
+        );
+        assert!(
+            message.body.len() <= limit,
+            "a retry job of {} bytes, over SQS's {limit}: the push is refused, every time",
+            message.body.len()
+        );
+    }
+
     fn block<T>(f: impl std::future::Future<Output = T>) -> T {
         let mut f = std::pin::pin!(f);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         match f.as_mut().poll(&mut cx) {
             std::task::Poll::Ready(v) => v,
             std::task::Poll::Pending => panic!("a static registry never waits"),
+        }
+    }
+
+    fn received(body: &str, receive_count: u32) -> Received {
+        Received {
+            handle: Handle("h".into()),
+            body: body.into(),
+            receive_count,
+            not_utf8: None,
         }
     }
 
@@ -583,7 +742,7 @@ mod tests {
                 r#"{{"v":1,"kind":"event","id":"j1","app_id":"{app}","event":{{"name":"{name}","channel":"presence-x","user_id":"u"}}}}"#
             )
         };
-        let reject = |body: &str| match block(accept(&apps, body, NOW)) {
+        let reject = |body: &str| match block(accept(&apps, &received(body, 1), 10, NOW)) {
             Accept::Reject(r) => r,
             other => panic!("a rejection expected, got {other:?}"),
         };
@@ -621,19 +780,128 @@ mod tests {
     }
 
     #[test]
+    fn a_job_received_more_than_max_receives_times_is_rejected_with_the_count() {
+        let c = config("{}");
+        let apps = StaticApps::new(&c.apps);
+        let event = r#"{"v":1,"kind":"event","id":"j1","app_id":"a",
+            "event":{"name":"member_added","channel":"presence-x","user_id":"u"}}"#;
+        assert!(
+            matches!(
+                block(accept(&apps, &received(event, 3), 3, NOW)),
+                Accept::Fan { .. }
+            ),
+            "the third receive of three is still worked on"
+        );
+        let Accept::Reject(r) = block(accept(&apps, &received(event, 4), 3, NOW)) else {
+            panic!("the fourth receive is dead-lettered")
+        };
+        assert_eq!(r.label(), "max_receives");
+        let entry = r.dead_letter(event);
+        assert!(
+            entry
+                .reason
+                .starts_with("received 4 times, more than queue.max_receives (3)"),
+            "{}",
+            entry.reason
+        );
+        assert_eq!(
+            (entry.job.as_str(), entry.app_id.as_deref()),
+            (event, Some("a")),
+            "kept as it came, to replay"
+        );
+        assert_eq!((entry.endpoint, entry.attempts), (None, 0));
+
+        let retry = r#"{"v":1,"kind":"retry","id":"r","app_id":"a","endpoint":"all","attempt":5,
+            "webhook_id":"w","events":[{"name":"member_added","channel":"c","user_id":"u"}]}"#;
+        let Accept::Reject(r) = block(accept(&apps, &received(retry, 11), 10, NOW)) else {
+            panic!("dead-lettered")
+        };
+        let entry = r.dead_letter(retry);
+        assert_eq!(
+            (entry.endpoint.as_deref(), entry.attempts),
+            (Some("all"), 4)
+        );
+
+        // What is refused anyway keeps its own reason, whatever the count.
+        let unknown = event.replace(r#""app_id":"a""#, r#""app_id":"zz""#);
+        assert!(matches!(
+            block(accept(&apps, &received(&unknown, 50), 3, NOW)),
+            Accept::Reject(Rejection::UnknownApp(_))
+        ));
+    }
+
+    /// A registry that cannot answer: the job waits, it is not poison.
+    struct Down;
+
+    #[async_trait::async_trait]
+    impl AppRegistry for Down {
+        async fn app(&self, _: &str) -> Result<Arc<App>, LookupError> {
+            Err(LookupError::Unavailable("database down".into()))
+        }
+        async fn app_by_key(&self, _: &str) -> Result<Arc<App>, LookupError> {
+            Err(LookupError::Unavailable("database down".into()))
+        }
+    }
+
+    #[test]
+    fn a_job_waiting_for_its_app_is_not_dead_lettered_for_its_receives() {
+        let event = r#"{"v":1,"kind":"event","id":"j1","app_id":"a",
+            "event":{"name":"cache_miss","channel":"c"}}"#;
+        assert!(matches!(
+            block(accept(&Down, &received(event, 99), 3, NOW)),
+            Accept::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn a_message_that_is_not_utf8_is_rejected_with_its_bytes() {
+        let c = config("{}");
+        let apps = StaticApps::new(&c.apps);
+        let mut bytes = br#"{"v":1,"kind":"event","id":"j1","app_id":"a","event":{"name":"client_event","channel":"presence-x","event":"e","data":"caf"#.to_vec();
+        bytes.push(0xE9);
+        bytes.extend_from_slice(br#"","socket_id":"1.1"}}"#);
+        let msg = Received {
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+            not_utf8: Some(bytes.clone()),
+            ..received("", 1)
+        };
+        let Accept::Reject(r) = block(accept(&apps, &msg, 10, NOW)) else {
+            panic!("rejected")
+        };
+        assert_eq!(r.label(), "not_utf8");
+        let entry = r.dead_letter(&msg.body);
+        let at = bytes.iter().position(|b| *b == 0xE9).unwrap();
+        assert_eq!(
+            entry.reason,
+            format!(
+                "malformed job: not UTF-8 (invalid utf-8 sequence of 1 bytes from index {at}); its bytes are kept in job_base64"
+            )
+        );
+        assert_eq!(entry.app_id.as_deref(), Some("a"));
+        assert_eq!(
+            entry.job_bytes().unwrap(),
+            bytes.as_slice(),
+            "the bytes intact"
+        );
+        assert_eq!(entry.job_text(), None, "no text queue can carry it");
+        let again: DeadLetter = serde_json::from_str(&entry.encode()).unwrap();
+        assert_eq!(again, entry, "the entry's JSON keeps them");
+    }
+
+    #[test]
     fn accept_fans_out_routes_retries_and_waits_for_due_jobs() {
         let c = config("{}");
         let apps = StaticApps::new(&c.apps);
         let body = r#"{"v":1,"kind":"event","id":"j1","app_id":"a","enqueued_at_ms":5,
             "event":{"name":"member_added","channel":"presence-x","user_id":"u"}}"#;
-        let got = block(accept(&apps, body, NOW));
+        let got = block(accept(&apps, &received(body, 1), 10, NOW));
         assert_eq!((got.parts(), got.enqueued_at_ms()), (2, Some(5)));
         let Accept::Fan { endpoints, .. } = got else {
             panic!("fan out")
         };
         assert_eq!(endpoints, [0, 1]);
         let nobody = r#"{"v":1,"kind":"event","id":"j2","app_id":"a","event":{"name":"cache_miss","channel":"c"}}"#;
-        let got = block(accept(&apps, nobody, NOW));
+        let got = block(accept(&apps, &received(nobody, 1), 10, NOW));
         assert_eq!(
             (got.parts(), got.enqueued_at_ms()),
             (1, None),
@@ -642,14 +910,15 @@ mod tests {
         let retry = r#"{"v":1,"kind":"retry","id":"r","app_id":"a","endpoint":"all","attempt":2,
             "webhook_id":"w","events":[{"name":"member_added","channel":"c","user_id":"u"}]}"#;
         assert!(matches!(
-            block(accept(&apps, retry, NOW)),
+            block(accept(&apps, &received(retry, 1), 10, NOW)),
             Accept::Retry { endpoint: 1, .. }
         ));
         let later = format!(
             r#"{{"v":1,"kind":"event","id":"j3","app_id":"a","not_before_ms":{},"event":{{"name":"cache_miss","channel":"c"}}}}"#,
             NOW + 2000
         );
-        let Accept::NotDue { job, wait } = block(accept(&apps, &later, NOW)) else {
+        let Accept::NotDue { job, wait } = block(accept(&apps, &received(&later, 1), 10, NOW))
+        else {
             panic!("not due")
         };
         assert_eq!(wait, Duration::from_secs(2));

@@ -263,7 +263,8 @@ async fn accept(
     msg: Received,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Option<Work> {
-    let accepted = decide::accept(&*shared.apps, &msg.body, now_ms()).await;
+    let max_receives = shared.config.queue.max_receives;
+    let accepted = decide::accept(&*shared.apps, &msg, max_receives, now_ms()).await;
     if let Accept::Wait(why) = &accepted {
         // No ticket: not acked, not extended; the job comes back when its hold expires.
         tracing::warn!(error = %why, "cannot resolve the app now");
@@ -315,7 +316,10 @@ async fn accept(
             shared.queue.max_delay(),
         ),
         Accept::Reject(rejection) => {
-            tracing::warn!(reason = %rejection.reason(), "dead-lettering an unusable job");
+            tracing::warn!(
+                reason = %rejection.reason(), receive_count = msg.receive_count,
+                "dead-lettering an unusable job"
+            );
             Disposition::reject(&rejection, &msg.body)
         }
         Accept::Wait(_) => unreachable!("handled above"),

@@ -33,7 +33,7 @@ pub use env::{ENV_OVERRIDES, apply_env};
 pub use event_limits::{EventLimits, FIELDS_ALLOWANCE};
 pub use ingest::{IngestSettings, ROUTE as INGEST_ROUTE};
 pub use queue::{MemoryQueueSettings, QueueDriverKind, QueueSettings, RedisSettings, SqsSettings};
-pub use webhooks::{Batching, WebhookSettings};
+pub use webhooks::{Batching, DEFAULT_MAX_BYTES, WebhookSettings, sqs_max_batch_bytes};
 pub use worker::WorkerSettings;
 
 use app_manager::{read_app_databases, read_app_manager};
@@ -206,7 +206,7 @@ fn read_root(root: &Value, d: &mut Diagnostics) -> Option<Config> {
         return None;
     }
     top.ignore(SOCKUDO_SECTIONS);
-    let webhooks = read_webhooks(&mut top.obj("webhooks", d), d);
+    let (mut webhooks, max_bytes_set) = read_webhooks(&mut top.obj("webhooks", d), d);
     let worker = read_worker(&mut top.obj("worker", d), d);
     let mut app_manager_obj = top.obj("app_manager", d);
     let (apps, driver, cache_ttl) = read_app_manager(&mut app_manager_obj, &webhooks, &worker, d);
@@ -218,6 +218,7 @@ fn read_root(root: &Value, d: &mut Diagnostics) -> Option<Config> {
         longest_request + webhooks.batching.duration,
         d,
     );
+    webhooks::fit_batches_to_queue(&mut webhooks.batching, max_bytes_set, queue.driver, d);
     let app_manager = read_app_databases(&mut database, driver, cache_ttl, d);
     database.ignore(&["mongodb", "surrealdb", "scylladb"]);
     database.finish(d);

@@ -1,5 +1,5 @@
-//! The `queue` section (`queue.driver`, `queue.memory`, `queue.redis`,
-//! `queue.sqs`, Sockudo's other drivers and `queue.reliability`), with
+//! The `queue` section (`queue.driver`, `queue.max_receives`, `queue.memory`,
+//! `queue.redis`, `queue.sqs`, Sockudo's other drivers and `queue.reliability`), with
 //! `database.redis`, which Sockudo's Redis queue connects with, and the check
 //! that a job's hold outlives its delivery.
 
@@ -98,7 +98,11 @@ pub struct SqsSettings {
     pub fifo: bool,
     /// FIFO group id; the app id when absent.
     pub message_group_id: Option<String>,
-    /// Receives after which SQS moves a message to the DLQ.
+    /// The redrive policy's `maxReceiveCount` of a queue the driver
+    /// creates: receives after which SQS itself moves a message to the DLQ.
+    /// By default one more than `queue.max_receives`, so the worker's rule
+    /// dead-letters a job with its reason first and SQS's redrive is only the
+    /// backstop.
     pub max_receive_count: u32,
 }
 
@@ -107,6 +111,11 @@ pub struct SqsSettings {
 pub struct QueueSettings {
     /// `queue.driver`.
     pub driver: QueueDriverKind,
+    /// `queue.max_receives`: a job received more times than this without
+    /// being settled (its worker died on it, or its retry or dead letter
+    /// could not be written) is dead-lettered when received again, on every
+    /// driver.
+    pub max_receives: u32,
     /// `queue.memory`.
     pub memory: MemoryQueueSettings,
     /// `queue.redis`.
@@ -114,6 +123,9 @@ pub struct QueueSettings {
     /// `queue.sqs`.
     pub sqs: SqsSettings,
 }
+
+/// `queue.max_receives` when unset: SQS's usual redrive count.
+const DEFAULT_MAX_RECEIVES: u32 = 10;
 
 /// Every `queue.driver` value Sockudo accepts (its `QueueDriver`); hookq has `memory`, `redis` and `sqs`.
 const SOCKUDO_QUEUE_DRIVERS: &[&str] = &[
@@ -157,6 +169,9 @@ pub(super) fn read_queue(
             QueueDriverKind::Memory
         }
     };
+    let max_receives = o
+        .u64("max_receives", DEFAULT_MAX_RECEIVES.into(), 1, d)
+        .min(u64::from(u32::MAX - 1)) as u32;
     // Settings of Sockudo's other drivers: unused, as they are by Sockudo
     // when their driver is not the one chosen (choosing one is an error above).
     o.ignore(&[
@@ -299,8 +314,19 @@ pub(super) fn read_queue(
         dead_letter_queue_url: s.nonempty_str("dead_letter_queue_url", d),
         fifo: s.bool("fifo", false, d),
         message_group_id: s.nonempty_str("message_group_id", d),
-        max_receive_count: s.u64("max_receive_count", 10, 1, d) as u32,
+        max_receive_count: s
+            .opt_u64("max_receive_count", 1, d)
+            .map_or(max_receives + 1, |n| n.min(u64::from(u32::MAX)) as u32),
     };
+    if driver == QueueDriverKind::Sqs && sqs.max_receive_count <= max_receives {
+        d.warnings.push(Problem {
+            path: s.at("max_receive_count"),
+            message: format!(
+                "SQS's redrive moves a job to the DLQ after {} receives, before queue.max_receives ({max_receives}) lets the worker dead-letter it with its reason; leave it unset (queue.max_receives + 1) or set it above queue.max_receives",
+                sqs.max_receive_count
+            ),
+        });
+    }
     if let Some(u) = &sqs.endpoint_url {
         check_http_url(u, &s.at("endpoint_url"), d);
     }
@@ -326,6 +352,7 @@ pub(super) fn read_queue(
     o.finish(d);
     QueueSettings {
         driver,
+        max_receives,
         memory,
         redis,
         sqs,

@@ -24,5 +24,10 @@ pub const MAX_BATCH_ENTRIES: usize = 10;
 /// classic limit, also that of one message).
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 
+/// Most bytes of one message body (256 KiB, SQS's classic limit): a retry
+/// job, which carries a batch's events, must fit in it, so
+/// `webhooks.batching.max_bytes` is held below it on SQS.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
 /// Longest message retention (14 days).
 pub const MAX_RETENTION_SECONDS: u64 = 14 * 24 * 60 * 60;

@@ -758,3 +758,109 @@ fn event_limits_read_sockudos_payload_size() {
         .to_string();
     assert!(err.contains("event_limits.max_payload_in_kb"), "{err}");
 }
+
+/// `queue.max_receives` (issue 14, item 3): the worker's rule on every
+/// driver, and SQS's redrive one receive later by default, so the worker
+/// dead-letters a job with its reason before SQS would move it silently.
+#[test]
+fn max_receives_defaults_to_ten_and_sqs_redrives_one_later() {
+    let (c, d) = load("{}").unwrap();
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    assert_eq!(c.queue.max_receives, 10);
+    assert_eq!(c.queue.sqs.max_receive_count, 11);
+
+    let (c, d) = load(r#"{"queue": {"driver": "sqs", "max_receives": 3}}"#).unwrap();
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    assert_eq!(
+        (c.queue.max_receives, c.queue.sqs.max_receive_count),
+        (3, 4)
+    );
+    let (c, d) = load(r#"{"queue": {"driver": "redis", "max_receives": 1}}"#).unwrap();
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    assert_eq!(c.queue.max_receives, 1);
+
+    // A redrive at or before the worker's rule takes the reason away: a warning.
+    let (c, d) =
+        load(r#"{"queue": {"driver": "sqs", "max_receives": 5, "sqs": {"max_receive_count": 5}}}"#)
+            .unwrap();
+    assert_eq!(c.queue.sqs.max_receive_count, 5);
+    let [w] = &d.warnings[..] else {
+        panic!("one warning: {:?}", d.warnings)
+    };
+    assert_eq!(w.path, "queue.sqs.max_receive_count");
+    assert!(
+        w.message.contains("queue.max_receives (5)"),
+        "{}",
+        w.message
+    );
+    let (_, d) = load(r#"{"queue": {"driver": "sqs", "sqs": {"max_receive_count": 20}}}"#).unwrap();
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+
+    let err = error_text(r#"{"queue": {"max_receives": 0}}"#);
+    assert!(
+        err.contains("queue.max_receives: must be at least 1, found 0"),
+        "{err}"
+    );
+}
+
+/// On SQS a failed batch's retry job carries its events in one message of
+/// at most 256 KiB: an unset `batching.max_bytes` is held below it, one set
+/// above it is refused at its path. Redis and memory keep 256 KiB.
+#[test]
+fn on_sqs_batching_max_bytes_leaves_room_for_the_retry_job() {
+    let most = sqs_max_batch_bytes(100);
+    assert_eq!(most, 262_144 - 2048 - 100 * 64);
+    let (c, _) = load(r#"{"queue": {"driver": "sqs"}}"#).unwrap();
+    assert_eq!(c.webhooks.batching.max_bytes, most);
+    assert!(
+        c.to_string()
+            .contains(&format!("up to 100 events / {most} bytes"))
+    );
+    let (c, _) = load(
+        r#"{"queue": {"driver": "sqs"}, "webhooks": {"batching": {"size": 20, "max_bytes": 131072}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.webhooks.batching.max_bytes, 131_072,
+        "a value that fits is kept"
+    );
+    let (c, _) =
+        load(r#"{"queue": {"driver": "sqs"}, "webhooks": {"batching": {"size": 10}}}"#).unwrap();
+    assert_eq!(c.webhooks.batching.max_bytes, sqs_max_batch_bytes(10));
+    for driver in ["memory", "redis"] {
+        let (c, _) = load(&format!(
+            r#"{{"queue": {{"driver": "{driver}"}}, "webhooks": {{"batching": {{"max_bytes": 1048576}}}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(c.webhooks.batching.max_bytes, 1_048_576, "{driver}");
+        let (c, _) = load(&format!(r#"{{"queue": {{"driver": "{driver}"}}}}"#)).unwrap();
+        assert_eq!(c.webhooks.batching.max_bytes, 262_144, "{driver}");
+    }
+
+    let err = error_text(
+        r#"{"queue": {"driver": "sqs"}, "webhooks": {"batching": {"max_bytes": 262144}}}"#,
+    );
+    assert!(
+        err.contains(&format!(
+            "webhooks.batching.max_bytes: 262144 is too large on SQS: the retry job of a failed batch carries its events and must fit one SQS message (262144 bytes); with batching.size 100 it is at most {most}"
+        )),
+        "{err}"
+    );
+    let err =
+        error_text(r#"{"queue": {"driver": "sqs"}, "webhooks": {"batching": {"size": 5000}}}"#);
+    assert!(
+        err.contains("webhooks.batching.size: 5000 events is too many on SQS"),
+        "{err}"
+    );
+    // The driver set from the environment counts too.
+    let err = Config::parse(
+        r#"{"webhooks": {"batching": {"max_bytes": 262144}}}"#,
+        |k| (k == "HOOKQ_QUEUE_DRIVER").then(|| "sqs".to_string()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("webhooks.batching.max_bytes: 262144 is too large on SQS"),
+        "{err}"
+    );
+}

@@ -1,9 +1,12 @@
 //! The `webhooks` section: batching, the request timeouts and the retry
 //! policy every endpoint starts from (`webhooks.batching`, `webhooks.retry`,
-//! `webhooks.event_ids`, `request_timeout_ms`, `connect_timeout_ms`).
+//! `webhooks.event_ids`, `request_timeout_ms`, `connect_timeout_ms`), and
+//! the check that a batch's retry job fits the queue's message.
 
+use super::queue::QueueDriverKind;
 use super::reader::Obj;
-use super::{Diagnostics, ms};
+use super::{Diagnostics, ms, sqs_limits};
+use crate::job::{RETRY_JOB_EVENT_ALLOWANCE, RETRY_JOB_FIELDS_ALLOWANCE, RetryJob};
 use crate::retry::RetryPolicy;
 use std::time::Duration;
 
@@ -16,7 +19,9 @@ pub struct Batching {
     pub duration: Duration,
     /// `webhooks.batching.size`: most events in one batch.
     pub size: usize,
-    /// `webhooks.batching.max_bytes`: most bytes of one request body.
+    /// `webhooks.batching.max_bytes`: most bytes of one request body. On SQS
+    /// at most [`sqs_max_batch_bytes`], so that a failed batch's retry job
+    /// fits one message.
     pub max_bytes: usize,
 }
 
@@ -65,13 +70,25 @@ pub(super) fn read_retry(o: &mut Obj, base: &RetryPolicy, d: &mut Diagnostics) -
     p
 }
 
-pub(super) fn read_webhooks(o: &mut Obj, d: &mut Diagnostics) -> WebhookSettings {
+/// `webhooks.batching.max_bytes` when unset, on a queue without a message
+/// size limit (memory, Redis).
+pub const DEFAULT_MAX_BYTES: usize = 256 * 1024;
+
+/// The least `webhooks.batching.max_bytes` may be.
+const MIN_MAX_BYTES: usize = 1024;
+
+/// Reads `webhooks`. The second value says whether
+/// `webhooks.batching.max_bytes` was set, for [`fit_batches_to_queue`].
+pub(super) fn read_webhooks(o: &mut Obj, d: &mut Diagnostics) -> (WebhookSettings, bool) {
     let mut b = o.obj("batching", d);
+    let max_bytes = b.opt_u64("max_bytes", MIN_MAX_BYTES as u64, d);
     let batching = Batching {
         enabled: b.bool("enabled", true, d),
         duration: ms(b.u64("duration", 50, 1, d)),
         size: b.u64("size", 100, 1, d) as usize,
-        max_bytes: b.u64("max_bytes", 256 * 1024, 1024, d) as usize,
+        max_bytes: max_bytes.map_or(DEFAULT_MAX_BYTES, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        }),
     };
     b.finish(d);
     let mut r = o.obj("retry", d);
@@ -85,5 +102,54 @@ pub(super) fn read_webhooks(o: &mut Obj, d: &mut Diagnostics) -> WebhookSettings
         retry,
     };
     o.finish(d);
-    settings
+    (settings, max_bytes.is_some())
+}
+
+/// The largest `webhooks.batching.max_bytes` on SQS with `size` events a
+/// batch: a failed batch's retry job carries its events, with their ids, in
+/// one message, which SQS takes up to
+/// [`MAX_MESSAGE_BYTES`](super::sqs_limits::MAX_MESSAGE_BYTES).
+pub fn sqs_max_batch_bytes(size: usize) -> usize {
+    let events_room = RetryJob::max_bytes_for(0, size);
+    sqs_limits::MAX_MESSAGE_BYTES.saturating_sub(events_room)
+}
+
+/// Holds `batching.max_bytes` to what the queue carries for a retry job. On
+/// SQS an unset `max_bytes` becomes [`sqs_max_batch_bytes`]; one set above it
+/// is an error at its path (as is a `size` so large that no `max_bytes` is
+/// left). Memory and Redis carry any size: nothing changes.
+pub(super) fn fit_batches_to_queue(
+    batching: &mut Batching,
+    max_bytes_set: bool,
+    driver: QueueDriverKind,
+    d: &mut Diagnostics,
+) {
+    if driver != QueueDriverKind::Sqs {
+        return;
+    }
+    let most = sqs_max_batch_bytes(batching.size);
+    if most < MIN_MAX_BYTES {
+        d.error(
+            "webhooks.batching.size",
+            format!(
+                "{} events is too many on SQS: the retry job of a failed batch must fit one SQS message ({} bytes), with {} bytes for each event's id and {} for its own fields",
+                batching.size,
+                sqs_limits::MAX_MESSAGE_BYTES,
+                RETRY_JOB_EVENT_ALLOWANCE,
+                RETRY_JOB_FIELDS_ALLOWANCE
+            ),
+        );
+    } else if !max_bytes_set {
+        batching.max_bytes = batching.max_bytes.min(most);
+    } else if batching.max_bytes > most {
+        d.error(
+            "webhooks.batching.max_bytes",
+            format!(
+                "{} is too large on SQS: the retry job of a failed batch carries its events and must fit one SQS message ({} bytes); with batching.size {} it is at most {most} (leave it unset for that)",
+                batching.max_bytes,
+                sqs_limits::MAX_MESSAGE_BYTES,
+                batching.size
+            ),
+        );
+    }
 }

@@ -21,8 +21,36 @@
 -- between calls. Entries dead-lettered meanwhile are appended on the right,
 -- behind the walk's bound, so they are never walked by it. An entry that is
 -- not a JSON object with a string "job" cannot be replayed: it is kept (a
--- purge without an app filter removes it).
+-- purge without an app filter removes it). An entry with a string
+-- "job_base64" (a job whose bytes are not UTF-8) replays those bytes.
 local dead, ready = KEYS[1], KEYS[2]
+
+-- Standard base64 (padding and anything outside the alphabet skipped) to bytes.
+local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+local sextet
+local function unbase64(text)
+  if not sextet then
+    sextet = {}
+    for i = 1, 64 do
+      sextet[string.byte(B64, i)] = i - 1
+    end
+  end
+  local out, bits, n = {}, 0, 0
+  for i = 1, #text do
+    local v = sextet[string.byte(text, i)]
+    if v then
+      bits = bits * 64 + v
+      n = n + 6
+      if n >= 8 then
+        n = n - 8
+        local scale = 2 ^ n
+        out[#out + 1] = string.char(math.floor(bits / scale))
+        bits = bits % scale
+      end
+    end
+  end
+  return table.concat(out)
+end
 local mode = ARGV[1]
 local len = redis.call('LLEN', dead)
 
@@ -79,7 +107,11 @@ while walked < walk and (limit < 0 or done < limit) do
   if take then
     done = done + 1
     if replay then
-      redis.call('LPUSH', ready, decoded.job)
+      if type(decoded.job_base64) == 'string' then
+        redis.call('LPUSH', ready, unbase64(decoded.job_base64))
+      else
+        redis.call('LPUSH', ready, decoded.job)
+      end
     end
   else
     redis.call('RPUSH', dead, entry)

@@ -225,22 +225,28 @@ pub async fn push_once_each_answers_each_group(q: Arc<dyn QueueDriver>) {
         q.push_once(&b, window, vec![msg(9)]).await.unwrap(),
         Once::Pushed
     );
-    let answers = q
-        .push_once_each(vec![group(&a, 1), group(&b, 3), group(&key("c"), 5)])
-        .await;
-    let answers: Vec<Once> = answers.into_iter().map(Result::unwrap).collect();
-    assert_eq!(answers, [Once::Pushed, Once::Duplicate, Once::Pushed]);
-    let got = drain(
-        &*q,
-        Drain {
-            until: 5,
-            ..Drain::default()
-        },
-    )
-    .await;
+    // A zero window is no key: pushed whatever was pushed under it.
+    let unkeyed = Keyed {
+        window: Duration::ZERO,
+        ..group(&b, 7)
+    };
+    let groups = vec![group(&a, 1), group(&b, 3), group(&key("c"), 5), unkeyed];
+    let answers: Vec<Once> = q
+        .push_once_each(groups)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    use Once::{Duplicate, Pushed};
+    assert_eq!(answers, [Pushed, Duplicate, Pushed, Pushed]);
+    let how = Drain {
+        until: 7,
+        ..Drain::default()
+    };
+    let got = drain(&*q, how).await;
     let mut bodies: Vec<String> = got.iter().map(|d| d.msg.body.clone()).collect();
     bodies.sort();
-    let mut want: Vec<String> = [1, 2, 5, 6, 9].iter().map(|i| msg(*i).body).collect();
+    let mut want: Vec<String> = [1, 2, 5, 6, 7, 8, 9].iter().map(|i| msg(*i).body).collect();
     want.sort();
     assert_eq!(bodies, want, "the duplicate group pushed nothing");
 }

@@ -181,8 +181,8 @@ impl Ingest {
         })
     }
 
-    /// Pushes one request's jobs under its key, with the pushes of the
-    /// requests waiting at the same moment ([`commit`]).
+    /// Pushes one request's jobs under its key (none with a zero window),
+    /// with the pushes of the requests waiting at the same moment ([`commit`]).
     async fn push_once(&self, group: Keyed) -> Result<Once, QueueError> {
         let (done, answer) = oneshot::channel();
         let gone = || QueueError::Unavailable("the ingest is stopping".into());
@@ -265,20 +265,15 @@ impl Ingest {
             return Answer::accepted(0, skipped);
         }
         let started = Instant::now();
-        let window = self.settings.dedup_window;
-        let pushed = if window.is_zero() {
-            self.queue.push(jobs.messages).await.map(|()| Once::Pushed)
-        } else {
-            // 128 bits of the digest: collisions stay out of reach, and each marker
-            // costs Redis 32 bytes less than with all 256.
-            let key = format!("ingest:{}", &digest[..32]);
-            self.push_once(Keyed {
-                key,
-                window,
+        // 128 bits of the digest: collisions stay out of reach, and each marker
+        // costs Redis 32 bytes less than with all 256. A zero window: no key.
+        let pushed = self
+            .push_once(Keyed {
+                key: format!("ingest:{}", &digest[..32]),
+                window: self.settings.dedup_window,
                 messages: jobs.messages,
             })
-            .await
-        };
+            .await;
         self.metrics
             .push_seconds
             .observe(started.elapsed().as_secs_f64());

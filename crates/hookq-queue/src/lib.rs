@@ -79,10 +79,28 @@ impl Outgoing {
 pub struct Keyed {
     /// The push's key.
     pub key: String,
-    /// How long the key holds.
+    /// How long the key holds; zero for none: the messages are pushed
+    /// whatever was pushed before (a plain [`QueuePush::push`]).
     pub window: Duration,
     /// The messages, pushed only if the key was not set.
     pub messages: Vec<Outgoing>,
+}
+
+/// [`QueuePush::push_once_each`] one group after another: each a
+/// [`QueuePush::push_once`], or a [`QueuePush::push`] with a zero window.
+pub async fn push_each_alone<Q: QueuePush + ?Sized>(
+    queue: &Q,
+    groups: Vec<Keyed>,
+) -> Vec<Result<Once, QueueError>> {
+    let mut answers = Vec::with_capacity(groups.len());
+    for g in groups {
+        answers.push(if g.window.is_zero() {
+            queue.push(g.messages).await.map(|()| Once::Pushed)
+        } else {
+            queue.push_once(&g.key, g.window, g.messages).await
+        });
+    }
+    answers
 }
 
 /// What [`QueuePush::push_once`] did.
@@ -256,11 +274,7 @@ pub trait QueuePush: Send + Sync + 'static {
     /// wait at one moment together (group commit). The default runs them one
     /// after another.
     async fn push_once_each(&self, groups: Vec<Keyed>) -> Vec<Result<Once, QueueError>> {
-        let mut answers = Vec::with_capacity(groups.len());
-        for g in groups {
-            answers.push(self.push_once(&g.key, g.window, g.messages).await);
-        }
-        answers
+        push_each_alone(self, groups).await
     }
 
     /// The longest delay one push can carry; longer delays are re-delayed on receipt.

@@ -774,17 +774,18 @@ impl QueuePush for RedisQueue {
             .iter()
             .any(|g| g.messages.iter().any(|m| !m.delay.is_zero()))
         {
-            let mut answers = Vec::with_capacity(groups.len());
-            for g in groups {
-                answers.push(self.push_once(&g.key, g.window, g.messages).await);
-            }
-            return answers;
+            return crate::push_each_alone(self, groups).await;
         }
         let mut call = self.scripts.push_each.prepare_invoke();
         call.key(&self.keys.ready);
         for g in &groups {
+            // A window of 0 is no key: the script does not touch it.
+            let window = match g.window.as_millis() {
+                0 => "0".to_string(),
+                ms => ms.min(MAX_DELAY_MS).to_string(),
+            };
             call.key(self.key(&format!("once:{}", g.key)))
-                .arg(g.window.as_millis().clamp(1, MAX_DELAY_MS).to_string())
+                .arg(window)
                 .arg(g.messages.len());
         }
         for m in groups.iter().flat_map(|g| &g.messages) {

@@ -1,5 +1,6 @@
 //! Worker faults on a real redis-server, each reproduced before its fix
-//! (issue 14): a worker paused past its lease.
+//! (issue 14): a worker paused past its lease, a slow endpoint with the
+//! whole held-jobs budget.
 
 use crate::support::inproc::config;
 use crate::support::process::{WorkerProcess, temp_dir};
@@ -113,4 +114,100 @@ async fn a_worker_paused_past_its_lease_pushes_no_retry_for_jobs_it_lost() {
     assert_eq!(lost, EVENTS as f64, "A counted its lost holds");
     assert!(a.terminate(Duration::from_secs(15)).success());
     assert!(b.terminate(Duration::from_secs(15)).success());
+}
+
+/// Issue 14, item 6: isolation under a full budget. One endpoint answers
+/// after 2 s, one request at a time, and has 1,000 jobs; the worker holds at
+/// most 200. Then another app gets 10 jobs: they must arrive within a couple
+/// of seconds, while the slow endpoint still gets each of its 1,000 events
+/// exactly once and nothing is dead-lettered. Before the fix a job kept its
+/// budget slot for as long as it waited for its endpoint, so the slow
+/// endpoint's 200 held jobs stopped the worker receiving, and the 10 queued
+/// behind its backlog arrived only after it (about 17 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_with_a_full_budget_does_not_stall_other_apps() {
+    const SLOW: usize = 1_000;
+    const FAST: usize = 10;
+    let redis = RedisServer::start();
+    let r = Receiver::start(&[("key-s", "secret-s"), ("key-f", "secret-f")]).await;
+    r.always("/slow", Reply::status(200).after(Duration::from_secs(2)));
+    let apps = json!([
+        {"id": "slow", "key": "key-s", "secret": "secret-s", "webhooks": [
+            {"id": "ep", "url": r.url("/slow"), "event_types": ["client_event"], "max_concurrency": 1}]},
+        {"id": "fast", "key": "key-f", "secret": "secret-f", "webhooks": [
+            {"id": "ep", "url": r.url("/fast"), "event_types": ["client_event"]}]}
+    ]);
+    let mut cfg = config(
+        apps,
+        json!({"event_ids": true, "request_timeout_ms": 5000,
+        "retry": {"initial_backoff_ms": 100, "max_backoff_ms": 500, "max_elapsed_time_ms": 60000}}),
+    );
+    cfg["queue"] = json!({"driver": "redis", "redis": {"url": redis.url(), "prefix": "iso"}});
+    cfg["worker"]["max_held_jobs"] = json!(200);
+    let dir = temp_dir("isolation");
+    let (p, queue) = producer(&cfg).await;
+    let w = WorkerProcess::start(&dir, "w", &cfg).await;
+    for chunk in 0..SLOW / 100 {
+        p.publish_batch("slow", events(chunk * 100..(chunk + 1) * 100))
+            .await
+            .unwrap();
+    }
+    // The worker is taken up by the slow endpoint: its first request is out.
+    r.wait_for(
+        "the slow endpoint's first request",
+        Duration::from_secs(10),
+        |r| !r.requests("/slow").is_empty(),
+    )
+    .await;
+    let published = std::time::Instant::now();
+    p.publish_batch("fast", events(0..FAST)).await.unwrap();
+    // Waited for much longer than allowed, to measure how late they are.
+    r.wait_for("the other app's events", Duration::from_secs(40), |r| {
+        r.delivered_events("/fast").len() >= FAST
+    })
+    .await;
+    let took = arrived(&r, "/fast") - published;
+    eprintln!("the other app's {FAST} events arrived {took:?} after their publish");
+    assert!(
+        took < Duration::from_secs(2),
+        "the other app's {FAST} jobs took {took:?} behind a slow endpoint's full budget"
+    );
+
+    // The slow endpoint gets all of its events, each once, none dead-lettered.
+    let slow_events = |r: &Receiver| {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for e in r.delivered_events("/slow") {
+            *seen
+                .entry(e["data"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        seen
+    };
+    r.wait_for("every slow event", Duration::from_secs(50), |r| {
+        slow_events(r).len() >= SLOW
+    })
+    .await;
+    let seen = slow_events(&r);
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    assert_eq!(
+        r.delivered_events("/fast").len(),
+        FAST,
+        "the fast events once each"
+    );
+    let d = wait_drained(&*queue, Duration::from_secs(20)).await;
+    assert_eq!(d.dead, 0, "nothing dead-lettered");
+    let requests = r.requests("/slow").len();
+    let (_, metrics) = w.get("/metrics").await.unwrap();
+    let deferred: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("hookq_deferred_total"))
+        .collect();
+    eprintln!("slow endpoint: {SLOW} events in {requests} requests; {deferred:?}");
+    assert!(!deferred.is_empty(), "the deferrals are counted");
+}
+
+/// When the last of the events on `path` arrived.
+fn arrived(r: &Receiver, path: &str) -> std::time::Instant {
+    r.requests(path).iter().map(|q| q.at).max().unwrap()
 }

@@ -1,8 +1,9 @@
-//! Worker faults on a real redis-server, each reproduced before its fix
-//! (issue 14): a worker paused past its lease, a slow endpoint with the
-//! whole held-jobs budget.
+//! Worker faults on a real redis-server (and the SQS emulator), each
+//! reproduced before its fix (issue 14): a worker paused past its lease, a
+//! slow endpoint with the whole held-jobs budget, a shutdown during a receive.
 
 use crate::support::inproc::config;
+use crate::support::moto::Moto;
 use crate::support::process::{WorkerProcess, temp_dir};
 use crate::support::queue::{producer, wait_drained};
 use crate::support::receiver::{Receiver, Reply};
@@ -210,4 +211,65 @@ async fn a_slow_endpoint_with_a_full_budget_does_not_stall_other_apps() {
 /// When the last of the events on `path` arrived.
 fn arrived(r: &Receiver, path: &str) -> std::time::Instant {
     r.requests(path).iter().map(|q| q.at).max().unwrap()
+}
+
+/// Issue 14, item 8: a shutdown must not cancel a receive in flight. An
+/// idle worker on SQS is long-polling when it gets SIGTERM; an event is
+/// published just after. A long poll that the worker abandons still takes
+/// the message (the emulator, like SQS, hands it to the request it is
+/// answering), which is then hidden for the whole visibility timeout (30 s
+/// here) with nobody holding it. Before the fix the worker dropped its
+/// receives at once: the event reached a second worker only after the
+/// visibility timeout ran out. Now the stopping worker finishes its
+/// receive and delivers what it got before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_does_not_abandon_a_receive_in_flight() {
+    let r = Receiver::start(&[("key-1", "secret-1")]).await;
+    let mut cfg = config(
+        json!([{"id": "app-1", "key": "key-1", "secret": "secret-1",
+            "webhooks": [{"url": r.url(PATH), "event_types": ["client_event"], "id": "ep"}]}]),
+        json!({"event_ids": true, "request_timeout_ms": 2000}),
+    );
+    let name = format!("stop-recv-{}", std::process::id());
+    cfg["queue"] = json!({"driver": "sqs", "sqs": {
+        "queue_name": name, "endpoint_url": Moto::shared().endpoint_url(), "region": "us-east-1",
+        "visibility_timeout": 30, "wait_time_seconds": 5}});
+    let dir = temp_dir("stop-recv");
+    let (p, _queue) = producer(&cfg).await;
+    let mut a = WorkerProcess::start(&dir, "a", &cfg).await;
+    a.wait_ok(
+        &["/ready"],
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+    )
+    .await;
+    // Its receive loops are in their long polls now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stop = std::process::Command::new("kill")
+        .args(["-TERM", &a.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(stop.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let published = std::time::Instant::now();
+    p.publish_batch("app-1", events(0..1)).await.unwrap();
+    assert!(
+        a.wait_exit(Duration::from_secs(20)).success(),
+        "a stops cleanly"
+    );
+    // Whatever a left is for b; waited for longer than allowed, to measure.
+    let b = WorkerProcess::start(&dir, "b", &cfg).await;
+    r.wait_for("the event", Duration::from_secs(45), |r| {
+        r.delivered_events(PATH).len() == 1
+    })
+    .await;
+    let took = arrived(&r, PATH) - published;
+    eprintln!("the event published during the shutdown arrived {took:?} later");
+    assert!(
+        took < Duration::from_secs(10),
+        "the event took {took:?}: the stopping worker's abandoned receive hid it \
+         for its visibility timeout\na's log:\n{}",
+        a.log_text()
+    );
+    drop(b);
 }

@@ -18,7 +18,8 @@
 //! job for the same attempt, [`decide::defer`]), due when the endpoint
 //! should have room, and its jobs' slots return. So a slow endpoint cannot
 //! fill the budget and stop the worker receiving other apps' jobs.
-//! Shutdown is [`Worker::run`]'s last part.
+//! Shutdown is [`Worker::run`]'s last part; a receive in flight is not
+//! cancelled where that could leave messages hidden (see [`receive_loop`]).
 
 use crate::batch::{self, Batch, Batcher, Encoded, Item};
 use crate::decide::{self, Accept, Busy, Deferral, Disposition};
@@ -150,6 +151,15 @@ impl Worker {
             background.clone(),
         ));
 
+        // When the shutdown began: the receives in flight then still end
+        // (each within RECEIVE_WAIT), and count towards the shutdown timeout.
+        let signalled = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                Instant::now()
+            })
+        };
         // Every receive loop takes its jobs' permits from one budget.
         let budget = Arc::new(Semaphore::new(config.worker.max_held_jobs));
         let mut receivers = tokio::task::JoinSet::new();
@@ -176,7 +186,13 @@ impl Worker {
         let _ = batching.await;
         let _ = dispatcher.await;
         deliveries.close();
-        let timeout = config.worker.shutdown_timeout;
+        let since_signal = if signalled.is_finished() {
+            signalled.await.map(|at| at.elapsed()).unwrap_or_default()
+        } else {
+            signalled.abort();
+            Duration::ZERO
+        };
+        let timeout = config.worker.shutdown_timeout.saturating_sub(since_signal);
         if tokio::time::timeout(timeout, deliveries.wait())
             .await
             .is_err()
@@ -194,6 +210,14 @@ impl Worker {
     }
 }
 
+/// Receives jobs into the pipeline until `shutdown` fires. A receive in
+/// flight is not cancelled unless the driver says that is safe
+/// ([`QueueConsume::receive_cancel_safe`](hookq_queue::QueueConsume::receive_cancel_safe):
+/// the memory queue): one given up mid-call can still take messages (an
+/// SQS long poll answers the request it was given; a Redis claim runs once
+/// sent), which would then stay hidden for a whole hold with nobody holding
+/// them. It ends within [`RECEIVE_WAIT`], and what it brings is worked on
+/// like the rest, within the shutdown sequence.
 async fn receive_loop(
     shared: &Arc<Shared>,
     budget: &Arc<Semaphore>,
@@ -205,18 +229,24 @@ async fn receive_loop(
     // Ready as soon as the queue answers, not only after the first (blocking) receive.
     let reachable = shared.queue.ping().await.is_ok();
     shared.ready.store(reachable, Ordering::Relaxed);
-    loop {
+    while !shutdown.is_cancelled() {
         let want = budget.available_permits().clamp(1, RECEIVE_MAX) as u32;
         let mut permits = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
             p = budget.clone().acquire_many_owned(want) => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
-            _ = shutdown.cancelled() => return,
         };
-        let received = tokio::select! {
-            r = shared.queue.receive(want as usize, RECEIVE_WAIT) => r,
-            _ = shutdown.cancelled() => return,
+        let receive = shared.queue.receive(want as usize, RECEIVE_WAIT);
+        let received = if shared.queue.receive_cancel_safe() {
+            tokio::select! {
+                r = receive => r,
+                _ = shutdown.cancelled() => return,
+            }
+        } else {
+            receive.await
         };
         let received = match received {
             Ok(r) => {

@@ -139,7 +139,7 @@ impl Lane {
     }
 
     /// Counts a deferral; answers how many there were since the last line
-    /// when it is time to log one (at most every [`LOG_EVERY`]).
+    /// when it is time to log one (at most every `LOG_EVERY`).
     pub fn log_deferral(&self) -> Option<u64> {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         log.since += 1;

@@ -19,7 +19,7 @@
 //! should have room, and its jobs' slots return. So a slow endpoint cannot
 //! fill the budget and stop the worker receiving other apps' jobs.
 //! Shutdown is [`Worker::run`]'s last part; a receive in flight is not
-//! cancelled where that could leave messages hidden (see [`receive_loop`]).
+//! cancelled where that could leave messages hidden (see `receive_loop`).
 
 use crate::batch::{self, Batch, Batcher, Encoded, Item};
 use crate::decide::{self, Accept, Busy, Deferral, Disposition};

@@ -1,8 +1,10 @@
-//! Worker faults on a real redis-server, each reproduced before its fix
-//! (issue 14): a worker paused past its lease; Redis paused past the
-//! response timeout while retries are pushed.
+//! Worker faults on a real redis-server (and the SQS emulator), each
+//! reproduced before its fix (issue 14): a worker paused past its lease;
+//! Redis paused past the response timeout while retries are pushed; a slow
+//! endpoint with the whole held-jobs budget; a shutdown during a receive.
 
 use crate::support::inproc::config;
+use crate::support::moto::Moto;
 use crate::support::process::{WorkerProcess, temp_dir};
 use crate::support::queue::{producer, wait_dlq, wait_drained};
 use crate::support::receiver::{Receiver, Reply};
@@ -201,4 +203,161 @@ async fn redis_paused_past_the_response_timeout_makes_no_second_retry_chain() {
         w.log_text()
     );
     assert!(w.terminate(Duration::from_secs(15)).success());
+}
+
+/// Issue 14, item 6: isolation under a full budget. One endpoint answers
+/// after 2 s, one request at a time, and has 1,000 jobs; the worker holds at
+/// most 200. Then another app gets 10 jobs: they must arrive within a couple
+/// of seconds, while the slow endpoint still gets each of its 1,000 events
+/// exactly once and nothing is dead-lettered. Before the fix a job kept its
+/// budget slot for as long as it waited for its endpoint, so the slow
+/// endpoint's 200 held jobs stopped the worker receiving, and the 10 queued
+/// behind its backlog arrived only after it (about 17 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_with_a_full_budget_does_not_stall_other_apps() {
+    const SLOW: usize = 1_000;
+    const FAST: usize = 10;
+    let redis = RedisServer::start();
+    let r = Receiver::start(&[("key-s", "secret-s"), ("key-f", "secret-f")]).await;
+    r.always("/slow", Reply::status(200).after(Duration::from_secs(2)));
+    let apps = json!([
+        {"id": "slow", "key": "key-s", "secret": "secret-s", "webhooks": [
+            {"id": "ep", "url": r.url("/slow"), "event_types": ["client_event"], "max_concurrency": 1}]},
+        {"id": "fast", "key": "key-f", "secret": "secret-f", "webhooks": [
+            {"id": "ep", "url": r.url("/fast"), "event_types": ["client_event"]}]}
+    ]);
+    let mut cfg = config(
+        apps,
+        json!({"event_ids": true, "request_timeout_ms": 5000,
+        "retry": {"initial_backoff_ms": 100, "max_backoff_ms": 500, "max_elapsed_time_ms": 60000}}),
+    );
+    cfg["queue"] = json!({"driver": "redis", "redis": {"url": redis.url(), "prefix": "iso"}});
+    cfg["worker"]["max_held_jobs"] = json!(200);
+    let dir = temp_dir("isolation");
+    let (p, queue) = producer(&cfg).await;
+    let w = WorkerProcess::start(&dir, "w", &cfg).await;
+    for chunk in 0..SLOW / 100 {
+        p.publish_batch("slow", events(chunk * 100..(chunk + 1) * 100))
+            .await
+            .unwrap();
+    }
+    // The worker is taken up by the slow endpoint: its first request is out.
+    r.wait_for(
+        "the slow endpoint's first request",
+        Duration::from_secs(10),
+        |r| !r.requests("/slow").is_empty(),
+    )
+    .await;
+    let published = std::time::Instant::now();
+    p.publish_batch("fast", events(0..FAST)).await.unwrap();
+    // Waited for much longer than allowed, to measure how late they are.
+    r.wait_for("the other app's events", Duration::from_secs(40), |r| {
+        r.delivered_events("/fast").len() >= FAST
+    })
+    .await;
+    let took = arrived(&r, "/fast") - published;
+    eprintln!("the other app's {FAST} events arrived {took:?} after their publish");
+    assert!(
+        took < Duration::from_secs(2),
+        "the other app's {FAST} jobs took {took:?} behind a slow endpoint's full budget"
+    );
+
+    // The slow endpoint gets all of its events, each once, none dead-lettered.
+    let slow_events = |r: &Receiver| {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for e in r.delivered_events("/slow") {
+            *seen
+                .entry(e["data"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        seen
+    };
+    r.wait_for("every slow event", Duration::from_secs(50), |r| {
+        slow_events(r).len() >= SLOW
+    })
+    .await;
+    let seen = slow_events(&r);
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    assert_eq!(
+        r.delivered_events("/fast").len(),
+        FAST,
+        "the fast events once each"
+    );
+    let d = wait_drained(&*queue, Duration::from_secs(20)).await;
+    assert_eq!(d.dead, 0, "nothing dead-lettered");
+    let requests = r.requests("/slow").len();
+    let (_, metrics) = w.get("/metrics").await.unwrap();
+    let deferred: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("hookq_deferred_total"))
+        .collect();
+    eprintln!("slow endpoint: {SLOW} events in {requests} requests; {deferred:?}");
+    assert!(!deferred.is_empty(), "the deferrals are counted");
+}
+
+/// When the last of the events on `path` arrived.
+fn arrived(r: &Receiver, path: &str) -> std::time::Instant {
+    r.requests(path).iter().map(|q| q.at).max().unwrap()
+}
+
+/// Issue 14, item 8: a shutdown must not cancel a receive in flight. An
+/// idle worker on SQS is long-polling when it gets SIGTERM; an event is
+/// published just after. A long poll that the worker abandons still takes
+/// the message (the emulator, like SQS, hands it to the request it is
+/// answering), which is then hidden for the whole visibility timeout (30 s
+/// here) with nobody holding it. Before the fix the worker dropped its
+/// receives at once: the event reached a second worker only after the
+/// visibility timeout ran out. Now the stopping worker finishes its
+/// receive and delivers what it got before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_does_not_abandon_a_receive_in_flight() {
+    let r = Receiver::start(&[("key-1", "secret-1")]).await;
+    let mut cfg = config(
+        json!([{"id": "app-1", "key": "key-1", "secret": "secret-1",
+            "webhooks": [{"url": r.url(PATH), "event_types": ["client_event"], "id": "ep"}]}]),
+        json!({"event_ids": true, "request_timeout_ms": 2000}),
+    );
+    let name = format!("stop-recv-{}", std::process::id());
+    cfg["queue"] = json!({"driver": "sqs", "sqs": {
+        "queue_name": name, "endpoint_url": Moto::shared().endpoint_url(), "region": "us-east-1",
+        "visibility_timeout": 30, "wait_time_seconds": 5}});
+    let dir = temp_dir("stop-recv");
+    let (p, _queue) = producer(&cfg).await;
+    let mut a = WorkerProcess::start(&dir, "a", &cfg).await;
+    a.wait_ok(
+        &["/ready"],
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+    )
+    .await;
+    // Its receive loops are in their long polls now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stop = std::process::Command::new("kill")
+        .args(["-TERM", &a.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(stop.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let published = std::time::Instant::now();
+    p.publish_batch("app-1", events(0..1)).await.unwrap();
+    assert!(
+        a.wait_exit(Duration::from_secs(20)).success(),
+        "a stops cleanly"
+    );
+    // Whatever a left is for b; waited for longer than allowed, to measure.
+    let b = WorkerProcess::start(&dir, "b", &cfg).await;
+    r.wait_for("the event", Duration::from_secs(45), |r| {
+        r.delivered_events(PATH).len() == 1
+    })
+    .await;
+    let took = arrived(&r, PATH) - published;
+    eprintln!("the event published during the shutdown arrived {took:?} later");
+    assert!(
+        took < Duration::from_secs(10),
+        "the event took {took:?}: the stopping worker's abandoned receive hid it \
+         for its visibility timeout\na's log:\n{}",
+        a.log_text()
+    );
+    drop(b);
 }

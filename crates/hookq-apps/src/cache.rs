@@ -4,7 +4,11 @@
 //!
 //! - a found app (or an app whose `webhooks` is invalid) is kept for the TTL;
 //! - an unknown id or key is kept for `min(ttl, 5 s)`, so a flood of jobs for
-//!   a deleted app does not hammer the database;
+//!   a deleted app does not hammer the database; at most [`MAX_UNKNOWN`] of
+//!   them are kept per map (ids, keys), so jobs or requests naming random ids
+//!   cannot grow the cache without bound: at the bound, those whose time is
+//!   up are dropped, and while it stays full further unknowns are not kept
+//!   (each asks the database);
 //! - when the database fails, the cached answer is served even if expired
 //!   (and for a second after a failure the database is not asked again);
 //!   with none, the lookup is [`LookupError::Unavailable`] and
@@ -23,6 +27,9 @@ use std::time::{Duration, Instant};
 
 /// How long an unknown id or key is remembered, at most.
 const UNKNOWN_TTL: Duration = Duration::from_secs(5);
+
+/// Most unknown ids (and, apart, keys) kept at once.
+pub const MAX_UNKNOWN: usize = 10_000;
 
 /// After a failed query, how long lookups answer from the cache (or
 /// `Unavailable`) without asking the database again, so that a flood of jobs
@@ -96,14 +103,60 @@ struct Entry {
     fetched: Instant,
 }
 
+impl Entry {
+    fn is_unknown(&self) -> bool {
+        matches!(self.answer, Answer::Unknown)
+    }
+}
+
+/// Entries by id or by key, counting the unknown ones to bound them.
+#[derive(Default)]
+struct Map {
+    entries: HashMap<String, Entry>,
+    unknown: usize,
+    /// When the expired unknowns were last dropped.
+    swept: Option<Instant>,
+}
+
+impl Map {
+    fn get(&self, k: &str) -> Option<&Entry> {
+        self.entries.get(k)
+    }
+
+    /// Keeps `entry` under `k`; an unknown one only while fewer than
+    /// [`MAX_UNKNOWN`] are kept (after dropping, at most once per
+    /// `unknown_ttl`, those kept longer than that).
+    fn insert(&mut self, k: String, entry: Entry, unknown_ttl: Duration) {
+        let replaces_unknown = self.entries.get(&k).map(Entry::is_unknown);
+        if entry.is_unknown() && replaces_unknown.is_none() && self.unknown >= MAX_UNKNOWN {
+            if self.swept.is_none_or(|t| t.elapsed() >= unknown_ttl) {
+                self.entries
+                    .retain(|_, e| !(e.is_unknown() && e.fetched.elapsed() >= unknown_ttl));
+                self.unknown = self.entries.values().filter(|e| e.is_unknown()).count();
+                self.swept = Some(Instant::now());
+            }
+            if self.unknown >= MAX_UNKNOWN {
+                return;
+            }
+        }
+        if entry.is_unknown() {
+            self.unknown += 1;
+        }
+        self.entries.insert(k, entry);
+        if replaces_unknown == Some(true) {
+            self.unknown -= 1;
+        }
+    }
+}
+
 #[derive(Default)]
 struct Maps {
-    by_id: HashMap<String, Entry>,
-    by_key: HashMap<String, Entry>,
+    by_id: Map,
+    by_key: Map,
 }
 
 impl Maps {
-    fn map(&mut self, by: Lookup<'_>) -> (&mut HashMap<String, Entry>, String) {
+    fn map(&mut self, by: Lookup<'_>) -> (&mut Map, String) {
         match by {
             Lookup::Id(id) => (&mut self.by_id, id.to_string()),
             Lookup::Key(key) => (&mut self.by_key, key.to_string()),
@@ -144,9 +197,13 @@ impl<S: Source> CachedApps<S> {
         map.get(&k).cloned()
     }
 
+    fn unknown_ttl(&self) -> Duration {
+        self.ttl.min(UNKNOWN_TTL)
+    }
+
     fn fresh(&self, entry: &Entry) -> bool {
         let ttl = match entry.answer {
-            Answer::Unknown => self.ttl.min(UNKNOWN_TTL),
+            Answer::Unknown => self.unknown_ttl(),
             _ => self.ttl,
         };
         entry.fetched.elapsed() < ttl
@@ -157,15 +214,17 @@ impl<S: Source> CachedApps<S> {
             answer: answer.clone(),
             fetched: Instant::now(),
         };
+        let unknown_ttl = self.unknown_ttl();
         let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
         let (map, k) = maps.map(by);
-        map.insert(k, entry.clone());
+        map.insert(k, entry.clone(), unknown_ttl);
         // A found record answers both ways.
         if let Some(id) = id {
-            maps.by_id.insert(id.to_string(), entry.clone());
+            maps.by_id
+                .insert(id.to_string(), entry.clone(), unknown_ttl);
         }
         if let Some(key) = key {
-            maps.by_key.insert(key.to_string(), entry);
+            maps.by_key.insert(key.to_string(), entry, unknown_ttl);
         }
     }
 
@@ -432,5 +491,53 @@ mod tests {
             Err(LookupError::Invalid { reason, .. }) => assert!(reason.contains("not valid JSON")),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Issue 14, item 8: jobs (or ingest requests) naming random app ids
+    /// or keys must not make the cache grow without bound. Before the fix
+    /// every unknown id stayed in the cache for good.
+    #[tokio::test]
+    async fn random_ids_do_not_grow_the_cache_without_bound() {
+        let (fake, r) = registry(Duration::from_secs(60));
+        fake.rows
+            .lock()
+            .unwrap()
+            .insert("a".into(), record("a", HOOK));
+        assert_eq!(r.app("a").await.unwrap().id, "a");
+        for i in 0..25_000 {
+            assert!(r.app(&format!("random-{i}")).await.is_err());
+            assert!(r.app_by_key(&format!("key-{i}")).await.is_err());
+        }
+        let (ids, keys) = {
+            let maps = r.maps.lock().unwrap();
+            (maps.by_id.entries.len(), maps.by_key.entries.len())
+        };
+        assert!(
+            ids <= MAX_UNKNOWN + 1 && keys <= MAX_UNKNOWN + 1,
+            "{ids} ids and {keys} keys cached after 25,000 random lookups of each"
+        );
+        let calls = fake.calls.load(Ordering::SeqCst);
+        assert_eq!(r.app("a").await.unwrap().id, "a");
+        assert_eq!(
+            fake.calls.load(Ordering::SeqCst),
+            calls,
+            "a found app stays cached"
+        );
+
+        // Once their time is up, the unknowns kept make room for new ones.
+        let (fake, r) = registry(Duration::from_millis(50));
+        for i in 0..MAX_UNKNOWN {
+            assert!(r.app(&format!("old-{i}")).await.is_err());
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(r.app("new").await.is_err());
+        let calls = fake.calls.load(Ordering::SeqCst);
+        assert!(r.app("new").await.is_err());
+        assert_eq!(
+            fake.calls.load(Ordering::SeqCst),
+            calls,
+            "the new unknown is kept"
+        );
+        assert_eq!(r.maps.lock().unwrap().by_id.entries.len(), 1);
     }
 }

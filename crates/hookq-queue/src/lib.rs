@@ -328,6 +328,16 @@ pub trait QueueConsume: Send + Sync + 'static {
         1
     }
 
+    /// Whether a [`receive`](QueueConsume::receive) may be dropped before it
+    /// ends without taking messages for nobody. False by default: an SQS
+    /// long poll given up still hands messages to the request, and a Redis
+    /// claim runs once sent; either leaves them hidden for a whole hold. A
+    /// worker stopping lets such a receive end (within its wait) and works
+    /// on what it brings.
+    fn receive_cancel_safe(&self) -> bool {
+        false
+    }
+
     /// Whether the driver can write now, as far as it knows: false after a
     /// write (push, ack, extend, dead letter) failed, until the driver has
     /// seen writes work again (Redis checks at each receive). A worker that

@@ -1,5 +1,7 @@
 //! The worker's decisions, as values: what a received message becomes
-//! ([`accept`]), and what happens after a delivery attempt ([`dispose`]).
+//! ([`accept`]), what happens after a delivery attempt ([`dispose`]), and
+//! whether a batch whose endpoint is busy waits for it or is handed over to
+//! a deferred job ([`deferral`], [`defer_until`], [`defer`]).
 //!
 //! Both only decide; [`crate::worker`] carries the decisions out (one
 //! executor pushes, dead-letters, releases or acks, and settles tickets), so
@@ -421,6 +423,119 @@ pub fn dispose(
     }
 }
 
+/// How busy an endpoint is, as a batch that found none of its permits free
+/// sees it (the batches waiting before it, not counting itself).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Busy {
+    /// Budget slots (jobs) held by the batches waiting for the endpoint.
+    pub waiting_jobs: usize,
+    /// How many batches wait for it.
+    pub waiting_batches: usize,
+    /// Its `max_concurrency`.
+    pub max_concurrency: usize,
+    /// How long one of its requests takes lately; none before one ended.
+    pub pace: Option<Duration>,
+}
+
+/// Why a batch is handed over to a deferred job instead of waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferral {
+    /// The batches waiting for its endpoint hold its share of the budget.
+    Share,
+    /// At its endpoint's pace the wait would be too long.
+    Pace,
+}
+
+impl Deferral {
+    /// The `reason` label of `hookq_deferred_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Share => "share",
+            Self::Pace => "pace",
+        }
+    }
+}
+
+/// The budget slots that the batches waiting for one endpoint may hold: a
+/// quarter of `worker.max_held_jobs`.
+pub fn endpoint_share(max_held_jobs: usize) -> usize {
+    (max_held_jobs / 4).max(1)
+}
+
+/// A wait for an endpoint that its pace always allows (longer ones only up
+/// to one request's time).
+pub const WAIT_ALLOWED: Duration = Duration::from_secs(1);
+
+/// Whether a batch holding `jobs` budget slots, finding its endpoint `busy`,
+/// is deferred rather than waiting: when the waiting batches would then
+/// hold more than `share` slots, or when, at the endpoint's pace, its turn
+/// would come after more than [`WAIT_ALLOWED`] or one request's time,
+/// whichever is longer. An endpoint whose pace is not known yet is limited
+/// by its share only.
+pub fn deferral(busy: &Busy, jobs: usize, share: usize) -> Option<Deferral> {
+    if busy.waiting_jobs + jobs > share {
+        return Some(Deferral::Share);
+    }
+    let pace = busy.pace?;
+    let rounds = (busy.waiting_batches + 1).div_ceil(busy.max_concurrency.max(1));
+    let wait = pace.saturating_mul(rounds.try_into().unwrap_or(u32::MAX));
+    (wait > WAIT_ALLOWED.max(pace)).then_some(Deferral::Pace)
+}
+
+/// The shortest deferral.
+pub const DEFER_MIN: Duration = Duration::from_secs(1);
+/// The longest deferral: a batch deferred behind a long backlog comes back
+/// within this, and is deferred again if its endpoint is still busy.
+pub const DEFER_MAX: Duration = Duration::from_secs(60);
+/// The pace of an endpoint none of whose requests has ended yet.
+pub const UNKNOWN_PACE: Duration = Duration::from_secs(1);
+
+/// When (Unix ms) a batch deferred at `now_ms` from an endpoint this `busy`
+/// should come back: once the endpoint, at its pace, has had time for the
+/// batches ahead of it — those in flight and waiting, and those this worker
+/// deferred before, booked until `booked_until_ms` — at least [`DEFER_MIN`]
+/// from now, and at most [`DEFER_MAX`] (spread over its upper half by
+/// `jitter` in `[0, 1)` when the booking reaches past it, so that a long
+/// backlog does not come back all at once).
+pub fn defer_until(busy: &Busy, booked_until_ms: u64, now_ms: u64, jitter: f64) -> u64 {
+    let ms = |d: Duration| d.as_millis().try_into().unwrap_or(u64::MAX);
+    let pace = busy.pace.unwrap_or(UNKNOWN_PACE);
+    let concurrency = busy.max_concurrency.max(1);
+    let rounds = (busy.waiting_batches + 1).div_ceil(concurrency);
+    let behind_waiting = now_ms.saturating_add(ms(pace).saturating_mul(rounds as u64));
+    let behind_booked = booked_until_ms.saturating_add(ms(pace) / concurrency as u64);
+    let at = behind_waiting
+        .max(behind_booked)
+        .max(now_ms.saturating_add(ms(DEFER_MIN)));
+    if at <= now_ms.saturating_add(ms(DEFER_MAX)) {
+        return at;
+    }
+    let spread = DEFER_MAX / 2 + (DEFER_MAX / 2).mul_f64(jitter.clamp(0.0, 1.0));
+    now_ms.saturating_add(ms(spread))
+}
+
+/// `batch` handed over to a job for its endpoint, due `delay` from `now_ms`
+/// on a queue whose pushes carry at most `max_delay`: a retry job for the
+/// same attempt (a deferral is not one), with its `webhook-id` and events.
+/// The time deferred does not count towards the retry budget: a batch past
+/// its first attempt gets its `first_attempt_ms` moved forward by `delay`,
+/// so a deferral never makes it dead-letter sooner.
+pub fn defer(batch: &Batch, delay: Duration, now_ms: u64, max_delay: Duration) -> Disposition {
+    let delay_ms: u64 = delay.as_millis().try_into().unwrap_or(u64::MAX);
+    let first = batch.first_attempt_ms.map(|t| t.saturating_add(delay_ms));
+    let mut job = retry_job(batch, batch.attempt.max(1), first, "", now_ms);
+    job.last_error = None;
+    if delay > max_delay {
+        job.not_before_ms = Some(now_ms.saturating_add(delay_ms));
+    }
+    let message = Outgoing::now(job.id.clone(), &batch.app.id, Job::Retry(job).encode())
+        .delayed(delay.min(max_delay));
+    Disposition::Push {
+        message,
+        retry: false,
+    }
+}
+
 fn dead_letter(
     batch: &Batch,
     failure: Failure,
@@ -712,6 +827,154 @@ mod tests {
             message.body.len() <= limit,
             "a retry job of {} bytes, over SQS's {limit}: the push is refused, every time",
             message.body.len()
+        );
+    }
+
+    fn busy(waiting_jobs: usize, waiting_batches: usize, mc: usize, pace_ms: Option<u64>) -> Busy {
+        Busy {
+            waiting_jobs,
+            waiting_batches,
+            max_concurrency: mc,
+            pace: pace_ms.map(Duration::from_millis),
+        }
+    }
+
+    #[test]
+    fn a_busy_endpoint_keeps_at_most_its_share_waiting() {
+        assert_eq!(endpoint_share(200), 50);
+        assert_eq!(endpoint_share(20_000), 5_000);
+        assert_eq!(endpoint_share(1), 1);
+        // Pace unknown: only the share limits.
+        assert_eq!(deferral(&busy(0, 0, 1, None), 50, 50), None);
+        assert_eq!(
+            deferral(&busy(0, 0, 1, None), 100, 50),
+            Some(Deferral::Share)
+        );
+        assert_eq!(deferral(&busy(49, 3, 1, None), 1, 50), None);
+        assert_eq!(
+            deferral(&busy(49, 3, 1, None), 2, 50),
+            Some(Deferral::Share)
+        );
+    }
+
+    #[test]
+    fn a_slow_endpoint_keeps_about_one_round_waiting() {
+        // 2 s a request, one at a time: one batch may wait for the one in
+        // flight; the next would wait two requests.
+        assert_eq!(deferral(&busy(0, 0, 1, Some(2000)), 1, 50), None);
+        assert_eq!(
+            deferral(&busy(1, 1, 1, Some(2000)), 1, 50),
+            Some(Deferral::Pace)
+        );
+        // 4 at a time: four batches wait a round.
+        assert_eq!(deferral(&busy(3, 3, 4, Some(2000)), 1, 50), None);
+        assert_eq!(
+            deferral(&busy(4, 4, 4, Some(2000)), 1, 50),
+            Some(Deferral::Pace)
+        );
+        // A fast endpoint: a second's worth of rounds may wait.
+        assert_eq!(deferral(&busy(30, 3199, 32, Some(10)), 1, 5000), None);
+        assert_eq!(
+            deferral(&busy(30, 3200, 32, Some(10)), 1, 5000),
+            Some(Deferral::Pace)
+        );
+    }
+
+    #[test]
+    fn a_deferral_comes_back_at_its_endpoints_pace() {
+        // One request in flight at 2 s: back in 2 s; with a batch waiting, 4 s.
+        assert_eq!(
+            defer_until(&busy(0, 0, 1, Some(2000)), 0, NOW, 0.5),
+            NOW + 2000
+        );
+        assert_eq!(
+            defer_until(&busy(1, 1, 1, Some(2000)), 0, NOW, 0.5),
+            NOW + 4000
+        );
+        // Behind the batches deferred before it.
+        let booked = NOW + 10_000;
+        assert_eq!(
+            defer_until(&busy(0, 0, 1, Some(2000)), booked, NOW, 0.5),
+            NOW + 12_000
+        );
+        assert_eq!(
+            defer_until(&busy(0, 0, 4, Some(2000)), booked, NOW, 0.5),
+            NOW + 10_500
+        );
+        // Unknown pace: a second a request; never sooner than DEFER_MIN.
+        assert_eq!(defer_until(&busy(0, 0, 1, None), 0, NOW, 0.5), NOW + 1000);
+        assert_eq!(
+            defer_until(&busy(0, 0, 32, Some(5)), 0, NOW, 0.5),
+            NOW + 1000
+        );
+        // Never later than DEFER_MAX, spread over its upper half.
+        let far = NOW + 3_600_000;
+        assert_eq!(
+            defer_until(&busy(0, 0, 1, Some(2000)), far, NOW, 0.0),
+            NOW + 30_000
+        );
+        assert_eq!(
+            defer_until(&busy(0, 0, 1, Some(2000)), far, NOW, 1.0),
+            NOW + 60_000
+        );
+    }
+
+    fn pushed_deferral(d: Disposition) -> (RetryJob, Duration) {
+        let Disposition::Push {
+            message,
+            retry: false,
+        } = d
+        else {
+            panic!("a push that is not a retry expected, got {d:?}")
+        };
+        let Job::Retry(job) = Job::decode(&message.body).unwrap() else {
+            panic!("a retry job")
+        };
+        (job, message.delay)
+    }
+
+    #[test]
+    fn a_deferred_first_attempt_stays_a_first_attempt() {
+        let c = config("{}");
+        let b = batch(&c, 1, None);
+        let (job, delay) = pushed_deferral(defer(&b, Duration::from_secs(4), NOW, HOUR));
+        assert_eq!(delay, Duration::from_secs(4));
+        assert_eq!(
+            (job.attempt, job.first_attempt_ms),
+            (1, 0),
+            "no attempt made"
+        );
+        assert_eq!(
+            (job.endpoint.as_str(), job.webhook_id),
+            ("ep", b.webhook_id)
+        );
+        assert_eq!(job.events.len(), 1);
+        assert_eq!((job.last_error, job.not_before_ms), (None, None));
+    }
+
+    #[test]
+    fn a_deferral_never_makes_a_retry_dead_letter_sooner() {
+        let c = config(r#"{"max_elapsed_time_ms": 10000, "initial_backoff_ms": 1000}"#);
+        // 5 s of 10 spent; the next backoff is 2 s (the lower half of 4 s).
+        let b = batch(&c, 3, Some(NOW - 5_000));
+        let later = NOW + 30_000;
+        let (job, _) = pushed_deferral(defer(&b, Duration::from_secs(30), NOW, HOUR));
+        assert_eq!(job.attempt, 3, "the attempt is not counted");
+        assert_eq!(
+            job.first_attempt_ms,
+            NOW - 5_000 + 30_000,
+            "the deferral is not counted"
+        );
+        // Tried when it comes back, failing: as much budget left as before
+        // (counting the 30 s deferred, it would be exhausted).
+        let back = batch(&c, job.attempt, Some(job.first_attempt_ms));
+        let (next, _) = pushed_retry(dispose(retry(503, None), &back, later, later, HOUR, 0.0));
+        assert_eq!(next.attempt, 4);
+        // A delay past what the queue carries is written into the job.
+        let (job, delay) = pushed_deferral(defer(&b, Duration::from_secs(60), NOW, Duration::ZERO));
+        assert_eq!(
+            (delay, job.not_before_ms),
+            (Duration::ZERO, Some(NOW + 60_000))
         );
     }
 

@@ -6,7 +6,7 @@
 //! values (what a message becomes, what follows an attempt); [`batch`] forms batches, [`deliver`]
 //! sends them ([`http`], and `lambda` behind the feature of that name),
 //! [`outcome`] classifies answers, [`settle`] tracks jobs until they are
-//! acked. [`admin`] serves metrics and probes; [`queue`] opens the configured
+//! acked, [`lane`] keeps each endpoint's concurrency limit and pace. [`admin`] serves metrics and probes; [`queue`] opens the configured
 //! queue driver. The `hookq` binary that runs all this is the `hookq` crate.
 
 pub mod admin;
@@ -16,6 +16,7 @@ pub mod deliver;
 pub mod http;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod lane;
 pub mod metrics;
 pub mod outcome;
 pub mod queue;

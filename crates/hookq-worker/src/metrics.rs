@@ -28,6 +28,9 @@ pub struct Metrics {
     pub dead_lettered: Family<Label, Counter>,
     /// Events received that no endpoint wanted.
     pub events_skipped: Counter,
+    /// Batches handed over to a deferred job because their endpoint was
+    /// busy, by reason (`share`, `pace`).
+    pub deferrals: Family<Label, Counter>,
     /// Jobs whose hold was found gone (taken by another worker after it
     /// expired) when extending, settling a failure, or acking.
     pub holds_lost: Counter,
@@ -54,6 +57,7 @@ impl Metrics {
             retries_scheduled: Counter::default(),
             dead_lettered: Family::default(),
             events_skipped: Counter::default(),
+            deferrals: Family::default(),
             holds_lost: Counter::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             delivery_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
@@ -93,6 +97,11 @@ impl Metrics {
             m.events_skipped.clone(),
         );
         registry.register(
+            "deferred",
+            "Batches handed over to a deferred job for their endpoint, which was busy, by reason",
+            m.deferrals.clone(),
+        );
+        registry.register(
             "holds_lost",
             "Jobs whose hold was gone (taken by another worker after it expired) when extended, settled or acked",
             m.holds_lost.clone(),
@@ -127,6 +136,11 @@ impl Metrics {
         self.dead_lettered
             .get_or_create(&[("reason", reason)])
             .inc();
+    }
+
+    /// Counts a batch handed over to a deferred job.
+    pub fn defer(&self, reason: &'static str) {
+        self.deferrals.get_or_create(&[("reason", reason)]).inc();
     }
 
     /// Sets the queue depth gauges.

@@ -10,20 +10,28 @@
 //! Back-pressure: the receive loop takes a permit per job from a semaphore of
 //! `worker.max_held_jobs`; a job's permit returns when its ticket drops, so a
 //! worker whose endpoints are slow stops receiving instead of piling up jobs.
-//! Isolation: every endpoint has its own concurrency semaphore, and a delivery
-//! waits only for its own endpoint's. Shutdown is [`Worker::run`]'s last part.
+//! Isolation: every endpoint has its own lane ([`crate::lane`]): a
+//! concurrency semaphore, for which a delivery waits only if its endpoint is
+//! not too busy. Batches waiting for one endpoint hold at most a quarter of
+//! the budget, and about one round of requests at its pace; a batch past
+//! that is handed over at once to a deferred job for its endpoint (a retry
+//! job for the same attempt, [`decide::defer`]), due when the endpoint
+//! should have room, and its jobs' slots return. So a slow endpoint cannot
+//! fill the budget and stop the worker receiving other apps' jobs.
+//! Shutdown is [`Worker::run`]'s last part; a receive in flight is not
+//! cancelled where that could leave messages hidden (see `receive_loop`).
 
 use crate::batch::{self, Batch, Batcher, Encoded, Item};
-use crate::decide::{self, Accept, Disposition};
+use crate::decide::{self, Accept, Busy, Deferral, Disposition};
 use crate::deliver::Deliverer;
+use crate::lane::{Admit, Lane, Lanes};
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::settle::{self, Settler, Ticket};
 use hookq_core::{AppRegistry, Config, StaticApps, now_ms};
 use hookq_queue::{QueueDriver, QueueError, Received};
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -51,8 +59,8 @@ pub struct Shared {
     pub ready: Arc<AtomicBool>,
     deliverer: Deliverer,
     settler: Settler,
-    /// Per-endpoint concurrency limits: app id → endpoint id → semaphore.
-    limits: Mutex<HashMap<String, HashMap<String, Arc<Semaphore>>>>,
+    /// Per-endpoint lanes (concurrency limit, pace): by app id and endpoint id.
+    lanes: Lanes,
 }
 
 /// A worker over one queue and one config.
@@ -88,7 +96,7 @@ impl Worker {
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
             settler,
-            limits: Mutex::new(HashMap::new()),
+            lanes: Lanes::default(),
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -143,6 +151,15 @@ impl Worker {
             background.clone(),
         ));
 
+        // When the shutdown began: the receives in flight then still end
+        // (each within RECEIVE_WAIT), and count towards the shutdown timeout.
+        let signalled = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                Instant::now()
+            })
+        };
         // Every receive loop takes its jobs' permits from one budget.
         let budget = Arc::new(Semaphore::new(config.worker.max_held_jobs));
         let mut receivers = tokio::task::JoinSet::new();
@@ -169,7 +186,13 @@ impl Worker {
         let _ = batching.await;
         let _ = dispatcher.await;
         deliveries.close();
-        let timeout = config.worker.shutdown_timeout;
+        let since_signal = if signalled.is_finished() {
+            signalled.await.map(|at| at.elapsed()).unwrap_or_default()
+        } else {
+            signalled.abort();
+            Duration::ZERO
+        };
+        let timeout = config.worker.shutdown_timeout.saturating_sub(since_signal);
         if tokio::time::timeout(timeout, deliveries.wait())
             .await
             .is_err()
@@ -187,6 +210,14 @@ impl Worker {
     }
 }
 
+/// Receives jobs into the pipeline until `shutdown` fires. A receive in
+/// flight is not cancelled unless the driver says that is safe
+/// ([`QueueConsume::receive_cancel_safe`](hookq_queue::QueueConsume::receive_cancel_safe):
+/// the memory queue): one given up mid-call can still take messages (an
+/// SQS long poll answers the request it was given; a Redis claim runs once
+/// sent), which would then stay hidden for a whole hold with nobody holding
+/// them. It ends within [`RECEIVE_WAIT`], and what it brings is worked on
+/// like the rest, within the shutdown sequence.
 async fn receive_loop(
     shared: &Arc<Shared>,
     budget: &Arc<Semaphore>,
@@ -198,18 +229,24 @@ async fn receive_loop(
     // Ready as soon as the queue answers, not only after the first (blocking) receive.
     let reachable = shared.queue.ping().await.is_ok();
     shared.ready.store(reachable, Ordering::Relaxed);
-    loop {
+    while !shutdown.is_cancelled() {
         let want = budget.available_permits().clamp(1, RECEIVE_MAX) as u32;
         let mut permits = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
             p = budget.clone().acquire_many_owned(want) => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
-            _ = shutdown.cancelled() => return,
         };
-        let received = tokio::select! {
-            r = shared.queue.receive(want as usize, RECEIVE_WAIT) => r,
-            _ = shutdown.cancelled() => return,
+        let receive = shared.queue.receive(want as usize, RECEIVE_WAIT);
+        let received = if shared.queue.receive_cancel_safe() {
+            tokio::select! {
+                r = receive => r,
+                _ = shutdown.cancelled() => return,
+            }
+        } else {
+            receive.await
         };
         let received = match received {
             Ok(r) => {
@@ -410,23 +447,36 @@ impl Shared {
         self.settler.held().len()
     }
 
-    /// The concurrency limit of the batch's endpoint, by app and endpoint id
-    /// (so it outlives a reload of the app), found without allocating.
-    fn limit(&self, batch: &Batch) -> Arc<Semaphore> {
+    /// The lane (concurrency limit, pace) of the batch's endpoint, by app and
+    /// endpoint id (so it outlives a reload of the app), found without
+    /// allocating; idle lanes are dropped as the map grows ([`Lanes`]).
+    fn limit(&self, batch: &Batch) -> Arc<Lane> {
         let ep = batch.endpoint();
-        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(limit) = limits
-            .get(&batch.app.id)
-            .and_then(|by_ep| by_ep.get(&ep.id))
-        {
-            return limit.clone();
-        }
-        let limit = Arc::new(Semaphore::new(ep.max_concurrency));
-        limits
-            .entry(batch.app.id.clone())
-            .or_default()
-            .insert(ep.id.clone(), limit.clone());
-        limit
+        self.lanes.get(&batch.app.id, &ep.id, ep.max_concurrency)
+    }
+}
+
+/// Hands `batch` over to a deferred job for its endpoint, which was this
+/// `busy` ([`decide::defer`]): once the job is pushed its jobs' parts are
+/// settled, so they no longer hold the budget while the endpoint is busy.
+async fn defer(shared: &Shared, lane: &Lane, mut batch: Batch, busy: Busy, why: Deferral) {
+    if !batch.retain_held() {
+        return;
+    }
+    let now = now_ms();
+    let delay = lane.book(&busy, now, rand::random());
+    if let Some(deferred) = lane.log_deferral() {
+        let pace_ms = busy.pace.map(|p| p.as_millis() as u64);
+        tracing::info!(
+            app_id = %batch.app.id, endpoint = %batch.endpoint().id, reason = why.label(),
+            deferred, waiting_jobs = busy.waiting_jobs, pace_ms, back_in_ms = delay.as_millis() as u64,
+            "endpoint busy: deferring its batches to the queue"
+        );
+    }
+    let disposition = decide::defer(&batch, delay, now, shared.queue.max_delay());
+    execute(shared, &batch.tickets, disposition).await;
+    if batch.tickets.iter().any(|t| !t.is_abandoned()) {
+        shared.metrics.defer(why.label());
     }
 }
 
@@ -434,7 +484,12 @@ impl Shared {
 /// jobs abandoned meanwhile (a lost hold) are neither sent nor retried here.
 async fn deliver(shared: Arc<Shared>, mut batch: Batch) {
     let waiting = Instant::now();
-    let permit = shared.limit(&batch).acquire_owned().await;
+    let lane = shared.limit(&batch);
+    let share = decide::endpoint_share(shared.config.worker.max_held_jobs);
+    let permit = match lane.admit(batch.tickets.len(), share).await {
+        Admit::Go(permit) => permit,
+        Admit::Defer(busy, why) => return defer(&shared, &lane, batch, busy, why).await,
+    };
     if waiting.elapsed() > shared.queue.hold() / 3 {
         // Waited for its endpoint past an extension period (or the process
         // was paused): make sure the jobs are still ours before sending.

@@ -332,3 +332,80 @@ async fn dlq_replay_on_sqs_ends_while_every_replayed_entry_fails_again() {
     );
     assert!(w.terminate(Duration::from_secs(15)).success());
 }
+
+/// Issue 14, item 3: a push the queue refuses for good. The queue is made
+/// with SQS's classic 256 KiB message limit; the events carry 8,000-character
+/// ids, which a request leaves out (`event_ids` off) but a retry job keeps,
+/// so the retry job of the failing endpoint's full batch is over the limit,
+/// however often it is sent. That part must go to the DLQ with the reason
+/// (one entry per event, each small enough), and the healthy endpoint must
+/// get each event once — before, the push error gave the jobs back, and the
+/// healthy endpoint got them again at every return, until max_receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_job_the_queue_refuses_for_good_is_dead_lettered_per_event() {
+    const EVENTS: usize = 80;
+    let r = Receiver::start(&[("key-1", "secret-1")]).await;
+    r.always("/b", Reply::status(500));
+    let name = format!("refused-{}", std::process::id());
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(Moto::shared().endpoint_url())
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&conf)
+        .create_queue()
+        .queue_name(&name)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
+            "262144",
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut cfg = sqs_config(&r, &name, false);
+    cfg["app_manager"]["array"]["apps"][0]["webhooks"] = json!([
+        {"url": r.url("/a"), "event_types": ["client_event"], "id": "a"},
+        {"url": r.url("/b"), "event_types": ["client_event"], "id": "b"}
+    ]);
+    cfg["webhooks"]["event_ids"] = json!(false);
+    cfg["webhooks"]["batching"] = json!({"enabled": true, "duration": 1000, "size": 100});
+    let (p, queue) = producer(&cfg).await;
+    // 8,000-character ids: any 33 of these events make a retry job over
+    // 256 KiB, while their request bodies stay small.
+    let events: Vec<Event> = (0..EVENTS)
+        .map(|i| {
+            let mut e = Event::client_event("private-c", "client-e", format!("{i:04}"), "1.1");
+            e.id = Some(format!("{i:04}{}", "i".repeat(7996)));
+            e
+        })
+        .collect();
+    for chunk in events.chunks(10) {
+        p.publish_batch("app-1", chunk.to_vec()).await.unwrap();
+    }
+    let dir = temp_dir("sqs-refused");
+    let mut w = WorkerProcess::start(&dir, "w", &cfg).await;
+    let dlq = crate::support::queue::wait_dlq(&*queue, EVENTS, Duration::from_secs(30)).await;
+    // A job given back would return after the 4 s visibility timeout.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let got_a = r.delivered_events("/a");
+    let distinct: HashSet<&str> = got_a.iter().map(|e| e["data"].as_str().unwrap()).collect();
+    assert_eq!(
+        (distinct.len(), got_a.len()),
+        (EVENTS, EVENTS),
+        "the healthy endpoint got each event once; log:\n{}",
+        w.log_text()
+    );
+    assert_eq!(dlq.len(), EVENTS, "one entry per event of the refused part");
+    for entry in &dlq {
+        assert_eq!(entry.endpoint.as_deref(), Some("b"));
+        assert!(
+            entry.reason.contains("refused"),
+            "the reason says the queue refused it: {}",
+            entry.reason
+        );
+    }
+    assert!(w.terminate(Duration::from_secs(15)).success());
+}

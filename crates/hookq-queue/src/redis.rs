@@ -728,14 +728,15 @@ fn is_unavailable(e: &RedisError) -> bool {
     {
         return true;
     }
-    // LOADING, TRYAGAIN, CLUSTERDOWN; BUSY (a script running).
+    // LOADING, TRYAGAIN, CLUSTERDOWN; BUSY (a script running); OOM (a full
+    // Redis with noeviction: room comes back as workers drain the queue).
     matches!(
         e.retry_method(),
         RetryMethod::Reconnect
             | RetryMethod::ReconnectFromInitialConnections
             | RetryMethod::WaitAndRetry
             | RetryMethod::RetryImmediately
-    ) || matches!(e.code(), Some("BUSY" | "LOADING"))
+    ) || matches!(e.code(), Some("BUSY" | "LOADING" | "OOM"))
 }
 
 fn redis_error(what: &str, e: RedisError) -> QueueError {

@@ -306,10 +306,10 @@ pub enum Disposition {
         /// Whether it is a retry of a failed delivery (counted as one).
         retry: bool,
     },
-    /// Write this dead-letter entry, then settle.
+    /// Write these dead-letter entries, then settle.
     DeadLetter {
-        /// The entry.
-        entry: DeadLetter,
+        /// The entries: one, but for a retry job the queue refused (one per event).
+        entries: Vec<DeadLetter>,
         /// The metric label.
         label: &'static str,
     },
@@ -322,7 +322,7 @@ impl Disposition {
     /// A rejected message's disposition.
     pub fn reject(rejection: &Rejection, body: &str) -> Self {
         Self::DeadLetter {
-            entry: rejection.dead_letter(body),
+            entries: vec![rejection.dead_letter(body)],
             label: rejection.label(),
         }
     }
@@ -546,7 +546,7 @@ fn dead_letter(
     // Replaying the entry starts a fresh budget for this endpoint only.
     let replay = retry_job(batch, 1, None, &failure.reason, now_ms);
     Disposition::DeadLetter {
-        entry: DeadLetter {
+        entries: vec![DeadLetter {
             job: Job::Retry(replay).encode(),
             job_base64: None,
             reason,
@@ -556,8 +556,40 @@ fn dead_letter(
             attempts: batch.attempt,
             last_status: failure.status,
             body_excerpt: failure.excerpt,
-        },
+        }],
         label,
+    }
+}
+
+/// What follows when the queue refused the retry job of `batch` for good
+/// (`error`: it is larger than a message may be, say): the part goes to the
+/// DLQ with the reason, one entry per event — each is small enough where
+/// the whole was not, and replays on its own from a fresh budget — so the
+/// job's other parts settle as usual instead of the whole job coming back.
+pub fn refused(batch: &Batch, error: &str, now_ms: u64) -> Disposition {
+    let reason = format!("the queue refused the retry job for good: {error}");
+    let entries = batch
+        .events
+        .iter()
+        .map(|e| {
+            let mut replay = retry_job(batch, 1, None, &reason, now_ms);
+            replay.events = vec![e.event.clone()];
+            DeadLetter {
+                job: Job::Retry(replay).encode(),
+                job_base64: None,
+                reason: reason.clone(),
+                failed_at_ms: now_ms,
+                app_id: Some(batch.app.id.clone()),
+                endpoint: Some(batch.endpoint().id.clone()),
+                attempts: batch.attempt,
+                last_status: None,
+                body_excerpt: None,
+            }
+        })
+        .collect();
+    Disposition::DeadLetter {
+        entries,
+        label: "refused",
     }
 }
 
@@ -625,10 +657,41 @@ mod tests {
     }
 
     fn dead(d: Disposition) -> (DeadLetter, &'static str) {
-        let Disposition::DeadLetter { entry, label } = d else {
+        let Disposition::DeadLetter { mut entries, label } = d else {
             panic!("a dead letter expected, got {d:?}")
         };
-        (entry, label)
+        assert_eq!(entries.len(), 1, "one entry");
+        (entries.remove(0), label)
+    }
+
+    #[test]
+    fn a_refused_retry_job_is_one_dead_letter_per_event() {
+        let c = config("{}");
+        let mut b = batch(&c, 3, Some(NOW));
+        let (settler, _acks) = Settler::new();
+        let t = settler.ticket(Handle("h2".into()), 1, None, None);
+        b.add(
+            Encoded::new(Event::member_added("presence-x", "u2"), false),
+            &t,
+        );
+        let Disposition::DeadLetter { entries, label } = refused(&b, "too big", NOW) else {
+            panic!("dead letters expected")
+        };
+        assert_eq!(label, "refused");
+        assert_eq!(entries.len(), 2);
+        for (entry, user) in entries.iter().zip(["u1", "u2"]) {
+            assert!(entry.reason.contains("refused") && entry.reason.contains("too big"));
+            assert_eq!((entry.attempts, entry.endpoint.as_deref()), (3, Some("ep")));
+            let Job::Retry(job) = Job::decode(&entry.job).unwrap() else {
+                panic!("a retry job")
+            };
+            assert_eq!(
+                (job.attempt, job.events.len()),
+                (1, 1),
+                "replays alone, afresh"
+            );
+            assert_eq!(job.events[0].user_id.as_deref(), Some(user));
+        }
     }
 
     #[test]

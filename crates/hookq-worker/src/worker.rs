@@ -369,8 +369,38 @@ async fn accept(
 /// the outcome is durable, or abandoned (left to come back) when the queue
 /// refused it.
 async fn execute(shared: &Shared, tickets: &[Arc<Ticket>], disposition: Disposition) {
-    let durable = match disposition {
-        Disposition::Ack => true,
+    let written = write(shared, tickets, disposition).await;
+    if let Written::Refused(e) = &written {
+        tracing::warn!(error = %e, "the queue refused a push for good; the jobs will come back");
+    }
+    settle_all(tickets, &written);
+}
+
+/// What became of a disposition's write.
+enum Written {
+    /// The outcome is durable: settle.
+    Durable,
+    /// Not durable now (the queue away, or a job hidden until due): the jobs
+    /// come back.
+    Left,
+    /// A push the queue refused for good (not worth sending again).
+    Refused(QueueError),
+}
+
+fn settle_all(tickets: &[Arc<Ticket>], written: &Written) {
+    for t in tickets {
+        if matches!(written, Written::Durable) {
+            t.settle()
+        } else {
+            t.abandon()
+        }
+    }
+}
+
+/// Writes what `disposition` says to the queue; settles nothing.
+async fn write(shared: &Shared, tickets: &[Arc<Ticket>], disposition: Disposition) -> Written {
+    match disposition {
+        Disposition::Ack => Written::Durable,
         Disposition::Push { message, retry } => {
             // Under a once-key (the job's id): a push whose answer was lost
             // may have gone in, and is sent again while the jobs are still
@@ -382,27 +412,38 @@ async fn execute(shared: &Shared, tickets: &[Arc<Ticket>], disposition: Disposit
                     .push_once(&message.id, window, vec![message.clone()])
             })
             .await;
-            match &pushed {
-                Ok(_) if retry => {
-                    shared.metrics.retries_scheduled.inc();
+            match pushed {
+                Ok(_) => {
+                    if retry {
+                        shared.metrics.retries_scheduled.inc();
+                    }
+                    Written::Durable
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "could not push; the jobs will come back"),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "could not push; the jobs will come back");
+                    Written::Left
+                }
+                Err(e) => Written::Refused(e),
             }
-            pushed.is_ok()
         }
-        Disposition::DeadLetter { entry, label } => {
+        Disposition::DeadLetter { entries, label } => {
+            let n = entries.len() as u64;
             let written = persist(shared, "dead letter", || {
-                shared.queue.dead_letter(vec![entry.clone()])
+                shared.queue.dead_letter(entries.clone())
             })
             .await;
-            match &written {
-                Ok(()) => shared.metrics.dead_letter(label),
+            match written {
+                Ok(()) => {
+                    for _ in 0..n {
+                        shared.metrics.dead_letter(label);
+                    }
+                    Written::Durable
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not dead-letter; the jobs will come back")
+                    tracing::warn!(error = %e, "could not dead-letter; the jobs will come back");
+                    Written::Left
                 }
             }
-            written.is_ok()
         }
         Disposition::Release(after) => {
             for t in tickets {
@@ -411,11 +452,8 @@ async fn execute(shared: &Shared, tickets: &[Arc<Ticket>], disposition: Disposit
                 }
             }
             // Never acked: the queue gives it back when due.
-            false
+            Written::Left
         }
-    };
-    for t in tickets {
-        if durable { t.settle() } else { t.abandon() }
     }
 }
 
@@ -429,10 +467,16 @@ where
 {
     let give_up = Instant::now() + shared.queue.hold() / 2;
     let mut pause = Duration::from_millis(100);
+    let mut tries = 0;
     loop {
+        tries += 1;
         match write().await {
             Err(e) if e.is_transient() && Instant::now() + pause < give_up => {
-                tracing::debug!(error = %e, what, "queue write failed; sending it again");
+                if tries == 1 {
+                    tracing::warn!(error = %e, what, "queue write failed; sending it again while the jobs are held");
+                } else {
+                    tracing::debug!(error = %e, what, tries, "queue write failed again");
+                }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
@@ -545,11 +589,25 @@ async fn deliver(shared: Arc<Shared>, mut batch: Batch) {
             reason = last_error.as_deref().unwrap_or_default(),
             retry_in_ms = message.delay.as_millis() as u64, "delivery failed, retrying"
         ),
-        Disposition::DeadLetter { entry, .. } => tracing::warn!(
+        Disposition::DeadLetter { entries, .. } => tracing::warn!(
             app_id = %batch.app.id, endpoint = %ep.id, attempts = batch.attempt,
-            reason = %entry.reason, "dead-lettering a batch"
+            reason = %entries.first().map(|e| e.reason.as_str()).unwrap_or_default(),
+            "dead-lettering a batch"
         ),
         Disposition::Ack | Disposition::Release(_) => {}
     }
-    execute(&shared, &batch.tickets, disposition).await;
+    let written = match write(&shared, &batch.tickets, disposition).await {
+        Written::Refused(e) => {
+            // Sent again it would be refused again, and the whole job would
+            // come back to every endpoint: this endpoint's part goes to the DLQ.
+            tracing::warn!(
+                app_id = %batch.app.id, endpoint = %ep.id, events = batch.events.len(), error = %e,
+                "the queue refused the retry job for good; dead-lettering its events"
+            );
+            let refused = decide::refused(&batch, &e.to_string(), now_ms());
+            write(&shared, &batch.tickets, refused).await
+        }
+        w => w,
+    };
+    settle_all(&batch.tickets, &written);
 }

@@ -60,6 +60,37 @@ fn seen(r: &Receiver) -> String {
     )
 }
 
+/// Polls `dlq` until it holds an entry and returns what it holds (the
+/// receiver's requests so far in the message when it stays empty).
+async fn wait_dead<T, F, Fut>(r: &Receiver, limit: Duration, every: Duration, dlq: F) -> Vec<T>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Vec<T>>,
+    T: std::fmt::Debug,
+{
+    let dead = poll("the job in the DLQ", limit, every, async || {
+        let dead = dlq().await;
+        if dead.is_empty() {
+            Err(format!("the DLQ is empty; the receiver saw {}", seen(r)))
+        } else {
+            Ok(dead)
+        }
+    })
+    .await;
+    eprintln!("DLQ: {dead:?}; the receiver saw {}", seen(r));
+    dead
+}
+
+/// The reason names the receive count and the limit it passed.
+#[track_caller]
+fn assert_poisoned(reason: &str, received: u32, max: u32) {
+    assert!(
+        reason.contains(&format!("received {received} times"))
+            && reason.contains(&format!("queue.max_receives ({max})")),
+        "{reason}"
+    );
+}
+
 /// A job whose delivery kills its worker: each worker that takes it is
 /// SIGKILLed while its request hangs at the receiver, so the job comes back
 /// on Redis when the lease runs out, one receive more each time. With
@@ -93,27 +124,10 @@ async fn a_job_that_kills_every_worker_is_dead_lettered_after_max_receives_on_re
         w.kill();
     }
     let mut w3 = WorkerProcess::start(&dir, "w3", &cfg).await;
-    let dlq = poll(
-        "the job in the DLQ",
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        async || {
-            let dlq = redis_dlq(&redis, "poison-kill");
-            if dlq.is_empty() {
-                Err(format!("the DLQ is empty; the receiver saw {}", seen(&r)))
-            } else {
-                Ok(dlq)
-            }
-        },
-    )
-    .await;
-    eprintln!("DLQ: {dlq:?}; the receiver saw {}", seen(&r));
+    let (limit, every) = (Duration::from_secs(20), Duration::from_millis(50));
+    let dlq = wait_dead(&r, limit, every, async || redis_dlq(&redis, "poison-kill")).await;
     assert_eq!(dlq.len(), 1, "{dlq:?}");
-    let reason = dlq[0]["reason"].as_str().unwrap();
-    assert!(
-        reason.contains("received 3 times") && reason.contains("queue.max_receives (2)"),
-        "{reason}"
-    );
+    assert_poisoned(dlq[0]["reason"].as_str().unwrap(), 3, 2);
     assert_eq!(dlq[0]["app_id"], "app-1");
     let job: Value = serde_json::from_str(dlq[0]["job"].as_str().unwrap()).unwrap();
     assert_eq!(
@@ -156,30 +170,12 @@ async fn a_job_whose_retry_is_refused_every_time_is_dead_lettered_after_max_rece
         "1.1",
     )])
     .await;
-    let dlq = poll(
-        "the job in the DLQ",
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        async || {
-            let dlq = w.dlq().await;
-            if dlq.is_empty() {
-                Err(format!("the DLQ is empty; the receiver saw {}", seen(&r)))
-            } else {
-                Ok(dlq)
-            }
-        },
-    )
-    .await;
-    eprintln!("DLQ: {dlq:?}; the receiver saw {}", seen(&r));
+    let (limit, every) = (Duration::from_secs(20), Duration::from_millis(50));
+    let dlq = wait_dead(&r, limit, every, async || w.dlq().await).await;
     let [entry] = &dlq[..] else {
         panic!("one entry: {dlq:?}")
     };
-    assert!(
-        entry.reason.contains("received 4 times")
-            && entry.reason.contains("queue.max_receives (3)"),
-        "{}",
-        entry.reason
-    );
+    assert_poisoned(&entry.reason, 4, 3);
     w.wait_idle(Duration::from_secs(5)).await;
     assert_eq!(r.requests(PATH).len(), 3, "{}", seen(&r));
     w.stop().await;
@@ -224,30 +220,16 @@ async fn a_job_received_max_receives_times_is_dead_lettered_with_its_count_on_sq
         queue.release(&got[0].handle, Duration::ZERO).await.unwrap();
     }
     let mut w = WorkerProcess::start(&dir, "w1", &cfg).await;
-    let dlq = poll(
-        "the job in the DLQ",
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        async || {
-            let dlq = queue.dlq_list(&DlqFilter::default()).await.unwrap();
-            if dlq.is_empty() {
-                Err(format!("the DLQ is empty; the receiver saw {}", seen(&r)))
-            } else {
-                Ok(dlq)
-            }
-        },
-    )
+    let (limit, every) = (Duration::from_secs(30), Duration::from_millis(200));
+    let all = DlqFilter::default();
+    let dlq = wait_dead(&r, limit, every, async || {
+        queue.dlq_list(&all).await.unwrap()
+    })
     .await;
-    eprintln!("DLQ: {dlq:?}; the receiver saw {}", seen(&r));
     let [entry] = &dlq[..] else {
         panic!("one entry: {dlq:?}")
     };
-    assert!(
-        entry.reason.contains("received 3 times")
-            && entry.reason.contains("queue.max_receives (2)"),
-        "{}",
-        entry.reason
-    );
+    assert_poisoned(&entry.reason, 3, 2);
     assert!(r.requests(PATH).is_empty(), "{}", seen(&r));
     assert!(w.terminate(Duration::from_secs(15)).success());
 }
@@ -287,21 +269,8 @@ async fn a_job_that_is_not_utf8_is_dead_lettered_with_its_bytes_intact() {
             .any(|e| e["id"] == "utf8-1" || e["data"] == "café")
     })
     .await;
-    let dlq = poll(
-        "the bad job in the DLQ",
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        async || {
-            let dlq = redis_dlq(&redis, "not-utf8");
-            if dlq.is_empty() {
-                Err(format!("the DLQ is empty; the receiver saw {}", seen(&r)))
-            } else {
-                Ok(dlq)
-            }
-        },
-    )
-    .await;
-    eprintln!("DLQ: {dlq:?}; the receiver saw {}", seen(&r));
+    let (limit, every) = (Duration::from_secs(10), Duration::from_millis(50));
+    let dlq = wait_dead(&r, limit, every, async || redis_dlq(&redis, "not-utf8")).await;
     assert_eq!(r.delivered_events(PATH).len(), 1, "{}", seen(&r));
     let [entry] = &dlq[..] else {
         panic!("one entry: {dlq:?}")

@@ -187,17 +187,7 @@ impl RedisServer {
     /// Sends one command whose arguments are any bytes (a value that is not
     /// UTF-8, as another language may `LPUSH`), on a new connection.
     pub fn command_bytes(&self, args: &[&[u8]]) -> Result<Reply> {
-        let mut conn = TcpStream::connect(("127.0.0.1", self.port))
-            .with_context(|| format!("connecting to redis on port {}", self.port))?;
-        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a);
-            out.extend_from_slice(b"\r\n");
-        }
-        conn.write_all(&out)?;
-        read_reply(&mut BufReader::new(conn))
+        command_bytes_on(self.port, args)
     }
 
     /// Total calls per command since the server started (or `CONFIG RESETSTAT`),
@@ -310,6 +300,27 @@ impl Drop for RedisServer {
         self.halt("KILL");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Sends one command to whatever speaks RESP on `127.0.0.1:port` (a
+/// redis-server, or a sentinel) and reads its reply, on a new connection.
+pub fn command_on(port: u16, args: &[&str]) -> Result<Reply> {
+    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    command_bytes_on(port, &args)
+}
+
+fn command_bytes_on(port: u16, args: &[&[u8]]) -> Result<Reply> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to redis on port {port}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    conn.write_all(&out)?;
+    read_reply(&mut BufReader::new(conn))
 }
 
 /// Calls per command in the text of `INFO commandstats` (`cmdstat_<name>:calls=…`),

@@ -15,6 +15,7 @@ mod memory;
 mod poison;
 mod redis_faults;
 mod redis_queue;
+mod redis_sentinel;
 mod redis_workers;
 mod reload;
 mod schema;

@@ -41,6 +41,7 @@ fn settings(url: &str, prefix: &str) -> RedisSettings {
         concurrency: 10,
         lease: HOLD,
         pool_size: 4,
+        sentinel: None,
     }
 }
 

@@ -112,6 +112,14 @@
 //! connection. Connection failures and wrong-server answers are
 //! [`QueueError::Unavailable`]; scripts are re-sent after a `NOSCRIPT`, so a
 //! restarted Redis works again without a new driver.
+//!
+//! With Redis Sentinel ([`RedisSettings::sentinel`]), every new connection
+//! first asks the sentinels in turn for the primary's address
+//! (`SENTINEL get-master-addr-by-name`) and goes there; the URL gives only
+//! the scheme, credentials and database. Since a connection is reopened
+//! after every failure above, the driver follows a failover by itself.
+//! Until a sentinel has named the primary once, nothing is connected to;
+//! when none answers later, the last address named is used.
 
 use crate::{
     DeadLetters, Depth, DlqFilter, Handle, Keyed, Once, Outgoing, QueueConsume, QueueError,
@@ -119,22 +127,24 @@ use crate::{
 };
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{
-    AsyncConnectionConfig, Client, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError,
-    RetryMethod, Script, ScriptInvocation,
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, Pipeline,
+    RedisError, RetryMethod, Script, ScriptInvocation,
 };
 use async_trait::async_trait;
 use hookq_core::DeadLetter;
-use hookq_core::config::RedisSettings;
+use hookq_core::config::{RedisSettings, SentinelSettings};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// The response timeout of every non-blocking command and script.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting to a sentinel and its answer may take, each.
+const SENTINEL_TIMEOUT: Duration = Duration::from_secs(1);
 /// What a blocking call's response timeout adds to its server-side timeout.
 const BLOCK_MARGIN: Duration = Duration::from_secs(5);
 /// The longest single block; a longer wait blocks again.
@@ -217,17 +227,140 @@ struct Lent {
     fresh: bool,
 }
 
+/// Where new connections go: the URL's server, or with Sentinel the
+/// primary as the sentinels last named it (see the module docs).
+struct Target {
+    /// The client for the server connections are opened to; with Sentinel,
+    /// replaced when the sentinels name another address.
+    client: Mutex<Client>,
+    sentinel: Option<SentinelSettings>,
+    /// With Sentinel: a sentinel has named the primary at least once (until
+    /// then the URL's host is only a stand-in, never connected to).
+    resolved: AtomicBool,
+}
+
+impl Target {
+    fn client(&self) -> Client {
+        self.client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Opens a connection; with Sentinel, to the primary the sentinels name
+    /// now (asked before every new connection, so a connection reopened
+    /// after a failure follows a failover), or to the last one they named
+    /// when none answers.
+    async fn open(&self) -> Result<MultiplexedConnection, RedisError> {
+        if let Some(sentinel) = &self.sentinel {
+            self.resolve(sentinel).await;
+            if !self.resolved.load(Ordering::Relaxed) {
+                return Err(RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    format!(
+                        "no redis sentinel has named the primary of {:?} yet",
+                        sentinel.master
+                    ),
+                )));
+            }
+        }
+        self.client()
+            .get_multiplexed_async_connection_with_config(&connection_config())
+            .await
+    }
+
+    /// Asks the sentinels in turn for the primary's address
+    /// (`SENTINEL get-master-addr-by-name`) and points the client at it.
+    async fn resolve(&self, s: &SentinelSettings) {
+        for (host, port) in &s.sentinels {
+            match ask_sentinel(s, host, *port).await {
+                Ok(Some(addr)) => {
+                    let current = self.client();
+                    let info = current.get_connection_info();
+                    let moved = match info.addr() {
+                        ConnectionAddr::Tcp(h, p) => (h, *p) != (&addr.0, addr.1),
+                        ConnectionAddr::TcpTls {
+                            host: h, port: p, ..
+                        } => (h, *p) != (&addr.0, addr.1),
+                        _ => true,
+                    };
+                    if !moved && self.resolved.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let new_addr = match info.addr().clone() {
+                        ConnectionAddr::TcpTls {
+                            insecure,
+                            tls_params,
+                            ..
+                        } => ConnectionAddr::TcpTls {
+                            host: addr.0.clone(),
+                            port: addr.1,
+                            insecure,
+                            tls_params,
+                        },
+                        _ => ConnectionAddr::Tcp(addr.0.clone(), addr.1),
+                    };
+                    match Client::open(info.clone().set_addr(new_addr)) {
+                        Ok(client) => {
+                            info!(master = %s.master, primary = %format!("{}:{}", addr.0, addr.1), "redis sentinel: primary found");
+                            *self.client.lock().unwrap_or_else(|p| p.into_inner()) = client;
+                            self.resolved.store(true, Ordering::Relaxed);
+                        }
+                        Err(e) => warn!(error = %e, "redis sentinel: unusable primary address"),
+                    }
+                    return;
+                }
+                Ok(None) => {
+                    warn!(sentinel = %format!("{host}:{port}"), master = %s.master, "redis sentinel knows no such master")
+                }
+                Err(e) => {
+                    debug!(sentinel = %format!("{host}:{port}"), error = %e, "redis sentinel did not answer")
+                }
+            }
+        }
+        debug!(master = %s.master, "no redis sentinel named the primary; keeping the last one");
+    }
+}
+
+/// One sentinel's answer to `SENTINEL get-master-addr-by-name`, on a short-lived connection.
+async fn ask_sentinel(
+    s: &SentinelSettings,
+    host: &str,
+    port: u16,
+) -> Result<Option<(String, u16)>, RedisError> {
+    let client = Client::open(ConnectionAddr::Tcp(host.to_string(), port))?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(SENTINEL_TIMEOUT))
+        .set_response_timeout(Some(SENTINEL_TIMEOUT));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    if let Some(password) = &s.password {
+        let mut auth = ::redis::cmd("AUTH");
+        if let Some(user) = &s.username {
+            auth.arg(user);
+        }
+        auth.arg(password).query_async::<()>(&mut conn).await?;
+    }
+    let addr: Option<(String, String)> = ::redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(&s.master)
+        .query_async(&mut conn)
+        .await?;
+    Ok(addr.and_then(|(h, p)| Some((h, p.parse().ok()?))))
+}
+
 /// The connections short commands share, opened on first use (see the module docs).
 struct Shared {
-    client: Client,
+    target: Target,
     slots: Vec<tokio::sync::Mutex<(u64, Option<MultiplexedConnection>)>>,
     next: AtomicUsize,
 }
 
 impl Shared {
-    fn new(client: Client, size: usize) -> Self {
+    fn new(target: Target, size: usize) -> Self {
         Self {
-            client,
+            target,
             slots: (0..size.max(1))
                 .map(|_| tokio::sync::Mutex::new((0, None)))
                 .collect(),
@@ -253,10 +386,7 @@ impl Shared {
                 fresh: false,
             });
         }
-        let opened = self
-            .client
-            .get_multiplexed_async_connection_with_config(&connection_config())
-            .await?;
+        let opened = self.target.open().await?;
         *generation += 1;
         *conn = Some(opened.clone());
         Ok(Lent {
@@ -320,7 +450,6 @@ fn connection_config() -> AsyncConnectionConfig {
 
 /// The Redis [`QueueDriver`](crate::QueueDriver). See the module docs for the keys and a job's life.
 pub struct RedisQueue {
-    client: Client,
     shared: Shared,
     /// Idle connections for receivers, at most `idle_receivers` of them.
     receivers: Mutex<Vec<MultiplexedConnection>>,
@@ -351,9 +480,13 @@ impl RedisQueue {
     pub async fn connect(settings: &RedisSettings) -> Result<Self, QueueError> {
         let client = Client::open(settings.url.as_str())
             .map_err(|e| QueueError::Backend(format!("redis url: {e}")))?;
+        let target = Target {
+            client: Mutex::new(client),
+            sentinel: settings.sentinel.clone(),
+            resolved: AtomicBool::new(false),
+        };
         Ok(Self {
-            shared: Shared::new(client.clone(), settings.pool_size),
-            client,
+            shared: Shared::new(target, settings.pool_size),
             receivers: Mutex::new(Vec::new()),
             idle_receivers: settings.pool_size.max(1),
             prefix: settings.prefix.clone(),
@@ -521,10 +654,7 @@ impl RedisQueue {
         if let Some(conn) = self.idle().pop() {
             return Ok((conn, true));
         }
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&connection_config())
-            .await?;
+        let conn = self.shared.target.open().await?;
         Ok((conn, false))
     }
 

@@ -32,7 +32,10 @@ pub use apps::{App, app_from_record};
 pub use env::{ENV_OVERRIDES, apply_env};
 pub use event_limits::{EventLimits, FIELDS_ALLOWANCE};
 pub use ingest::{IngestSettings, ROUTE as INGEST_ROUTE};
-pub use queue::{MemoryQueueSettings, QueueDriverKind, QueueSettings, RedisSettings, SqsSettings};
+pub use queue::{
+    DEFAULT_SENTINEL_MASTER, MemoryQueueSettings, QueueDriverKind, QueueSettings, RedisSettings,
+    SentinelSettings, SqsSettings,
+};
 pub use webhooks::{Batching, DEFAULT_MAX_BYTES, WebhookSettings, sqs_max_batch_bytes};
 pub use worker::WorkerSettings;
 

@@ -4,7 +4,7 @@
 //! that a job's hold outlives its delivery.
 
 use super::apps::check_http_url;
-use super::reader::Obj;
+use super::reader::{Obj, join};
 use super::sqs_limits::{MAX_RECEIVE_MESSAGES, MAX_VISIBILITY_SECONDS, MAX_WAIT_SECONDS};
 use super::{Config, Diagnostics, Problem, ms};
 use crate::endpoint::redact_url;
@@ -57,6 +57,64 @@ pub struct RedisSettings {
     pub lease: Duration,
     /// Connections shared by short commands; also the most idle receive connections kept.
     pub pool_size: usize,
+    /// Redis Sentinel: when set, the primary's address is asked of the
+    /// sentinels, and `url` gives only the scheme, credentials and database.
+    pub sentinel: Option<SentinelSettings>,
+}
+
+/// `queue.redis.sentinels` (or Sockudo's `database.redis.sentinels`) and
+/// the keys that go with it.
+#[derive(Clone)]
+pub struct SentinelSettings {
+    /// The sentinels' `(host, port)`, asked in this order.
+    pub sentinels: Vec<(String, u16)>,
+    /// The master name the sentinels monitor (`sentinel monitor <name> …`).
+    pub master: String,
+    /// The user name the sentinels want (`AUTH <username> <password>`).
+    pub username: Option<String>,
+    /// The password the sentinels want; `Debug` hides it.
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for SentinelSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SentinelSettings")
+            .field("sentinels", &self.sentinels)
+            .field("master", &self.master)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The master name when none is given, as in Sockudo.
+pub const DEFAULT_SENTINEL_MASTER: &str = "mymaster";
+/// A sentinel's port when an entry gives none.
+const DEFAULT_SENTINEL_PORT: u64 = 26379;
+
+/// A list of sentinels, `[{"host": …, "port": …}, …]` (Sockudo's shape);
+/// `None` when absent or empty.
+fn read_sentinels(o: &mut Obj, d: &mut Diagnostics) -> Option<Vec<(String, u16)>> {
+    let mut out = Vec::new();
+    for (path, v) in o.array("sentinels", d) {
+        let mut e = Obj::new(path.clone(), Some(v), d);
+        let host = e.nonempty_str("host", d);
+        let port = e.u64("port", DEFAULT_SENTINEL_PORT, 1, d);
+        e.finish(d);
+        if port > u64::from(u16::MAX) {
+            d.error(
+                &join(&path, "port"),
+                format!("must be at most {}", u16::MAX),
+            );
+            continue;
+        }
+        match host {
+            Some(host) => out.push((host, port as u16)),
+            None if v.is_object() => d.error(&join(&path, "host"), "a sentinel needs its host"),
+            None => {}
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 impl fmt::Debug for RedisSettings {
@@ -67,6 +125,7 @@ impl fmt::Debug for RedisSettings {
             .field("concurrency", &self.concurrency)
             .field("lease", &self.lease)
             .field("pool_size", &self.pool_size)
+            .field("sentinel", &self.sentinel)
             .finish()
     }
 }
@@ -210,50 +269,80 @@ pub(super) fn read_queue(
         let password = db.str("password", d);
         let username = db.str("username", d);
         let db_index = db.opt_u64("db", 0, d);
-        db.ignore(&[
-            "key_prefix",
-            "cluster_nodes",
-            "sentinel_password",
-            "name",
-            "cluster",
-        ]);
-        host.and_then(|host| {
-            // Sockudo lets the host carry the scheme: `rediss://redis.internal` is TLS.
-            let (scheme, host) = match host.split_once("://") {
-                Some((scheme @ ("redis" | "rediss"), rest)) => (scheme, rest.to_string()),
-                _ => ("redis", host),
-            };
-            let base = format!(
-                "{scheme}://{host}:{}/{}",
-                port.unwrap_or(6379),
-                db_index.unwrap_or(0)
-            );
-            let mut url = url::Url::parse(&base)
-                .map_err(|e| {
-                    d.error(
-                        &db.at("host"),
-                        format!("{host:?} does not make a valid URL: {e}"),
-                    )
-                })
-                .ok()?;
-            // The setters percent-encode, so any character may be in a password.
-            if password.is_some() || username.is_some() {
-                let _ = url.set_username(username.as_deref().unwrap_or(""));
-                let _ = url.set_password(password.as_deref());
-            }
-            Some(url.to_string())
-        })
+        db.ignore(&["key_prefix", "cluster_nodes", "cluster"]);
+        // Through Sentinel the host is only a stand-in: the sentinels name the primary.
+        let sentinels = matches!(db.get("sentinels"), Some(Value::Array(a)) if !a.is_empty());
+        host.or_else(|| sentinels.then(|| "127.0.0.1".to_string()))
+            .and_then(|host| {
+                // Sockudo lets the host carry the scheme: `rediss://redis.internal` is TLS.
+                let (scheme, host) = match host.split_once("://") {
+                    Some((scheme @ ("redis" | "rediss"), rest)) => (scheme, rest.to_string()),
+                    _ => ("redis", host),
+                };
+                let base = format!(
+                    "{scheme}://{host}:{}/{}",
+                    port.unwrap_or(6379),
+                    db_index.unwrap_or(0)
+                );
+                let mut url = url::Url::parse(&base)
+                    .map_err(|e| {
+                        d.error(
+                            &db.at("host"),
+                            format!("{host:?} does not make a valid URL: {e}"),
+                        )
+                    })
+                    .ok()?;
+                // The setters percent-encode, so any character may be in a password.
+                if password.is_some() || username.is_some() {
+                    let _ = url.set_username(username.as_deref().unwrap_or(""));
+                    let _ = url.set_password(password.as_deref());
+                }
+                Some(url.to_string())
+            })
     };
-    let sentinels = matches!(db.get("sentinels"), Some(Value::Array(a)) if !a.is_empty());
     let explicit_url = r.str("url", d).or(r.str("url_override", d));
-    // Sockudo would go through Sentinel; hookq would connect to `host` directly.
-    if sentinels && explicit_url.is_none() && driver == QueueDriverKind::Redis {
-        d.error(
-            &db.at("sentinels"),
-            "hookq cannot connect through Redis Sentinel; set queue.redis.url (or url_override) to the master's redis:// URL",
-        );
-    }
+    // Sentinel: hookq's own keys first, then Sockudo's `database.redis`
+    // (used, as the rest of that section is, only without an explicit URL).
+    let db_sentinels = read_sentinels(&mut db, d);
+    let db_master = db.nonempty_str("name", d);
+    let db_sentinel_password = db.str("sentinel_password", d).filter(|p| !p.is_empty());
+    let db_sentinel_username = db.str("sentinel_username", d).filter(|u| !u.is_empty());
     db.finish(d);
+    let q_sentinels = read_sentinels(&mut r, d);
+    let q_master = r.nonempty_str("sentinel_master", d);
+    let q_sentinel_password = r.str("sentinel_password", d).filter(|p| !p.is_empty());
+    let q_sentinel_username = r.str("sentinel_username", d).filter(|u| !u.is_empty());
+    let sentinel = match (q_sentinels, db_sentinels) {
+        (Some(sentinels), _) => Some(SentinelSettings {
+            sentinels,
+            master: q_master
+                .or(db_master)
+                .unwrap_or_else(|| DEFAULT_SENTINEL_MASTER.into()),
+            username: q_sentinel_username.or(db_sentinel_username),
+            password: q_sentinel_password.or(db_sentinel_password),
+        }),
+        (None, Some(sentinels)) if explicit_url.is_none() => Some(SentinelSettings {
+            sentinels,
+            master: db_master.unwrap_or_else(|| DEFAULT_SENTINEL_MASTER.into()),
+            username: db_sentinel_username,
+            password: db_sentinel_password,
+        }),
+        _ => {
+            for (key, set) in [
+                ("sentinel_master", q_master.is_some()),
+                ("sentinel_password", q_sentinel_password.is_some()),
+                ("sentinel_username", q_sentinel_username.is_some()),
+            ] {
+                if set {
+                    d.warnings.push(Problem {
+                        path: r.at(key),
+                        message: "not used without queue.redis.sentinels".into(),
+                    });
+                }
+            }
+            None
+        }
+    };
     let url = explicit_url
         .or(db_url)
         .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
@@ -289,6 +378,7 @@ pub(super) fn read_queue(
         concurrency: concurrency.unwrap_or(5) as usize,
         lease: r.opt_u64("lease_ms", 1, d).map_or(default_lease, ms),
         pool_size: r.u64("pool_size", 8, 1, d) as usize,
+        sentinel,
     };
     r.finish(d);
 

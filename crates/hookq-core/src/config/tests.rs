@@ -630,22 +630,55 @@ fn database_redis_reads_sockudos_connection_keys() {
     )
     .unwrap();
     assert!(d.warnings.is_empty(), "{:?}", d.warnings);
-    // Sockudo would go through Sentinel: hookq refuses rather than connect to `host`.
-    let sentinel = r#"{"queue": {"driver": "redis"},
-        "database": {"redis": {"host": "h", "sentinels": [{"host": "s1", "port": 26379}]}}}"#;
-    assert!(
-        error_text(sentinel)
-            .contains("database.redis.sentinels: hookq cannot connect through Redis Sentinel"),
-        "{}",
-        error_text(sentinel)
+    // Sockudo's Sentinel keys: the primary is asked of the sentinels.
+    let (c, d) = load(
+        r#"{"queue": {"driver": "redis"},
+        "database": {"redis": {"host": "h", "password": "pw", "db": 2, "name": "primary",
+            "sentinel_password": "sp", "sentinels": [{"host": "s1", "port": 26380}, {"host": "s2"}]}}}"#,
+    )
+    .unwrap();
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    let s = c.queue.redis.sentinel.as_ref().expect("sentinel settings");
+    assert_eq!(
+        s.sentinels,
+        vec![("s1".to_string(), 26380), ("s2".to_string(), 26379)]
     );
-    // … unless the queue's URL is given, or the queue is not Redis.
-    load(
+    assert_eq!(s.master, "primary");
+    assert_eq!(s.password.as_deref(), Some("sp"));
+    // The URL still carries the master's password and database.
+    assert_eq!(c.queue.redis.url, "redis://:pw@h:6379/2");
+    assert!(!format!("{:?}", c.queue.redis).contains("sp\""));
+    // Without a host, and without a name (Sockudo's default master name).
+    let (c, _) =
+        load(r#"{"database": {"redis": {"sentinels": [{"host": "s1", "port": 26379}]}}}"#).unwrap();
+    assert_eq!(c.queue.redis.sentinel.unwrap().master, "mymaster");
+    // hookq's own keys, which win over database.redis.
+    let (c, d) = load(
+        r#"{"queue": {"driver": "redis", "redis": {"url": "redis://:pw@x:1/3",
+            "sentinels": [{"host": "q1", "port": 5000}], "sentinel_master": "m2"}},
+        "database": {"redis": {"name": "primary", "sentinels": [{"host": "s1", "port": 26379}]}}}"#,
+    )
+    .unwrap();
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    let s = c.queue.redis.sentinel.unwrap();
+    assert_eq!(s.sentinels, vec![("q1".to_string(), 5000)]);
+    assert_eq!(s.master, "m2");
+    assert_eq!(c.queue.redis.url, "redis://:pw@x:1/3");
+    // An explicit URL without queue.redis.sentinels connects to it directly, as before.
+    let (c, _) = load(
         r#"{"queue": {"driver": "redis", "redis": {"url": "redis://m:6379"}},
         "database": {"redis": {"sentinels": [{"host": "s1", "port": 26379}]}}}"#,
     )
     .unwrap();
-    load(r#"{"database": {"redis": {"sentinels": [{"host": "s1", "port": 26379}]}}}"#).unwrap();
+    assert!(c.queue.redis.sentinel.is_none());
+    // A sentinel without a host, and a port out of range, are errors.
+    let bad = r#"{"queue": {"redis": {"sentinels": [{"port": 1}, {"host": "a", "port": 70000}]}}}"#;
+    let err = error_text(bad);
+    assert!(err.contains("queue.redis.sentinels[0].host"), "{err}");
+    assert!(err.contains("queue.redis.sentinels[1].port"), "{err}");
+    // The master name alone does nothing: said.
+    let (_, d) = load(r#"{"queue": {"redis": {"sentinel_master": "m"}}}"#).unwrap();
+    assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
     // Sockudo's pool bounds of a SQL app manager are accepted.
     let (_, d) = load(r#"{"database": {"postgres": {"pool_min": 1, "pool_max": 5}}}"#).unwrap();
     assert!(d.warnings.is_empty(), "{:?}", d.warnings);

@@ -143,6 +143,16 @@ impl RedisServer {
         self.process.as_ref().map(|p| p.pid)
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to the running server.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("redis-server runs");
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} redis-server");
+    }
+
     /// Whether the process runs (it is stopped between `stop` and `resume`).
     pub fn is_running(&self) -> bool {
         self.process.is_some()

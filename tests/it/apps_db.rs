@@ -108,16 +108,7 @@ impl Db {
     }
 
     async fn dynamodb(table: &str) -> Db {
-        let moto = Moto::shared();
-        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(moto.endpoint_url())
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "test", "test", None, None, "test",
-            ))
-            .load()
-            .await;
-        let client = aws_sdk_dynamodb::Client::new(&conf);
+        let client = aws_sdk_dynamodb::Client::new(&Moto::shared().sdk_config().await);
         client
             .create_table()
             .table_name(table)

@@ -108,13 +108,7 @@ async fn a_failover_behind_one_address_moves_the_worker_to_the_new_primary() {
     let lease_ms = 3000;
     let cfg = worker_config(&r, &proxy.redis_url(), "failover", lease_ms, retry.clone());
     let dir = temp_dir("failover");
-    let w = WorkerProcess::start(&dir, "w1", &cfg).await;
-    w.wait_ok(
-        &["/ready"],
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-    )
-    .await;
+    let w = WorkerProcess::start_ready(&dir, "w1", &cfg).await;
 
     // Before: 100 events through A (the producer talks to A itself), in 20
     // rounds, each acked before the next: every one of the worker's shared
@@ -249,13 +243,7 @@ async fn a_retry_due_soon_is_delivered_soon_from_an_idle_queue() {
         json!({"initial_backoff_ms": 200, "max_backoff_ms": 200, "max_elapsed_time_ms": 60000});
     let cfg = worker_config(&r, &redis.url(), "prompt", 30_000, retry);
     let dir = temp_dir("prompt");
-    let w = WorkerProcess::start(&dir, "w1", &cfg).await;
-    w.wait_ok(
-        &["/ready"],
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-    )
-    .await;
+    let _w = WorkerProcess::start_ready(&dir, "w1", &cfg).await;
     let (p, _queue) = producer(&cfg).await;
     let mut gaps = Vec::new();
     for round in 0..2 {

@@ -210,14 +210,7 @@ async fn sentinel_failover_is_followed_without_a_restart() {
         "sentinels": addresses, "sentinel_master": MASTER, "prefix": "sentinel", "lease_ms": 3000}});
     cfg["worker"]["max_held_jobs"] = json!(MAX_HELD);
     let (p, _queue) = producer(&cfg).await;
-    let worker = WorkerProcess::start(&dir, "w", &cfg).await;
-    worker
-        .wait_ok(
-            &["/ready"],
-            Duration::from_secs(10),
-            Duration::from_millis(50),
-        )
-        .await;
+    let worker = WorkerProcess::start_ready(&dir, "w", &cfg).await;
 
     // Events published and replicated before the fault: none may be lost.
     publish(&p, 0..BEFORE, 50, Duration::ZERO).await;

@@ -7,7 +7,7 @@ use crate::support::counting_proxy::CountingProxy;
 use crate::support::inproc::{InProc, config};
 use crate::support::moto::Moto;
 use crate::support::process::{WorkerProcess, hookq_within, temp_dir, write_config};
-use crate::support::queue::{producer, wait_drained};
+use crate::support::queue::{job_data, producer, wait_drained};
 use crate::support::receiver::{Receiver, Reply};
 use crate::support::wait::poll;
 use hookq_core::Event;
@@ -223,20 +223,6 @@ async fn many_holds_behind_a_slow_endpoint_are_kept() {
     assert!(w.terminate(Duration::from_secs(15)).success());
 }
 
-/// Every event's `data` in a dead-letter entry's job (an event job's one, a
-/// retry job's several).
-fn data_of(job: &str) -> Vec<String> {
-    let job: Value = serde_json::from_str(job).unwrap();
-    let events = match job["kind"].as_str() {
-        Some("event") => vec![job["event"].clone()],
-        _ => job["events"].as_array().cloned().unwrap_or_default(),
-    };
-    events
-        .iter()
-        .map(|e| e["data"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// Issue 14, item 4: `hookq dlq replay` on SQS while a worker dead-letters
 /// every replayed job again at once (its endpoint answers 400). The walk
 /// received its own output as fresh DLQ messages and replayed them again,
@@ -311,7 +297,7 @@ async fn dlq_replay_on_sqs_ends_while_every_replayed_entry_fails_again() {
         async || {
             let d = queue.depth().await.unwrap();
             let entries = queue.dlq_list(&DlqFilter::default()).await.unwrap();
-            let events: usize = entries.iter().map(|e| data_of(&e.job).len()).sum();
+            let events: usize = entries.iter().map(|e| job_data(&e.job).len()).sum();
             if d.ready + d.held + d.delayed == 0 && events >= ENTRIES {
                 Ok(entries)
             } else {
@@ -320,7 +306,7 @@ async fn dlq_replay_on_sqs_ends_while_every_replayed_entry_fails_again() {
         },
     )
     .await;
-    let mut data: Vec<String> = entries.iter().flat_map(|e| data_of(&e.job)).collect();
+    let mut data: Vec<String> = entries.iter().flat_map(|e| job_data(&e.job)).collect();
     data.sort_by_key(|d| d.parse::<usize>().unwrap());
     let want: Vec<String> = (0..ENTRIES).map(|i| i.to_string()).collect();
     assert_eq!(data, want, "each event in the DLQ once");
@@ -347,15 +333,7 @@ async fn a_retry_job_the_queue_refuses_for_good_is_dead_lettered_per_event() {
     let r = Receiver::start(&[("key-1", "secret-1")]).await;
     r.always("/b", Reply::status(500));
     let name = format!("refused-{}", std::process::id());
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(Moto::shared().endpoint_url())
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .load()
-        .await;
-    aws_sdk_sqs::Client::new(&conf)
+    aws_sdk_sqs::Client::new(&Moto::shared().sdk_config().await)
         .create_queue()
         .queue_name(&name)
         .attributes(

@@ -6,7 +6,7 @@
 use crate::support::inproc::config;
 use crate::support::moto::Moto;
 use crate::support::process::{WorkerProcess, temp_dir};
-use crate::support::queue::{producer, wait_dlq, wait_drained};
+use crate::support::queue::{job_data, producer, wait_dlq, wait_drained};
 use crate::support::receiver::{Receiver, Reply};
 use crate::support::redis_server::RedisServer;
 use hookq_core::Event;
@@ -153,17 +153,9 @@ async fn redis_paused_past_the_response_timeout_makes_no_second_retry_chain() {
         r.requests(PATH).len() >= 2 * EVENTS
     })
     .await;
-    let pid = redis.pid().expect("redis runs").to_string();
-    let signal = |s: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([s, &pid])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill {s} redis");
-    };
-    signal("-STOP");
+    redis.signal("STOP");
     tokio::time::sleep(Duration::from_secs(12)).await;
-    signal("-CONT");
+    redis.signal("CONT");
 
     // Each chain ends within a few seconds; a second chain would start only
     // once an abandoned job's 20 s lease ran out, so wait past that.
@@ -171,17 +163,8 @@ async fn redis_paused_past_the_response_timeout_makes_no_second_retry_chain() {
     let d = wait_drained(&*queue, Duration::from_secs(30)).await;
     let dlq = wait_dlq(&*queue, d.dead as usize, Duration::from_secs(5)).await;
     let mut chains: HashMap<String, usize> = HashMap::new();
-    for entry in &dlq {
-        let job: Value = serde_json::from_str(&entry.job).unwrap();
-        let events = match job["kind"].as_str() {
-            Some("event") => vec![job["event"].clone()],
-            _ => job["events"].as_array().cloned().unwrap_or_default(),
-        };
-        for e in events {
-            *chains
-                .entry(e["data"].as_str().unwrap().to_string())
-                .or_default() += 1;
-        }
+    for data in dlq.iter().flat_map(|entry| job_data(&entry.job)) {
+        *chains.entry(data).or_default() += 1;
     }
     let mut tries: HashMap<String, usize> = HashMap::new();
     for q in r.requests(PATH) {
@@ -324,13 +307,7 @@ async fn a_shutdown_does_not_abandon_a_receive_in_flight() {
         "visibility_timeout": 30, "wait_time_seconds": 5}});
     let dir = temp_dir("stop-recv");
     let (p, _queue) = producer(&cfg).await;
-    let mut a = WorkerProcess::start(&dir, "a", &cfg).await;
-    a.wait_ok(
-        &["/ready"],
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-    )
-    .await;
+    let mut a = WorkerProcess::start_ready(&dir, "a", &cfg).await;
     // Its receive loops are in their long polls now.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let stop = std::process::Command::new("kill")

@@ -131,11 +131,11 @@ impl Metrics {
         self.requests.get_or_create(&[("outcome", outcome)]).inc();
     }
 
-    /// Counts a dead-letter entry.
-    pub fn dead_letter(&self, reason: &'static str) {
+    /// Counts `n` dead-letter entries.
+    pub fn dead_letters(&self, reason: &'static str, n: usize) {
         self.dead_lettered
             .get_or_create(&[("reason", reason)])
-            .inc();
+            .inc_by(n as u64);
     }
 
     /// Counts a batch handed over to a deferred job.

@@ -427,16 +427,14 @@ async fn write(shared: &Shared, tickets: &[Arc<Ticket>], disposition: Dispositio
             }
         }
         Disposition::DeadLetter { entries, label } => {
-            let n = entries.len() as u64;
+            let n = entries.len();
             let written = persist(shared, "dead letter", || {
                 shared.queue.dead_letter(entries.clone())
             })
             .await;
             match written {
                 Ok(()) => {
-                    for _ in 0..n {
-                        shared.metrics.dead_letter(label);
-                    }
+                    shared.metrics.dead_letters(label, n);
                     Written::Durable
                 }
                 Err(e) => {

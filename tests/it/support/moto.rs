@@ -111,6 +111,19 @@ impl Moto {
         format!("http://{}", self.addr)
     }
 
+    /// An AWS SDK configuration for this emulator (region `us-east-1`,
+    /// static test credentials), for a test's own SQS or DynamoDB client.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(self.endpoint_url())
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .load()
+            .await
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(20).collect();

@@ -143,6 +143,19 @@ impl WorkerProcess {
         w
     }
 
+    /// Starts `hookq worker` as [`WorkerProcess::start`] does and waits
+    /// until `/ready` answers 200 too (the queue answered).
+    pub async fn start_ready(dir: &Path, name: &str, config: &Value) -> WorkerProcess {
+        let w = Self::start(dir, name, config).await;
+        w.wait_ok(
+            &["/ready"],
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+        )
+        .await;
+        w
+    }
+
     /// The URL realtime servers post to on this process's ingest.
     pub fn ingest_url(&self) -> String {
         format!("http://127.0.0.1:{}/pusher/webhooks", self.ingest_port)

@@ -221,3 +221,17 @@ pub async fn wait_drained<Q: DeadLetters + ?Sized>(q: &Q, limit: Duration) -> De
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Every event's `data` in a job's text (an event job's one, a retry job's
+/// several), e.g. of a dead-letter entry.
+pub fn job_data(job: &str) -> Vec<String> {
+    let job: Value = serde_json::from_str(job).unwrap();
+    let events = match job["kind"].as_str() {
+        Some("event") => vec![job["event"].clone()],
+        _ => job["events"].as_array().cloned().unwrap_or_default(),
+    };
+    events
+        .iter()
+        .map(|e| e["data"].as_str().unwrap().to_string())
+        .collect()
+}

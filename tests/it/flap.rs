@@ -6,7 +6,7 @@
 //! that held it was SIGKILLed; and events that came in through `hookq
 //! ingest` are treated the same.
 
-use crate::support::inproc::{config, one_app};
+use crate::support::inproc::{InProc, config, one_app};
 use crate::support::process::{WorkerProcess, temp_dir};
 use crate::support::queue::{producer, wait_drained};
 use crate::support::receiver::Receiver;
@@ -286,4 +286,38 @@ async fn events_through_the_ingest_are_held_and_cancelled_the_same_way() {
     assert_eq!(second[0]["channel"], "room-j");
     assert!(r.all().iter().all(|q| q.valid));
     assert!(w.terminate(Duration::from_secs(15)).success());
+}
+
+/// On the memory queue the markers are the worker's own (a map in memory):
+/// the same rules, for the one worker there is.
+#[tokio::test]
+async fn on_the_memory_queue_the_worker_keeps_the_markers_itself() {
+    let r = Receiver::start(&[("key-1", "secret-1")]).await;
+    let webhooks = json!([{"id": "e", "url": r.url("/e"), "event_types": TYPES}]);
+    let w = InProc::start(config(
+        one_app(webhooks),
+        json!({"vacate_delay_ms": 800, "batching": {"enabled": false}}),
+    ))
+    .await;
+    let published = Instant::now();
+    w.publish(vec![
+        Event::channel_vacated("room-m"),
+        Event::channel_vacated("room-n"),
+        Event::member_removed("presence-m", "u1"),
+    ])
+    .await;
+    w.publish(vec![
+        Event::channel_occupied("room-m"),
+        Event::member_added("presence-m", "u1"),
+    ])
+    .await;
+    r.wait_for("room-n's vacate", Duration::from_secs(10), |r| {
+        count(r, "channel_vacated", "room-n") >= 1
+    })
+    .await;
+    w.wait_idle(Duration::from_secs(10)).await;
+    let got = arrived(&r);
+    assert_eq!(got.len(), 1, "only room-n's vacate: {got:?}");
+    assert!(got[0].3.duration_since(published) >= Duration::from_millis(800));
+    w.stop().await;
 }

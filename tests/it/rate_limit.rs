@@ -5,7 +5,7 @@
 //! waits in the queue, and an unlimited endpoint of the same app is not held
 //! back by it.
 
-use crate::support::inproc::{config, one_app};
+use crate::support::inproc::{InProc, config, one_app};
 use crate::support::process::{WorkerProcess, temp_dir};
 use crate::support::queue::{producer, wait_drained};
 use crate::support::receiver::Receiver;
@@ -121,4 +121,35 @@ async fn three_workers_share_one_bucket_and_never_pass_rate_plus_burst() {
     for w in &mut workers {
         assert!(w.terminate(Duration::from_secs(15)).success());
     }
+}
+
+/// On the memory queue the bucket is the worker's own; the bound is the same.
+#[tokio::test]
+async fn on_the_memory_queue_the_worker_keeps_the_bucket_itself() {
+    const EVENTS: usize = 40;
+    let r = Receiver::start(&[("key-1", "secret-1")]).await;
+    let webhooks = json!([{"id": "limited", "url": r.url("/limited"), "event_types": ["client_event"],
+        "rate_limit": {"per_second": 10, "burst": 2}}]);
+    let w = InProc::start(config(
+        one_app(webhooks),
+        json!({"batching": {"enabled": false}}),
+    ))
+    .await;
+    w.publish(
+        (0..EVENTS)
+            .map(|i| Event::client_event("private-c", "client-e", i.to_string(), "1.1"))
+            .collect(),
+    )
+    .await;
+    r.wait_for("the events", Duration::from_secs(30), |r| {
+        delivered(r, "/limited").0 >= EVENTS
+    })
+    .await;
+    w.wait_idle(Duration::from_secs(10)).await;
+    let times: Vec<Instant> = r.requests("/limited").iter().map(|q| q.at).collect();
+    let most = max_in_window(&times, Duration::from_secs(1));
+    eprintln!("memory queue, 10/s burst 2: max {most} requests in any 1 s window (bound 12)");
+    assert!(most <= 12, "{most} within one second");
+    assert_eq!(delivered(&r, "/limited"), (EVENTS, EVENTS));
+    w.stop().await;
 }

@@ -431,6 +431,22 @@ struct Map {
     sweep_at: usize,
 }
 
+impl Map {
+    /// Drops idle lanes once the map has doubled since the last sweep (see
+    /// the module docs); the lane just handed out is held by its caller.
+    fn sweep(&mut self) {
+        if self.len >= self.sweep_at.max(MIN_SWEEP) {
+            // Only the map holds an idle lane.
+            self.by_app.retain(|_, by_ep| {
+                by_ep.retain(|_, l| Arc::strong_count(l) > 1);
+                !by_ep.is_empty()
+            });
+            self.len = self.by_app.values().map(HashMap::len).sum();
+            self.sweep_at = self.len * 2;
+        }
+    }
+}
+
 impl Lanes {
     /// The lane of endpoint `endpoint_id` of app `app_id`, whose
     /// `max_concurrency` is as given; found without allocating.
@@ -454,15 +470,7 @@ impl Lanes {
         if replaced.is_none() {
             map.len += 1;
         }
-        if map.len >= map.sweep_at.max(MIN_SWEEP) {
-            // Only the map holds an idle lane; `lane` is held here.
-            map.by_app.retain(|_, by_ep| {
-                by_ep.retain(|_, l| Arc::strong_count(l) > 1);
-                !by_ep.is_empty()
-            });
-            map.len = map.by_app.values().map(HashMap::len).sum();
-            map.sweep_at = map.len * 2;
-        }
+        map.sweep();
         lane
     }
 
@@ -492,6 +500,7 @@ impl Lanes {
         {
             map.len += 1;
         }
+        map.sweep();
         lane
     }
 
@@ -671,9 +680,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_adaptive_lane_resizes_its_semaphore() {
-        let lanes = Lanes::default();
-        let lane = Arc::new(Lane::with(8, Some(Gauge::default())));
-        let _ = &lanes;
+        let gauge = Gauge::default();
+        let lane = Arc::new(Lane::with(8, Some(gauge.clone())));
         assert_eq!(lane.limit(), 1);
         for _ in 0..20 {
             let Admit::Go(p) = lane.admit(1, 100).await else {
@@ -695,5 +703,6 @@ mod tests {
         }
         assert_eq!(lane.limit(), 1);
         assert_eq!(lane.permits.available_permits(), 1);
+        assert_eq!(gauge.get(), 1, "the gauge follows");
     }
 }

@@ -4,15 +4,18 @@
 // A test that cannot set up what it tests should fail loudly, helpers included.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod adaptive;
 mod apps_db;
 mod cli;
 mod conformance;
 mod delivery;
+mod flap;
 mod ingest;
 mod lambda;
 mod manifests;
 mod memory;
 mod poison;
+mod rate_limit;
 mod redis_faults;
 mod redis_queue;
 mod redis_sentinel;

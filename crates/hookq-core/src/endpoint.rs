@@ -209,6 +209,21 @@ pub struct Endpoint {
     pub signing_secrets: Vec<SigningSecret>,
     /// How many requests may be in flight to this endpoint at once.
     pub max_concurrency: usize,
+    /// `rate_limit`: most requests per second, shared by every worker.
+    pub rate_limit: Option<RateLimit>,
+    /// `adaptive_concurrency`: the in-flight limit follows the endpoint's
+    /// latency, between 1 and `max_concurrency`.
+    pub adaptive_concurrency: bool,
+}
+
+/// A webhook's `rate_limit`: a token bucket that refills at `per_second`
+/// tokens a second and holds at most `burst`; each request takes one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// `rate_limit.per_second`: tokens added per second (may be a fraction).
+    pub per_second: f64,
+    /// `rate_limit.burst`: the most tokens the bucket holds (default 1).
+    pub burst: u32,
 }
 
 impl Endpoint {

@@ -30,6 +30,7 @@
 //! Delivery is at least once and ordering is not guaranteed. Drivers:
 //! [`memory`] (always), `redis` and `sqs` behind the features of those names.
 
+pub mod limits;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -352,6 +353,14 @@ pub trait QueueConsume: Send + Sync + 'static {
     /// such a job is [released](QueueConsume::release) until it is due.
     fn delays_pushes(&self) -> bool {
         true
+    }
+
+    /// The store of the state that workers share for per-endpoint limits
+    /// (rate-limit buckets, pending-vacate markers), asked once per worker.
+    /// Redis keeps it in Redis, shared by every worker of the queue; by
+    /// default each worker keeps its own in memory ([`limits`]).
+    fn limits(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn limits::Limits> {
+        std::sync::Arc::new(limits::MemoryLimits::default())
     }
 }
 

@@ -121,6 +121,8 @@
 //! Until a sentinel has named the primary once, nothing is connected to;
 //! when none answers later, the last address named is used.
 
+mod limits;
+
 use crate::{
     DeadLetters, Depth, DlqFilter, Handle, Keyed, Once, Outgoing, QueueConsume, QueueError,
     QueuePush, Received,
@@ -1038,6 +1040,10 @@ impl QueueConsume for RedisQueue {
 
     fn writable(&self) -> bool {
         !self.writes_failing.load(Ordering::Relaxed)
+    }
+
+    fn limits(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn crate::limits::Limits> {
+        std::sync::Arc::new(limits::RedisLimits::new(self))
     }
 }
 

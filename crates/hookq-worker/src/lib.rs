@@ -13,6 +13,7 @@ pub mod admin;
 pub mod batch;
 pub mod decide;
 pub mod deliver;
+pub mod flap;
 pub mod http;
 #[cfg(feature = "lambda")]
 pub mod lambda;

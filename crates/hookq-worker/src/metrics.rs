@@ -44,7 +44,15 @@ pub struct Metrics {
     pub jobs_held: Gauge,
     /// Messages in the queue by state (read at scrape).
     pub queue_depth: Family<Label, Gauge>,
+    /// Flap suppression steps, by `step` (`held`, `suppressed`) and `event`.
+    pub flaps: Family<Labels2, Counter>,
+    /// The in-flight limit of each endpoint with adaptive concurrency.
+    pub concurrency_limit: Family<EndpointLabel, Gauge>,
 }
+
+type Labels2 = [(&'static str, &'static str); 2];
+/// An endpoint's labels: its app id and endpoint id.
+pub type EndpointLabel = [(&'static str, String); 2];
 
 impl Metrics {
     /// A fresh set, registered.
@@ -64,6 +72,8 @@ impl Metrics {
             end_to_end_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
             jobs_held: Gauge::default(),
             queue_depth: Family::default(),
+            flaps: Family::default(),
+            concurrency_limit: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -123,6 +133,16 @@ impl Metrics {
             "Messages in the queue by state",
             m.queue_depth.clone(),
         );
+        registry.register(
+            "flap",
+            "Flap suppression (webhooks.vacate_delay_ms): vacates and leaves held, events suppressed",
+            m.flaps.clone(),
+        );
+        registry.register(
+            "endpoint_concurrency_limit",
+            "The in-flight limit of each endpoint with adaptive concurrency",
+            m.concurrency_limit.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -141,6 +161,13 @@ impl Metrics {
     /// Counts a batch handed over to a deferred job.
     pub fn defer(&self, reason: &'static str) {
         self.deferrals.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Counts a flap suppression step.
+    pub fn flap(&self, step: &'static str, event: &'static str) {
+        self.flaps
+            .get_or_create(&[("step", step), ("event", event)])
+            .inc();
     }
 
     /// Sets the queue depth gauges.

@@ -61,6 +61,9 @@ pub struct Shared {
     settler: Settler,
     /// Per-endpoint lanes (concurrency limit, pace): by app id and endpoint id.
     lanes: Lanes,
+    /// Rate-limit buckets and vacate markers, shared with the queue's other
+    /// workers on Redis ([`hookq_queue::limits`]).
+    pub(crate) limits: Arc<dyn hookq_queue::limits::Limits>,
 }
 
 /// A worker over one queue and one config.
@@ -90,6 +93,7 @@ impl Worker {
         let (settler, acks) = Settler::new();
         let shared = Shared {
             deliverer: Deliverer::new(&config.webhooks)?,
+            limits: queue.clone().limits(),
             apps,
             config,
             queue,
@@ -307,12 +311,23 @@ async fn accept(
         tracing::warn!(error = %why, "cannot resolve the app now");
         return None;
     }
+    // Flap suppression may hold or drop an event job instead of fanning it out.
+    let flap = match &accepted {
+        Accept::Fan { job, endpoints, .. } if !endpoints.is_empty() => {
+            crate::flap::filter(shared, job).await
+        }
+        _ => None,
+    };
     let ticket = shared.settler.ticket(
         msg.handle,
-        accepted.parts(),
+        if flap.is_some() { 1 } else { accepted.parts() },
         accepted.enqueued_at_ms(),
         permit,
     );
+    if let Some(held_or_dropped) = flap {
+        execute(shared, std::slice::from_ref(&ticket), held_or_dropped).await;
+        return None;
+    }
     let with_ids = shared.config.webhooks.event_ids;
     let disposition = match accepted {
         Accept::Fan { endpoints, .. } if endpoints.is_empty() => {
@@ -494,7 +509,7 @@ impl Shared {
     /// allocating; idle lanes are dropped as the map grows ([`Lanes`]).
     fn limit(&self, batch: &Batch) -> Arc<Lane> {
         let ep = batch.endpoint();
-        self.lanes.get(&batch.app.id, &ep.id, ep.max_concurrency)
+        self.lanes.get_for(&batch.app.id, ep, &self.metrics)
     }
 }
 
@@ -522,6 +537,19 @@ async fn defer(shared: &Shared, lane: &Lane, mut batch: Batch, busy: Busy, why: 
     }
 }
 
+/// Hands `batch` over to a job for its endpoint due in `delay` (its rate
+/// limit's next token), as [`defer`] does for a busy endpoint.
+async fn defer_for(shared: &Shared, mut batch: Batch, delay: Duration, reason: &'static str) {
+    if !batch.retain_held() {
+        return;
+    }
+    let disposition = decide::defer(&batch, delay, now_ms(), shared.queue.max_delay());
+    execute(shared, &batch.tickets, disposition).await;
+    if batch.tickets.iter().any(|t| !t.is_abandoned()) {
+        shared.metrics.defer(reason);
+    }
+}
+
 /// One attempt of a batch, then what follows from its outcome. Events of
 /// jobs abandoned meanwhile (a lost hold) are neither sent nor retried here.
 async fn deliver(shared: Arc<Shared>, mut batch: Batch) {
@@ -541,10 +569,17 @@ async fn deliver(shared: Arc<Shared>, mut batch: Batch) {
     if !batch.retain_held() {
         return;
     }
+    if let Some(wait) =
+        crate::lane::rate_wait(&*shared.limits, &batch.app.id, batch.endpoint()).await
+    {
+        // No token: the batch waits in the queue, not here (docs/operations.md).
+        permit.unused();
+        return defer_for(&shared, batch, wait, "rate").await;
+    }
     let sent_ms = now_ms();
     let started = Instant::now();
     let outcome = shared.deliverer.deliver(&batch, sent_ms).await;
-    drop(permit);
+    permit.done(matches!(outcome, Outcome::Retry { .. }));
     let m = &shared.metrics;
     m.delivery_seconds.observe(started.elapsed().as_secs_f64());
     m.batch_size.observe(batch.events.len() as f64);

@@ -6,7 +6,9 @@ use super::reader::{self, Obj};
 use super::webhooks::read_retry;
 use super::{Config, Diagnostics, Problem, WebhookSettings, WorkerSettings, ingest, ms};
 use crate::channel::ChannelTypeFilter;
-use crate::endpoint::{Endpoint, EndpointTarget, Filter, InvocationType, LambdaTarget, redact_url};
+use crate::endpoint::{
+    Endpoint, EndpointTarget, Filter, InvocationType, LambdaTarget, RateLimit, redact_url,
+};
 use crate::event::EventName;
 use crate::sign::SigningSecret;
 use serde_json::Value;
@@ -363,6 +365,8 @@ pub(super) fn read_endpoint(
     let max_concurrency =
         w.u64("max_concurrency", worker.endpoint_concurrency as u64, 1, d) as usize;
     let signing_secrets = read_signing_secrets(w, d);
+    let rate_limit = read_rate_limit(w, d);
+    let adaptive_concurrency = w.bool("adaptive_concurrency", webhooks.adaptive_concurrency, d);
     let explicit_id = w.nonempty_str("id", d);
     let target = target?;
     Some(Endpoint {
@@ -375,6 +379,44 @@ pub(super) fn read_endpoint(
         request_timeout,
         signing_secrets,
         max_concurrency,
+        rate_limit,
+        adaptive_concurrency,
+    })
+}
+
+/// A webhook's `rate_limit` (`{"per_second": 20, "burst": 5}`): none when
+/// absent; `per_second` is required and must be a positive number.
+fn read_rate_limit(w: &mut Obj, d: &mut Diagnostics) -> Option<RateLimit> {
+    let mut r = w.obj("rate_limit", d);
+    if !r.present() {
+        return None;
+    }
+    let path = r.at("per_second");
+    let per_second = match r.get("per_second") {
+        None => {
+            d.error(&path, "missing: the requests per second the endpoint takes");
+            None
+        }
+        Some(v) => match v.as_f64() {
+            Some(n) if n > 0.0 && n.is_finite() => Some(n),
+            Some(n) => {
+                d.error(&path, format!("must be more than 0, found {n}"));
+                None
+            }
+            None => {
+                d.error(
+                    &path,
+                    format!("expected a number, found {}", reader::type_name(v)),
+                );
+                None
+            }
+        },
+    };
+    let burst = r.u64("burst", 1, 1, d).min(u32::MAX as u64) as u32;
+    r.finish(d);
+    Some(RateLimit {
+        per_second: per_second?,
+        burst,
     })
 }
 

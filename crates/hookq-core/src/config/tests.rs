@@ -897,3 +897,59 @@ fn on_sqs_batching_max_bytes_leaves_room_for_the_retry_job() {
         "{err}"
     );
 }
+
+/// Issue 16: `rate_limit`, `adaptive_concurrency` and `webhooks.vacate_delay_ms`
+/// are read with their defaults, and their problems are named at their paths.
+#[test]
+fn endpoint_limits_are_read_and_their_problems_have_paths() {
+    let text = r#"{
+      "webhooks": {"vacate_delay_ms": 3000, "adaptive_concurrency": true},
+      "app_manager": {"array": {"apps": [{
+        "id": "a", "key": "k", "secret": "s",
+        "webhooks": [
+          {"url": "http://127.0.0.1:1/h", "event_types": ["cache_miss"],
+           "rate_limit": {"per_second": 2.5}},
+          {"url": "http://127.0.0.1:1/h", "event_types": ["cache_miss"],
+           "rate_limit": {"per_second": 20, "burst": 5}, "adaptive_concurrency": false}
+        ]}]}}
+    }"#;
+    let (c, _) = load(text).unwrap();
+    assert_eq!(c.webhooks.vacate_delay, Some(Duration::from_secs(3)));
+    let eps = &c.app("a").unwrap().endpoints;
+    let rl = |i: usize| eps[i].rate_limit.map(|r| (r.per_second, r.burst));
+    assert_eq!((rl(0), eps[0].adaptive_concurrency), (Some((2.5, 1)), true));
+    assert_eq!(
+        (rl(1), eps[1].adaptive_concurrency),
+        (Some((20.0, 5)), false)
+    );
+    let (plain, _) = load(
+        r#"{"app_manager": {"array": {"apps": [{"id": "a", "key": "k", "secret": "s",
+        "webhooks": [{"url": "http://127.0.0.1:1/h", "event_types": ["cache_miss"]}]}]}}}"#,
+    )
+    .unwrap();
+    let ep = &plain.app("a").unwrap().endpoints[0];
+    assert_eq!((ep.rate_limit, ep.adaptive_concurrency), (None, false));
+    assert_eq!(plain.webhooks.vacate_delay, None, "off by default");
+
+    let bad = error_text(
+        r#"{
+      "webhooks": {"vacate_delay_ms": 900001},
+      "app_manager": {"array": {"apps": [{
+        "id": "a", "key": "k", "secret": "s",
+        "webhooks": [
+          {"url": "http://127.0.0.1:1/h", "event_types": ["cache_miss"], "rate_limit": {"burst": 0}},
+          {"url": "http://127.0.0.1:1/h", "event_types": ["cache_miss"], "rate_limit": {"per_second": 0}},
+          {"url": "http://127.0.0.1:1/h", "event_types": ["cache_miss"], "rate_limit": {"per_second": "9", "bursts": 2}}
+        ]}]}}
+    }"#,
+    );
+    for want in [
+        "webhooks.vacate_delay_ms: 900001 is more than 900000",
+        "apps[0].webhooks[0].rate_limit.per_second: missing",
+        "apps[0].webhooks[0].rate_limit.burst: must be at least 1",
+        "apps[0].webhooks[1].rate_limit.per_second: must be more than 0",
+        "apps[0].webhooks[2].rate_limit.per_second: expected a number, found a string",
+    ] {
+        assert!(bad.contains(want), "{want:?} not in:\n{bad}");
+    }
+}

@@ -38,6 +38,13 @@ pub struct WebhookSettings {
     pub connect_timeout: Duration,
     /// `webhooks.retry`: the default for each endpoint.
     pub retry: RetryPolicy,
+    /// `webhooks.vacate_delay_ms`: how long `channel_vacated` and
+    /// `member_removed` wait (in the queue) for a re-occupy or re-add that
+    /// cancels both; none (0, the default) sends them at once.
+    pub vacate_delay: Option<Duration>,
+    /// `webhooks.adaptive_concurrency`: the default of each webhook's
+    /// `adaptive_concurrency` (off).
+    pub adaptive_concurrency: bool,
 }
 
 pub(super) fn read_retry(o: &mut Obj, base: &RetryPolicy, d: &mut Diagnostics) -> RetryPolicy {
@@ -70,6 +77,22 @@ pub(super) fn read_retry(o: &mut Obj, base: &RetryPolicy, d: &mut Diagnostics) -
     p
 }
 
+/// The longest `webhooks.vacate_delay_ms`: what every queue delays a push
+/// by in one step (SQS: 15 minutes).
+const MAX_VACATE_DELAY_MS: u64 = 900_000;
+
+fn read_vacate_delay(o: &mut Obj, d: &mut Diagnostics) -> Option<Duration> {
+    let n = o.u64("vacate_delay_ms", 0, 0, d);
+    if n > MAX_VACATE_DELAY_MS {
+        d.error(
+            &o.at("vacate_delay_ms"),
+            format!("{n} is more than {MAX_VACATE_DELAY_MS} (15 minutes)"),
+        );
+        return None;
+    }
+    Some(ms(n)).filter(|d| !d.is_zero())
+}
+
 /// `webhooks.batching.max_bytes` when unset, on a queue without a message
 /// size limit (memory, Redis).
 pub const DEFAULT_MAX_BYTES: usize = 256 * 1024;
@@ -100,6 +123,8 @@ pub(super) fn read_webhooks(o: &mut Obj, d: &mut Diagnostics) -> (WebhookSetting
         request_timeout: ms(o.u64("request_timeout_ms", 10_000, 1, d)),
         connect_timeout: ms(o.u64("connect_timeout_ms", 5_000, 1, d)),
         retry,
+        vacate_delay: read_vacate_delay(o, d),
+        adaptive_concurrency: o.bool("adaptive_concurrency", false, d),
     };
     o.finish(d);
     (settings, max_bytes.is_some())

@@ -1,0 +1,228 @@
+"""Drives hookq's web console in headless Chromium (run by tests/it/console.rs).
+
+    .venv/bin/python tests/browser/console.py BASE_URL TOKEN SCREENSHOT_DIR [--api-off URL]
+
+BASE_URL is a worker's admin address with an admin token and exactly one
+dead letter waiting. The script signs in with a wrong token (refused), then
+with TOKEN; reads the overview once its throughput is measured; opens the
+dead-letter queue and the entry; asks to replay it and cancels (the entry
+stays), asks again and confirms; and sees the list say "Replayed 1 entry."
+with the queue empty. With --api-off, it also loads the console of a worker
+without a token and sees the "API is off" page. Screenshots go to
+SCREENSHOT_DIR (overview.png, dlq.png, entry.png, confirm.png, replayed.png).
+
+The last line on stdout is JSON with what the page showed, for the Rust test
+to check against the queue and the receiver. Any failure exits non-zero with
+the page's text and the browser's console log.
+"""
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+CHROMIUM = os.environ.get("HOOKQ_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("HOOKQ_CHROMEDRIVER", "/usr/bin/chromedriver")
+WAIT_S = 20
+
+
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # the suite runs as root in CI
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        "--force-prefers-reduced-motion",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+
+class Page:
+    def __init__(self, driver, shots):
+        self.d = driver
+        self.shots = shots
+        self.wait = WebDriverWait(driver, WAIT_S)
+
+    def by_id(self, id_):
+        return self.d.find_element(By.ID, id_)
+
+    def visible(self, id_):
+        return self.wait.until(EC.visibility_of_element_located((By.ID, id_)), f"#{id_} visible")
+
+    def click(self, id_):
+        self.wait.until(EC.element_to_be_clickable((By.ID, id_)), f"#{id_} clickable").click()
+
+    def text_of(self, id_):
+        return self.by_id(id_).text.strip()
+
+    def until_text(self, id_, check, what):
+        """Waits until #id_'s text satisfies check; returns the text."""
+        found = {}
+
+        def ok(_):
+            t = self.text_of(id_)
+            found["last"] = t
+            return t if check(t) else False
+
+        try:
+            return self.wait.until(ok)
+        except TimeoutException:
+            raise AssertionError(f"{what}: #{id_} says {found.get('last')!r}") from None
+
+    def shot(self, name):
+        path = os.path.join(self.shots, name)
+        assert self.d.save_screenshot(path), f"screenshot {path}"
+        return path
+
+
+def is_number(t):
+    return t.replace(",", "").replace(".", "").isdigit()
+
+
+def sign_in(p, base, token):
+    p.d.get(base + "/console")
+    p.visible("login-view")
+    assert p.text_of("login-title") == "Sign in"
+    # A wrong token: the API answers 401 and the prompt comes back, saying so.
+    p.by_id("token").send_keys("not-the-admin-token-at-all")
+    p.click("sign-in")
+    p.until_text("login-error", lambda t: "refused" in t, "a wrong token is refused")
+    p.visible("login-view")
+    # The browser logs the refused request; nothing else may be logged.
+    logged = [l["message"] for l in p.d.get_log("browser") if l["level"] == "SEVERE"]
+    unexpected = [m for m in logged if "/api/v1/overview" not in m or "401" not in m]
+    assert not unexpected, f"the browser logged {unexpected}"
+    p.by_id("token").send_keys(token)
+    p.click("sign-in")
+    p.visible("overview-view")
+
+
+def overview(p):
+    shown = {}
+    for state in ("ready", "delayed", "held"):
+        shown[state] = p.until_text(f"queue-{state}", is_number, f"queue depth {state}")
+    shown["dead"] = p.until_text("queue-dead", lambda t: t == "1", "one dead letter in the overview")
+    # Throughput needs two polls (2 s apart).
+    shown["events_per_s"] = p.until_text("rate-events", is_number, "throughput measured")
+    for state in ("healthy", "failing", "idle"):
+        shown[f"endpoints_{state}"] = p.until_text(f"endpoints-{state}", is_number, f"endpoints {state}")
+    shown["events_delivered"] = p.until_text("total-events-delivered", is_number, "totals")
+    shown["worker"] = p.text_of("worker-info")
+    # The sparkline appears with the second measured rate (a third poll).
+    p.visible("spark")
+    p.shot("overview.png")
+    return shown
+
+
+def dlq_and_replay(p):
+    p.click("nav-dlq")
+    p.visible("dlq-view")
+    links = p.wait.until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#dlq-table tbody a.entry-link"), "a DLQ row"
+    )
+    assert len(links) == 1, f"one DLQ row, found {len(links)}"
+    row = p.d.find_element(By.CSS_SELECTOR, "#dlq-table tbody tr")
+    cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+    listed = {"entry_id": links[0].get_attribute("data-id"), "row": cells}
+    p.shot("dlq.png")
+
+    links[0].click()
+    p.visible("entry-view")
+    entry = {
+        "reason": p.until_text("entry-reason", lambda t: t != "", "the entry's reason"),
+        "attempts": p.text_of("entry-attempts"),
+        "status": p.text_of("entry-status"),
+        "endpoint": p.text_of("entry-endpoint"),
+        "events": p.text_of("entry-event-count"),
+        "webhook_id": p.text_of("entry-webhook-id"),
+        "body": p.text_of("entry-body"),
+        "event_list": json.loads(p.text_of("entry-events")),
+        "url_hash": p.d.execute_script("return location.hash"),
+    }
+    p.shot("entry.png")
+
+    # Replay asks first; Cancel changes nothing.
+    p.click("entry-replay")
+    p.visible("confirm")
+    assert "Replay dead letter" in p.text_of("confirm-text"), p.text_of("confirm-text")
+    p.shot("confirm.png")
+    p.click("confirm-cancel")
+    p.wait.until(EC.invisibility_of_element_located((By.ID, "confirm")), "the dialog closes")
+    p.until_text("status", lambda t: t == "Nothing was changed.", "cancel changes nothing")
+    assert p.d.find_element(By.ID, "entry-view").is_displayed()
+
+    # Confirmed: the entry's job goes back on the queue and the list says so.
+    p.click("entry-replay")
+    p.visible("confirm")
+    p.click("confirm-ok")
+    p.visible("dlq-view")
+    said = p.until_text("status", lambda t: t.startswith("Replayed"), "the replay's outcome")
+    p.visible("dlq-empty")
+    p.shot("replayed.png")
+    return listed, entry, said
+
+
+def api_off(p, url):
+    p.d.execute_script("sessionStorage.clear()")
+    p.d.get(url + "/console")
+    p.visible("login-view")
+    p.by_id("token").send_keys("any-token-the-worker-has-none")
+    p.click("sign-in")
+    p.visible("off-view")
+    return p.text_of("off-message")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("base")
+    ap.add_argument("token")
+    ap.add_argument("shots")
+    ap.add_argument("--api-off")
+    args = ap.parse_args()
+    os.makedirs(args.shots, exist_ok=True)
+    d = browser()
+    p = Page(d, args.shots)
+    result = {}
+    try:
+        sign_in(p, args.base, args.token)
+        result["token_in_session_storage"] = d.execute_script(
+            "return sessionStorage.getItem('hookq.adminToken') === arguments[0]", args.token
+        )
+        result["local_storage_keys"] = d.execute_script("return localStorage.length")
+        result["cookies"] = d.execute_script("return document.cookie")
+        result["overview"] = overview(p)
+        result["listed"], result["entry"], result["replay_said"] = dlq_and_replay(p)
+        if args.api_off:
+            result["api_off_message"] = api_off(p, args.api_off)
+        logs = d.get_log("browser")
+        result["console_errors"] = [l["message"] for l in logs if l["level"] == "SEVERE"]
+    except Exception:
+        traceback.print_exc()
+        try:
+            p.shot("failure.png")
+            print("--- page text ---\n" + d.find_element(By.TAG_NAME, "body").text, file=sys.stderr)
+            print("--- browser log ---", file=sys.stderr)
+            for l in d.get_log("browser"):
+                print(l, file=sys.stderr)
+        finally:
+            d.quit()
+        sys.exit(1)
+    d.quit()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -130,6 +130,7 @@ pub async fn dlq_round_trip(q: Arc<dyn QueueDriver>) {
     let only_a = DlqFilter {
         app_id: Some("a".into()),
         limit: None,
+        ..Default::default()
     };
     assert_eq!(q.dlq_list(&only_a).await.unwrap().len(), 2);
     assert_eq!(q.dlq_replay(&only_a).await.unwrap(), 2);

@@ -3,7 +3,7 @@
 # postgresql and mariadb-server (Debian packages) and the SQS/DynamoDB
 # emulator (moto's server, from PyPI into .venv); for the console's browser
 # test, chromium and chromium-driver (Debian packages) and selenium (PyPI,
-# into .venv).
+# into .venv); for the admin API's OpenAPI check, schemathesis (PyPI, into .venv).
 # Idempotent and quiet when everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,4 +49,11 @@ done
 if ! .venv/bin/python -c 'import selenium' >/dev/null 2>&1; then
   echo "test-deps: installing the WebDriver client (selenium) into .venv"
   .venv/bin/pip install -q --disable-pip-version-check 'selenium>=4.20,<5'
+fi
+
+# The admin API's OpenAPI check (tests/it/admin_api.rs): schemathesis runs
+# docs/openapi.json against a real worker.
+if [ ! -x .venv/bin/schemathesis ]; then
+  echo "test-deps: installing schemathesis into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check 'schemathesis==4.32.5'
 fi

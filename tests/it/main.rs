@@ -4,6 +4,7 @@
 // A test that cannot set up what it tests should fail loudly, helpers included.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin_api;
 mod apps_db;
 mod cli;
 mod conformance;

@@ -5,6 +5,7 @@
 BASE_URL is a worker's admin address with an admin token and exactly one
 dead letter waiting. The script signs in with a wrong token (refused), then
 with TOKEN; reads the overview once its throughput is measured; opens the
+endpoints, the failing endpoint's page and its dead letters; opens the
 dead-letter queue and the entry; asks to replay it and cancels (the entry
 stays), asks again and confirms; and sees the list say "Replayed 1 entry."
 with the queue empty. With --api-off, it also loads the console of a worker
@@ -121,9 +122,42 @@ def overview(p):
         shown[f"endpoints_{state}"] = p.until_text(f"endpoints-{state}", is_number, f"endpoints {state}")
     shown["events_delivered"] = p.until_text("total-events-delivered", is_number, "totals")
     shown["worker"] = p.text_of("worker-info")
-    # The sparkline appears with the second measured rate (a third poll).
+    # The sparkline appears with the second measured rate (a third poll);
+    # the screenshot waits for five.
     p.visible("spark")
+    p.wait.until(
+        lambda d: len(d.find_element(By.CSS_SELECTOR, "#spark polyline").get_attribute("points").split()) >= 5,
+        "five rates in the sparkline",
+    )
+    shown["events_per_s"] = p.text_of("rate-events")
+    shown["spark_caption"] = p.text_of("spark-caption")
     p.shot("overview.png")
+    return shown
+
+
+def endpoints(p):
+    """The endpoint list, the flaky endpoint's page, and its DLQ link (a filtered list)."""
+    p.click("nav-endpoints")
+    p.visible("endpoints-view")
+    links = p.wait.until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#endpoints-table tbody a.endpoint-link"), "endpoint rows"
+    )
+    names = sorted(l.text for l in links)
+    next(l for l in links if l.text == "flaky").click()
+    p.visible("endpoint-view")
+    shown = {
+        "listed": names,
+        "state": p.until_text("endpoint-state", lambda t: t != "", "the endpoint's state"),
+        "last_error": p.text_of("endpoint-last-error"),
+        "dead_lettered": p.text_of("endpoint-dead-lettered"),
+    }
+    p.click("endpoint-dlq-link")
+    p.visible("dlq-view")
+    rows = p.wait.until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#dlq-table tbody tr"), "the endpoint's dead letters"
+    )
+    shown["dlq_filter"] = p.by_id("dlq-endpoint").get_attribute("value")
+    shown["dlq_rows"] = len(rows)
     return shown
 
 
@@ -182,6 +216,10 @@ def api_off(p, url):
     p.by_id("token").send_keys("any-token-the-worker-has-none")
     p.click("sign-in")
     p.visible("off-view")
+    # The one thing the browser may log here is that 404.
+    logged = [l["message"] for l in p.d.get_log("browser") if l["level"] == "SEVERE"]
+    unexpected = [m for m in logged if "/api/v1/overview" not in m or "404" not in m]
+    assert not unexpected, f"the browser logged {unexpected}"
     return p.text_of("off-message")
 
 
@@ -204,11 +242,12 @@ def main():
         result["local_storage_keys"] = d.execute_script("return localStorage.length")
         result["cookies"] = d.execute_script("return document.cookie")
         result["overview"] = overview(p)
+        result["endpoints"] = endpoints(p)
         result["listed"], result["entry"], result["replay_said"] = dlq_and_replay(p)
-        if args.api_off:
-            result["api_off_message"] = api_off(p, args.api_off)
         logs = d.get_log("browser")
         result["console_errors"] = [l["message"] for l in logs if l["level"] == "SEVERE"]
+        if args.api_off:
+            result["api_off_message"] = api_off(p, args.api_off)
     except Exception:
         traceback.print_exc()
         try:

@@ -8,6 +8,7 @@ mod admin_api;
 mod apps_db;
 mod cli;
 mod conformance;
+mod console;
 mod delivery;
 mod ingest;
 mod lambda;

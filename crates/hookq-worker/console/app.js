@@ -7,7 +7,7 @@
 // whose answer says the API is off shows that instead.
 //
 // Everything the API returns is put on the page as text (textContent and
-// text nodes, never innerHTML), and the page loads nothing but its own three
+// text nodes, never parsed as HTML), and the page loads nothing but its own three
 // files: the server's Content-Security-Policy allows nothing else.
 'use strict';
 
@@ -359,21 +359,25 @@
     ]);
   }
 
+  /** The sparkline of events/s over the polls so far (up to SPARK_POINTS), across the full width. */
   function drawSpark() {
     const svg = $('spark');
-    const ns = 'http://www.w3.org/2000/svg';
+    const caption = $('spark-caption');
+    const n = sparkRates.length;
     // An SVG element has no `hidden` property: set the attribute.
-    svg.toggleAttribute('hidden', sparkRates.length < 2);
-    if (sparkRates.length < 2) return;
+    svg.toggleAttribute('hidden', n < 2);
+    caption.hidden = n < 2;
+    if (n < 2) return;
     const max = Math.max(1, ...sparkRates);
-    const step = 300 / (SPARK_POINTS - 1);
-    const offset = (SPARK_POINTS - sparkRates.length) * step;
+    const step = 300 / (n - 1);
     const points = sparkRates
-      .map((r, i) => `${(offset + i * step).toFixed(1)},${(38 - (r / max) * 36).toFixed(1)}`)
+      .map((r, i) => `${(i * step).toFixed(1)},${(38 - (r / max) * 34).toFixed(1)}`)
       .join(' ');
-    const line = document.createElementNS(ns, 'polyline');
+    const line = document.createElementNS('http://www.w3.org/2000/svg', 'polyline');
     line.setAttribute('points', points);
     svg.replaceChildren(line);
+    const peak = Math.max(...sparkRates);
+    caption.textContent = `Events delivered/s over the last ${duration((n * POLL_MS) / 1000)}, peak ${rate(peak)}/s`;
   }
 
   // Endpoints.
@@ -383,6 +387,8 @@
     const app = params.get('app') || '';
     $('endpoints-app').value = app;
     const tbody = $('endpoints-table').tBodies[0];
+    tbody.replaceChildren();
+    $('endpoints-empty').hidden = true;
     let list;
     try {
       list = await get(`/endpoints${query({ app })}`);
@@ -499,6 +505,10 @@
       return;
     }
     Object.assign(dlqState, { filter: f, apiFilter: filter, limit, offset, entries: [] });
+    // Rows of another filter or page must not stay clickable while this one loads.
+    $('dlq-table').tBodies[0].replaceChildren();
+    $('dlq-empty').hidden = true;
+    $('dlq-range').textContent = '';
     selectionChanged();
     let page;
     try {
@@ -567,12 +577,22 @@
     return parts.length ? parts.join(', ') : null;
   }
 
-  /** Replays or purges, after the operator confirms; `what` is {ids} or {filter}. */
-  async function act(action, what, label) {
+  /**
+   * Replays or purges, after the operator confirms; `what` is {ids} or
+   * {filter}, `label` names what it selects, `one` whether that is one entry.
+   */
+  async function act(action, what, label, one) {
     const replay = action === 'replay';
-    const consequence = replay
-      ? 'Their jobs go back on the queue for their endpoint and leave the dead-letter queue.'
-      : 'They are deleted for good; nothing will deliver them.';
+    let consequence;
+    if (replay) {
+      consequence = one
+        ? 'Its job goes back on the queue for its endpoint, and it leaves the dead-letter queue.'
+        : 'Their jobs go back on the queue for their endpoints, and they leave the dead-letter queue.';
+    } else {
+      consequence = one
+        ? 'It is deleted for good: nothing will deliver it.'
+        : 'They are deleted for good: nothing will deliver them.';
+    }
     const ok = await confirmAction(
       replay ? 'Replay dead letters' : 'Purge dead letters',
       `${replay ? 'Replay' : 'Purge'} ${label}? ${consequence}`,
@@ -599,14 +619,14 @@
   async function actOnSelected(action) {
     const ids = selectedIds();
     if (!ids.length) return;
-    const n = await act(action, { ids }, `${ids.length} selected ${ids.length === 1 ? 'entry' : 'entries'}`);
+    const n = await act(action, { ids }, `${ids.length} selected ${ids.length === 1 ? 'entry' : 'entries'}`, ids.length === 1);
     if (n !== null) route(true);
   }
 
   async function actOnMatching(action) {
     const filter = dlqState.apiFilter;
     const d = describeFilter(filter);
-    const n = await act(action, { filter }, d ? `every entry matching ${d}` : 'every entry in the dead-letter queue');
+    const n = await act(action, { filter }, d ? `every entry matching ${d}` : 'every entry in the dead-letter queue', false);
     if (n !== null) route(true);
   }
 
@@ -655,7 +675,7 @@
   }
 
   async function entryAction(action, id) {
-    const n = await act(action, { ids: [id] }, `dead letter ${id}`);
+    const n = await act(action, { ids: [id] }, `dead letter ${id}`, true);
     if (n === null) return;
     if (n === 0) {
       say(`Dead letter ${id} was no longer there: nothing ${action === 'replay' ? 'replayed' : 'purged'}.`, 'error');

@@ -404,6 +404,32 @@ async fn every_route_against_a_redis_worker() {
         );
     }
 
+    // `hookq dlq` takes the same filters, and `list --json` prints the same ids.
+    let cfg_path = write_config(&dir, "cli.json", &cfg);
+    let cfg_path = cfg_path.to_str().unwrap();
+    let cli = |extra: &[&str]| {
+        let mut args = vec!["dlq", "list", "--json", "--config", cfg_path];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = hookq(&args);
+        assert!(ok, "{extra:?}: {out}{err}");
+        out.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let old_e1 = cli(&[
+        "--endpoint",
+        "e1",
+        "--reason",
+        "http 500",
+        "--older-than",
+        "3600",
+    ]);
+    assert_eq!(old_e1.len(), 10);
+    let one = old_e1[0]["id"].as_str().unwrap();
+    assert!(seen.contains(one), "the CLI's id is the API's");
+    assert_eq!(cli(&["--id", one]).len(), 1);
+    assert_eq!(cli(&["--app", "app-p", "--newer-than", "3600"]).len(), 100);
+
     // Bad bodies: 400 with a reason, nothing touched.
     for body in [
         json!({}),
@@ -665,6 +691,9 @@ async fn schemathesis_finds_no_5xx_and_no_schema_mismatch() {
         "schemathesis: {} test cases, {} checks passed, {} failed, {} failures, exit {}",
         st.cases, st.checks_passed, st.checks_failed, st.failures, st.exit
     );
+    if let Some(summary) = st.output.split("SUMMARY").nth(1) {
+        println!("schemathesis summary:{summary}");
+    }
     assert_eq!(st.exit, 0, "{}", st.output);
     assert_eq!((st.failures, st.checks_failed), (0, 0), "{}", st.output);
     assert!(st.cases > 100 && st.checks_passed > st.cases, "{st:?}");

@@ -2,11 +2,12 @@
 
     .venv/bin/python tests/browser/console.py BASE_URL TOKEN SCREENSHOT_DIR [--api-off URL]
 
-BASE_URL is a worker's admin address with an admin token and exactly one
-dead letter waiting. The script signs in with a wrong token (refused), then
+BASE_URL is a worker's admin address with an admin token and exactly two
+dead letters waiting. The script signs in with a wrong token (refused), then
 with TOKEN; reads the overview once its throughput is measured; opens the
-endpoints, the failing endpoint's page and its dead letters; opens the
-dead-letter queue and the entry; asks to replay it and cancels (the entry
+endpoints, the failing endpoint's page and its dead letters; pages through
+the DLQ one entry a page; selects the newer entry and purges it, confirmed;
+opens the other entry; asks to replay it and cancels (the entry
 stays), asks again and confirms; and sees the list say "Replayed 1 entry."
 with the queue empty. With --api-off, it also loads the console of a worker
 without a token and sees the "API is off" page. Screenshots go to
@@ -115,7 +116,7 @@ def overview(p):
     shown = {}
     for state in ("ready", "delayed", "held"):
         shown[state] = p.until_text(f"queue-{state}", is_number, f"queue depth {state}")
-    shown["dead"] = p.until_text("queue-dead", lambda t: t == "1", "one dead letter in the overview")
+    shown["dead"] = p.until_text("queue-dead", lambda t: t == "2", "two dead letters in the overview")
     # Throughput needs two polls (2 s apart).
     shown["events_per_s"] = p.until_text("rate-events", is_number, "throughput measured")
     for state in ("healthy", "failing", "idle"):
@@ -161,17 +162,61 @@ def endpoints(p):
     return shown
 
 
-def dlq_and_replay(p):
+def entry_links(p, n, what):
+    """The DLQ table's entry links once it shows n rows."""
+    return p.wait.until(
+        lambda d: (lambda ls: ls if len(ls) == n else False)(
+            d.find_elements(By.CSS_SELECTOR, "#dlq-table tbody a.entry-link")
+        ),
+        what,
+    )
+
+
+def paging(p):
+    """One entry a page (a limit the hash may carry): Next, then Previous."""
+    p.d.execute_script("location.hash = '#/dlq?limit=1'")
+    first = entry_links(p, 1, "page 1")[0].get_attribute("data-id")
+    pages = {"first_range": p.until_text("dlq-range", lambda t: t != "", "page 1's range")}
+    assert p.by_id("dlq-prev").get_attribute("disabled") is not None, "no page before the first"
+    p.click("dlq-next")
+    p.until_text("dlq-range", lambda t: t != pages["first_range"], "page 2's range")
+    second = entry_links(p, 1, "page 2")[0].get_attribute("data-id")
+    pages["second_range"] = p.text_of("dlq-range")
+    pages["next_disabled"] = p.by_id("dlq-next").get_attribute("disabled") is not None
+    pages["hash"] = p.d.execute_script("return location.hash")
+    p.click("dlq-prev")
+    p.until_text("dlq-range", lambda t: t == pages["first_range"], "back on page 1")
+    pages["ids"] = [first, second]
+    return pages
+
+
+def purge_one(p):
+    """Selects the newer of the two entries and purges it, confirmed."""
     p.click("nav-dlq")
     p.visible("dlq-view")
-    links = p.wait.until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, "#dlq-table tbody a.entry-link"), "a DLQ row"
-    )
-    assert len(links) == 1, f"one DLQ row, found {len(links)}"
+    links = entry_links(p, 2, "two DLQ rows")
+    rows = p.d.find_elements(By.CSS_SELECTOR, "#dlq-table tbody tr")
+    listed = [[c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in rows]
+    p.shot("dlq.png")
+    victim = links[1].get_attribute("data-id")
+    rows[1].find_element(By.CSS_SELECTOR, "input.dlq-select").click()
+    p.until_text("dlq-purge-selected", lambda t: t == "Purge selected (1)", "one selected")
+    p.click("dlq-purge-selected")
+    p.visible("confirm")
+    asked = p.text_of("confirm-text")
+    assert asked.startswith("Purge 1 selected entry?"), asked
+    p.click("confirm-ok")
+    said = p.until_text("status", lambda t: t.startswith("Purged"), "the purge's outcome")
+    left = entry_links(p, 1, "one row left")
+    assert left[0].get_attribute("data-id") != victim
+    return {"rows": listed, "purged_id": victim, "said": said}
+
+
+def dlq_and_replay(p):
+    links = entry_links(p, 1, "the entry left")
     row = p.d.find_element(By.CSS_SELECTOR, "#dlq-table tbody tr")
     cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
     listed = {"entry_id": links[0].get_attribute("data-id"), "row": cells}
-    p.shot("dlq.png")
 
     links[0].click()
     p.visible("entry-view")
@@ -243,6 +288,8 @@ def main():
         result["cookies"] = d.execute_script("return document.cookie")
         result["overview"] = overview(p)
         result["endpoints"] = endpoints(p)
+        result["paging"] = paging(p)
+        result["purge"] = purge_one(p)
         result["listed"], result["entry"], result["replay_said"] = dlq_and_replay(p)
         logs = d.get_log("browser")
         result["console_errors"] = [l["message"] for l in logs if l["level"] == "SEVERE"]

@@ -5,10 +5,10 @@
 //! types, `Cache-Control: no-cache` and a Content-Security-Policy that allows
 //! nothing but the page's own files. In headless Chromium
 //! (tests/browser/console.py, Debian's chromium and chromium-driver through
-//! selenium) an operator signs in, reads the overview, opens the one dead
-//! letter a receiver's 400 left on Redis, cancels a replay, confirms it — and
-//! the receiver gets that event again, at that endpoint only, and nothing else
-//! is sent. Screenshots land in `target/test-artifacts/console/`.
+//! selenium) an operator signs in, reads the overview, pages through the two
+//! dead letters a receiver's 400s left on Redis, purges one, cancels a replay
+//! of the other, confirms it — and the receiver gets that event again, at
+//! that endpoint only, and nothing else is sent. Screenshots land in `target/test-artifacts/console/`.
 //!
 //! The dashboard (deploy/grafana/hookq-dashboard.json) is a Grafana dashboard
 //! over a datasource variable, and every metric and label its queries name is
@@ -222,20 +222,20 @@ async fn the_console_is_served_without_a_token_under_a_strict_policy() {
     assert!(header(&headers, "www-authenticate").starts_with("Bearer"));
 }
 
-/// The browser test: a 400 leaves one dead letter; in Chromium the operator
-/// signs in (a wrong token first: refused), reads the overview, opens the DLQ
-/// and the entry, cancels a replay, then confirms one; the flaky endpoint gets
-/// the event again (same events, same webhook-id), the steady one nothing
-/// more. A second worker without a token shows the console's "API is off" page.
+/// The browser test: two 400s leave two dead letters; in Chromium the
+/// operator signs in (a wrong token first: refused), reads the overview, the
+/// endpoints and the failing one's page, pages through the DLQ, purges the
+/// newer entry, opens the other, cancels a replay, then confirms one; the
+/// flaky endpoint gets that event again (same events, same webhook-id), never
+/// the purged one, and the steady one nothing more. A second worker without
+/// a token shows the console's "API is off" page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_replays_a_dead_letter_in_headless_chromium() {
     let python = venv_python();
     let redis = RedisServer::start();
     let r = Receiver::start(&[("key-1", "secret-1"), ("key-2", "secret-2")]).await;
-    r.script(
-        FLAKY,
-        vec![Reply::status(400).with_body(r#"{"error":"unknown room"}"#)],
-    );
+    let refused = Reply::status(400).with_body(r#"{"error":"unknown room"}"#);
+    r.script(FLAKY, vec![refused.clone(), refused]);
     let cfg = console_config(&r, Some(&redis), "console");
     let dir = temp_dir("console-browser");
     let w = WorkerProcess::start_ready(&dir, "console", &cfg).await;
@@ -246,31 +246,40 @@ async fn the_console_replays_a_dead_letter_in_headless_chromium() {
         .remove("admin_token");
     let off = WorkerProcess::start(&dir, "console-api-off", &off_cfg).await;
 
+    // Two app-1 events, one after the other: both refused by flaky (two
+    // dead letters, the older first in the DLQ), both taken by steady.
     let (producer, queue) = producer(&cfg).await;
-    let event = Event::client_event("private-room", "client-typing", r#"{"n":1}"#, "1.1");
-    producer.publish("app-1", event).await.unwrap();
-    r.wait_for(
-        "the steady delivery and the flaky 400",
-        Duration::from_secs(15),
-        |r| r.requests(STEADY).len() == 1 && r.requests(FLAKY).len() == 1,
-    )
-    .await;
     let every = Duration::from_millis(100);
-    let listed = poll(
-        "one dead letter in the API",
-        Duration::from_secs(15),
-        every,
-        async || match api(&w, "/api/v1/dlq").await {
-            (200, page) if page["entries"].as_array().is_some_and(|e| e.len() == 1) => Ok(page),
-            other => Err(format!("{other:?}")),
-        },
-    )
-    .await;
-    let id = listed["entries"][0]["id"].as_str().unwrap().to_string();
-    let (status, detail) = api(&w, &format!("/api/v1/dlq/{id}")).await;
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let event = Event::client_event(
+            "private-room",
+            "client-typing",
+            format!("{{\"n\":{n}}}"),
+            "1.1",
+        );
+        producer.publish("app-1", event).await.unwrap();
+        let what = format!("dead letter {n} in the API");
+        let listed = poll(&what, Duration::from_secs(15), every, async || {
+            match api(&w, "/api/v1/dlq").await {
+                (200, page) if page["entries"].as_array().is_some_and(|e| e.len() == n) => Ok(page),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        ids.push(listed["entries"][n - 1]["id"].as_str().unwrap().to_string());
+    }
+    let (kept, purged) = (ids[0].clone(), ids[1].clone());
+    let (status, detail) = api(&w, &format!("/api/v1/dlq/{kept}")).await;
     assert_eq!(status, 200, "{detail}");
-    let failed = &r.requests(FLAKY)[0];
-    assert_eq!(failed.answered, 400);
+    r.wait_for("steady's two deliveries", Duration::from_secs(15), |r| {
+        r.requests(STEADY).len() == 2
+    })
+    .await;
+    let refused_requests = r.requests(FLAKY);
+    assert_eq!(refused_requests.len(), 2);
+    let (failed, purged_request) = (&refused_requests[0], &refused_requests[1]);
+    assert_eq!((failed.answered, purged_request.answered), (400, 400));
 
     // app-2 gets 20 events a second while the browser looks, so the
     // overview has a throughput to measure (and the screenshot a curve).
@@ -330,7 +339,7 @@ async fn the_console_replays_a_dead_letter_in_headless_chromium() {
         "the browser logged errors"
     );
     let o = &seen["overview"];
-    assert_eq!(o["dead"], "1");
+    assert_eq!(o["dead"], "2");
     assert_eq!(o["delayed"], "0");
     assert_eq!(
         o["endpoints_failing"], "1",
@@ -355,17 +364,29 @@ async fn the_console_replays_a_dead_letter_in_headless_chromium() {
     assert_eq!(eps["listed"], json!(["flaky", "steady", "stream"]));
     assert_eq!(eps["state"], "failing");
     assert_eq!(eps["last_error"], detail["reason"]);
-    assert_eq!(eps["dead_lettered"], "1");
+    assert_eq!(eps["dead_lettered"], "2");
     assert_eq!(eps["dlq_filter"], "flaky");
-    assert_eq!(eps["dlq_rows"], 1);
-    assert_eq!(seen["listed"]["entry_id"], id.as_str());
+    assert_eq!(eps["dlq_rows"], 2);
+    let pages = &seen["paging"];
+    assert_eq!(
+        pages["ids"],
+        json!([kept, purged]),
+        "oldest first, one a page"
+    );
+    assert_eq!(pages["first_range"], "Entries 1–1");
+    assert_eq!(pages["second_range"], "Entries 2–2");
+    assert_eq!(pages["next_disabled"], true, "no page after the last");
+    assert_eq!(pages["hash"], "#/dlq?limit=1&offset=1");
+    assert_eq!(seen["purge"]["purged_id"], purged.as_str());
+    assert_eq!(seen["purge"]["said"], "Purged 1 entry.");
+    assert_eq!(seen["listed"]["entry_id"], kept.as_str());
     let row = seen["listed"]["row"].as_array().unwrap();
     assert!(
         row.iter().any(|c| c == "flaky"),
         "the row names the endpoint: {row:?}"
     );
     let e = &seen["entry"];
-    assert_eq!(e["url_hash"], format!("#/dlq/{id}").as_str());
+    assert_eq!(e["url_hash"], format!("#/dlq/{kept}").as_str());
     assert_eq!(e["reason"], detail["reason"]);
     assert_eq!(e["attempts"], "1");
     assert_eq!(e["status"], "400");
@@ -393,24 +414,30 @@ async fn the_console_replays_a_dead_letter_in_headless_chromium() {
     assert_screenshot(&shots.join("overview.png"));
     assert_screenshot(&shots.join("dlq.png"));
 
-    // The replay reached the flaky endpoint, once, with the same request; the
-    // steady endpoint got nothing more, and nothing is left anywhere.
+    // The replay reached the flaky endpoint, once, with the same request;
+    // the purged event never went out again, the steady endpoint got nothing
+    // more, and nothing is left anywhere.
     r.wait_for("the replayed delivery", Duration::from_secs(15), |r| {
-        r.requests(FLAKY).len() >= 2
+        r.requests(FLAKY).len() >= 3
     })
     .await;
     let depth = wait_drained(queue.as_ref(), Duration::from_secs(15)).await;
     assert_eq!(depth.dead, 0, "{depth:?}");
     let flaky = r.requests(FLAKY);
-    assert_eq!(flaky.len(), 2, "the flaky endpoint: the 400 and the replay");
-    let replayed = &flaky[1];
+    assert_eq!(
+        flaky.len(),
+        3,
+        "the flaky endpoint: two 400s and the replay"
+    );
+    let replayed = &flaky[2];
     assert_eq!(replayed.answered, 200);
     assert!(replayed.valid, "the replay is signed");
     assert_eq!(replayed.events(), failed.events());
+    assert_ne!(replayed.events(), purged_request.events());
     assert_eq!(replayed.header("webhook-id"), failed.header("webhook-id"));
     assert_eq!(
         r.requests(STEADY).len(),
-        1,
+        2,
         "the steady endpoint got nothing again"
     );
     let app_1 = r
@@ -419,8 +446,8 @@ async fn the_console_replays_a_dead_letter_in_headless_chromium() {
         .filter(|q| q.path.starts_with("/app-1/"))
         .count();
     assert_eq!(
-        app_1, 3,
-        "app-1's requests: steady's, the 400 and the replay"
+        app_1, 5,
+        "app-1: steady's two, flaky's two 400s and the replay"
     );
     assert_eq!(
         r.delivered_events(STREAM).len() as u64,

@@ -495,7 +495,12 @@
     $('dlq-newer').value = f.newer;
     const limit = Number(params.get('limit')) || 50;
     const offset = Math.max(0, Number(params.get('offset')) || 0);
-    $('dlq-limit').value = String(limit);
+    // A limit from a link may be none of the select's; it becomes one.
+    const select = $('dlq-limit');
+    if (![...select.options].some((o) => o.value === String(limit))) {
+      select.append(el('option', { text: String(limit) }));
+    }
+    select.value = String(limit);
     $('dlq-error').textContent = '';
     let filter;
     try {
@@ -608,7 +613,10 @@
     try {
       const answer = await post(`/dlq/${action}`, body);
       const n = replay ? answer.replayed : answer.purged;
-      say(`${replay ? 'Replayed' : 'Purged'} ${num(n)} ${n === 1 ? 'entry' : 'entries'}.`, 'ok');
+      const message = `${replay ? 'Replayed' : 'Purged'} ${num(n)} ${n === 1 ? 'entry' : 'entries'}.`;
+      say(message, 'ok');
+      // Said again once the list has reloaded (a view clears the status line as it loads).
+      pendingMessage = message;
       return n;
     } catch (e) {
       failed(e);
@@ -620,14 +628,14 @@
     const ids = selectedIds();
     if (!ids.length) return;
     const n = await act(action, { ids }, `${ids.length} selected ${ids.length === 1 ? 'entry' : 'entries'}`, ids.length === 1);
-    if (n !== null) route(true);
+    if (n !== null) route();
   }
 
   async function actOnMatching(action) {
     const filter = dlqState.apiFilter;
     const d = describeFilter(filter);
     const n = await act(action, { filter }, d ? `every entry matching ${d}` : 'every entry in the dead-letter queue', false);
-    if (n !== null) route(true);
+    if (n !== null) route();
   }
 
   async function entry(gen, id) {
@@ -678,21 +686,20 @@
     const n = await act(action, { ids: [id] }, `dead letter ${id}`, true);
     if (n === null) return;
     if (n === 0) {
+      pendingMessage = null;
       say(`Dead letter ${id} was no longer there: nothing ${action === 'replay' ? 'replayed' : 'purged'}.`, 'error');
       return;
     }
-    // Back to the list, saying there what was done (a view clears the status line as it loads).
-    pendingMessage = $('status').textContent;
     go(lastDlqHash);
   }
 
   // ---- routing ----------------------------------------------------------
 
-  function route(keepStatus) {
+  function route() {
     stopPolling();
     generation += 1;
     const gen = generation;
-    if (!keepStatus) say('');
+    say('');
     if (!token.get()) {
       showLogin('');
       return;

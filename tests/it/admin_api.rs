@@ -583,12 +583,17 @@ struct Schemathesis {
     failures: usize,
     checks_passed: u64,
     checks_failed: u64,
+    /// Answers 200 of `GET /api/v1/dlq/{id}`.
+    entry_details: u64,
     output: String,
 }
 
 /// Runs `.venv/bin/schemathesis` (scripts/test-deps.sh installs it) with
-/// every check over docs/openapi.json against `base`, with the token.
-fn schemathesis(base: &str, dir: &std::path::Path) -> Schemathesis {
+/// every check over docs/openapi.json against `base`, with the token; the
+/// one-entry routes are also asked about a DLQ entry that exists
+/// (`entry_id`) and an endpoint that exists (`app-a`/`bad`), so that their
+/// 200 answers are checked against the document too, not only their 404s.
+fn schemathesis(base: &str, dir: &std::path::Path, entry_id: &str, extra: &[&str]) -> Schemathesis {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let bin = root.join(".venv/bin/schemathesis");
     assert!(
@@ -597,8 +602,26 @@ fn schemathesis(base: &str, dir: &std::path::Path) -> Schemathesis {
         bin.display()
     );
     let (json_report, events) = (dir.join("st.json"), dir.join("st.ndjson"));
+    let config = dir.join("schemathesis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[[operations]]
+include-name = "GET /api/v1/dlq/{{id}}"
+parameters = {{ id = "{entry_id}" }}
+
+[[operations]]
+include-name = "GET /api/v1/endpoints/{{app_id}}/{{endpoint_id}}"
+parameters = {{ app_id = "app-a", endpoint_id = "bad" }}
+"#
+        ),
+    )
+    .unwrap();
     let out = std::process::Command::new(&bin)
+        .arg("--config-file")
+        .arg(&config)
         .arg("run")
+        .args(extra)
         .arg(root.join("docs/openapi.json"))
         .args([
             "--url",
@@ -627,10 +650,24 @@ fn schemathesis(base: &str, dir: &std::path::Path) -> Schemathesis {
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&json_report).unwrap_or_default())
             .unwrap_or_else(|e| panic!("no JSON report ({e}):\n{output}"));
-    let (mut checks_passed, mut checks_failed) = (0, 0);
+    let (mut checks_passed, mut checks_failed, mut entry_details) = (0, 0, 0);
     for line in std::fs::read_to_string(&events).unwrap_or_default().lines() {
         let event: Value = serde_json::from_str(line).unwrap();
-        let checks = &event["ScenarioFinished"]["recorder"]["checks"];
+        let recorder = &event["ScenarioFinished"]["recorder"];
+        for i in recorder["interactions"]
+            .as_object()
+            .into_iter()
+            .flat_map(|i| i.values())
+        {
+            let uri = i["request"]["uri"].as_str().unwrap_or_default();
+            let detail = uri.contains("/api/v1/dlq/")
+                && !uri.ends_with("/replay")
+                && !uri.ends_with("/purge");
+            if detail && i["response"]["status_code"] == 200 {
+                entry_details += 1;
+            }
+        }
+        let checks = &recorder["checks"];
         for check in checks
             .as_object()
             .into_iter()
@@ -650,6 +687,7 @@ fn schemathesis(base: &str, dir: &std::path::Path) -> Schemathesis {
         failures: report["failures"].as_array().map_or(0, Vec::len),
         checks_passed,
         checks_failed,
+        entry_details,
         output,
     }
 }
@@ -686,17 +724,50 @@ async fn schemathesis_finds_no_5xx_and_no_schema_mismatch() {
     )
     .await;
 
-    let st = schemathesis(&api.base, &dir);
-    println!(
-        "schemathesis: {} test cases, {} checks passed, {} failed, {} failures, exit {}",
-        st.cases, st.checks_passed, st.checks_failed, st.failures, st.exit
-    );
-    if let Some(summary) = st.output.split("SUMMARY").nth(1) {
-        println!("schemathesis summary:{summary}");
+    let first_entry = async || {
+        api.get("/api/v1/dlq?limit=1").await["entries"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Every operation; then, as replays and purges emptied the DLQ, the
+    // read-only ones again over a DLQ filled anew, so that an entry's
+    // detail is checked against the document in its 200 answer too.
+    let mut runs = vec![schemathesis(&api.base, &dir, &first_entry().await, &[])];
+    let entries = (0..30)
+        .map(|i| entry("app-p", "e1", i, "HTTP 500", i as u64 * 60))
+        .collect();
+    queue.dead_letter(entries).await.unwrap();
+    let only_reads = ["--include-method", "GET"];
+    runs.push(schemathesis(
+        &api.base,
+        &dir,
+        &first_entry().await,
+        &only_reads,
+    ));
+    for (n, st) in runs.iter().enumerate() {
+        println!(
+            "schemathesis run {}: {} test cases, {} checks passed, {} failed, {} failures, {} entry details answered 200, exit {}",
+            n + 1,
+            st.cases,
+            st.checks_passed,
+            st.checks_failed,
+            st.failures,
+            st.entry_details,
+            st.exit
+        );
+        if let Some(summary) = st.output.split("SUMMARY").nth(1) {
+            println!("schemathesis summary:{summary}");
+        }
+        assert_eq!(st.exit, 0, "{}", st.output);
+        assert_eq!((st.failures, st.checks_failed), (0, 0), "{}", st.output);
+        assert!(st.cases > 100 && st.checks_passed > st.cases, "{st:?}");
     }
-    assert_eq!(st.exit, 0, "{}", st.output);
-    assert_eq!((st.failures, st.checks_failed), (0, 0), "{}", st.output);
-    assert!(st.cases > 100 && st.checks_passed > st.cases, "{st:?}");
+    assert!(
+        runs[1].entry_details > 0,
+        "no entry detail answered 200: {:?}",
+        runs[1]
+    );
     // The worker is still well and answers.
     assert_eq!(
         w.get("/ready").await.map(|a| a.0),

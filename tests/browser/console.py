@@ -68,7 +68,13 @@ class Page:
         self.wait.until(EC.element_to_be_clickable((By.ID, id_)), f"#{id_} clickable").click()
 
     def text_of(self, id_):
-        return self.by_id(id_).text.strip()
+        """#id_'s rendered text, read in one step (the overview re-renders some
+        cells on every poll, so a found element may be gone a moment later)."""
+        text = self.d.execute_script(
+            "const e = document.getElementById(arguments[0]); return e ? e.innerText : null", id_
+        )
+        assert text is not None, f"no #{id_}"
+        return text.strip()
 
     def until_text(self, id_, check, what):
         """Waits until #id_'s text satisfies check; returns the text."""
@@ -126,10 +132,10 @@ def overview(p):
     # The sparkline appears with the second measured rate (a third poll);
     # the screenshot waits for five.
     p.visible("spark")
-    p.wait.until(
-        lambda d: len(d.find_element(By.CSS_SELECTOR, "#spark polyline").get_attribute("points").split()) >= 5,
-        "five rates in the sparkline",
-    )
+    # Read in the page in one step: every poll replaces the polyline, so an
+    # element found first may be gone by the time its attribute is asked for.
+    points = "const l = document.querySelector('#spark polyline'); return l ? l.getAttribute('points') : ''"
+    p.wait.until(lambda d: len(d.execute_script(points).split()) >= 5, "five rates in the sparkline")
     shown["events_per_s"] = p.text_of("rate-events")
     shown["spark_caption"] = p.text_of("spark-caption")
     p.shot("overview.png")
@@ -228,6 +234,9 @@ def dlq_and_replay(p):
         "events": p.text_of("entry-event-count"),
         "webhook_id": p.text_of("entry-webhook-id"),
         "body": p.text_of("entry-body"),
+        # A receiver's markup is text on the page: no element, no handler run.
+        "markup_elements": len(p.d.find_elements(By.CSS_SELECTOR, "#entry-body *")),
+        "title": p.d.title,
         "event_list": json.loads(p.text_of("entry-events")),
         "url_hash": p.d.execute_script("return location.hash"),
     }

@@ -33,6 +33,9 @@ const TOKEN: &str = "console-test-admin-token-0123456789";
 const FLAKY: &str = "/app-1/flaky";
 /// The endpoint that takes everything.
 const STEADY: &str = "/app-1/steady";
+/// flaky's refusal: a body that would run script if the page parsed it as HTML.
+const MARKUP_BODY: &str =
+    r#"{"error":"unknown room <img src=x onerror=\"document.title='pwned'\"><b>bold</b>"}"#;
 /// app-2's endpoint, which gets a steady stream while the browser looks.
 const STREAM: &str = "/app-2/stream";
 
@@ -234,7 +237,8 @@ async fn the_console_replays_a_dead_letter_in_headless_chromium() {
     let python = venv_python();
     let redis = RedisServer::start();
     let r = Receiver::start(&[("key-1", "secret-1"), ("key-2", "secret-2")]).await;
-    let refused = Reply::status(400).with_body(r#"{"error":"unknown room"}"#);
+    // Markup in the receiver's answer must reach the page as text.
+    let refused = Reply::status(400).with_body(MARKUP_BODY);
     r.script(FLAKY, vec![refused.clone(), refused]);
     let cfg = console_config(&r, Some(&redis), "console");
     let dir = temp_dir("console-browser");
@@ -392,7 +396,9 @@ async fn the_console_replays_a_dead_letter_in_headless_chromium() {
     assert_eq!(e["status"], "400");
     assert_eq!(e["endpoint"], "flaky");
     assert_eq!(e["events"], "1");
-    assert!(e["body"].as_str().unwrap().contains("unknown room"), "{e}");
+    assert_eq!(e["body"], MARKUP_BODY, "the body excerpt, as text");
+    assert_eq!(e["markup_elements"], 0, "no element made of the body");
+    assert_eq!(e["title"], "hookq console", "no handler of the body ran");
     assert_eq!(e["event_list"], detail["event_list"]);
     // The entry's events carry their job id, which the receiver gets only
     // with `webhooks.event_ids` (off here).

@@ -196,6 +196,32 @@ def paging(p):
     return pages
 
 
+def filters(p):
+    """The filter form: an age that is not one is refused; a reason nothing
+    has empties the list; an endpoint and an age that match keep both; Clear."""
+    p.click("nav-dlq")
+    entry_links(p, 2, "two DLQ rows")
+    shown = {}
+    p.by_id("dlq-older").send_keys("soon")
+    p.click("dlq-apply")
+    shown["bad_age"] = p.until_text("dlq-error", lambda t: t != "", "a bad age refused")
+    p.by_id("dlq-older").clear()
+    p.by_id("dlq-reason").send_keys("HTTP 503")
+    p.click("dlq-apply")
+    p.visible("dlq-empty")
+    shown["no_match_hash"] = p.d.execute_script("return location.hash")
+    p.by_id("dlq-reason").clear()
+    p.by_id("dlq-endpoint").send_keys("flaky")
+    p.by_id("dlq-newer").send_keys("1h")
+    p.click("dlq-apply")
+    shown["match_rows"] = len(entry_links(p, 2, "both rows match flaky, newer than 1h"))
+    shown["match_hash"] = p.d.execute_script("return location.hash")
+    p.click("dlq-clear")
+    p.wait.until(lambda d: d.execute_script("return location.hash") == "#/dlq", "Clear")
+    entry_links(p, 2, "two DLQ rows again")
+    return shown
+
+
 def purge_one(p):
     """Selects the newer of the two entries and purges it, confirmed."""
     p.click("nav-dlq")
@@ -298,6 +324,7 @@ def main():
         result["overview"] = overview(p)
         result["endpoints"] = endpoints(p)
         result["paging"] = paging(p)
+        result["filters"] = filters(p)
         result["purge"] = purge_one(p)
         result["listed"], result["entry"], result["replay_said"] = dlq_and_replay(p)
         logs = d.get_log("browser")

@@ -381,6 +381,17 @@ async fn the_console_replays_a_dead_letter_in_headless_chromium() {
     assert_eq!(pages["second_range"], "Entries 2–2");
     assert_eq!(pages["next_disabled"], true, "no page after the last");
     assert_eq!(pages["hash"], "#/dlq?limit=1&offset=1");
+    let f = &seen["filters"];
+    assert!(
+        f["bad_age"]
+            .as_str()
+            .unwrap()
+            .contains("\"soon\" is not an age"),
+        "{f}"
+    );
+    assert_eq!(f["no_match_hash"], "#/dlq?reason=HTTP+503");
+    assert_eq!(f["match_rows"], 2);
+    assert_eq!(f["match_hash"], "#/dlq?endpoint=flaky&newer=1h");
     assert_eq!(seen["purge"]["purged_id"], purged.as_str());
     assert_eq!(seen["purge"]["said"], "Purged 1 entry.");
     assert_eq!(seen["listed"]["entry_id"], kept.as_str());

@@ -482,7 +482,8 @@
     return out;
   }
 
-  const dlqState = { filter: {}, apiFilter: {}, limit: 50, offset: 0, entries: [] };
+  /** The list shown: its filter (as typed and as sent), page size, offset and the next page's. */
+  const dlqState = { filter: {}, apiFilter: {}, limit: 50, offset: 0, nextOffset: null };
 
   async function dlq(gen, params) {
     show('dlq');
@@ -509,7 +510,7 @@
       $('dlq-error').textContent = e.message;
       return;
     }
-    Object.assign(dlqState, { filter: f, apiFilter: filter, limit, offset, entries: [] });
+    Object.assign(dlqState, { filter: f, apiFilter: filter, limit, offset, nextOffset: null });
     // Rows of another filter or page must not stay clickable while this one loads.
     $('dlq-table').tBodies[0].replaceChildren();
     $('dlq-empty').hidden = true;
@@ -525,7 +526,6 @@
     if (gen !== generation) return;
     say('');
     const entries = page.entries || [];
-    dlqState.entries = entries;
     $('dlq-table').tBodies[0].replaceChildren(...entries.map(dlqRow));
     $('dlq-empty').hidden = entries.length > 0;
     $('dlq-select-all').checked = false;
@@ -721,17 +721,14 @@
     $('main').focus({ preventScroll: true });
   }
 
-  function dlqHashFromForm(offset) {
-    const f = {
-      app: $('dlq-app').value.trim(),
-      endpoint: $('dlq-endpoint').value.trim(),
-      reason: $('dlq-reason').value.trim(),
-      older: $('dlq-older').value.trim(),
-      newer: $('dlq-newer').value.trim(),
-      limit: $('dlq-limit').value === '50' ? '' : $('dlq-limit').value,
-      offset: offset ? String(offset) : '',
-    };
-    return `#/dlq${query(f)}`;
+  /** The hash of a DLQ view: a filter as the form holds it, a page size and an offset. */
+  function dlqHash(f, limit, offset) {
+    return `#/dlq${query({ ...f, limit: Number(limit) === 50 ? '' : limit, offset: offset || '' })}`;
+  }
+
+  function dlqFormFilter() {
+    const v = (id) => $(id).value.trim();
+    return { app: v('dlq-app'), endpoint: v('dlq-endpoint'), reason: v('dlq-reason'), older: v('dlq-older'), newer: v('dlq-newer') };
   }
 
   function go(hash) {
@@ -760,12 +757,16 @@
     });
     $('dlq-filter').addEventListener('submit', (ev) => {
       ev.preventDefault();
-      go(dlqHashFromForm(0));
+      go(dlqHash(dlqFormFilter(), $('dlq-limit').value, 0));
     });
     $('dlq-clear').addEventListener('click', () => go('#/dlq'));
-    $('dlq-prev').addEventListener('click', () => go(dlqHashFromForm(Math.max(0, dlqState.offset - dlqState.limit))));
+    // The pager pages through the list shown, not through what the form holds unapplied.
+    $('dlq-prev').addEventListener('click', () =>
+      go(dlqHash(dlqState.filter, dlqState.limit, Math.max(0, dlqState.offset - dlqState.limit))));
     $('dlq-next').addEventListener('click', () => {
-      if (dlqState.nextOffset !== null && dlqState.nextOffset !== undefined) go(dlqHashFromForm(dlqState.nextOffset));
+      if (dlqState.nextOffset !== null && dlqState.nextOffset !== undefined) {
+        go(dlqHash(dlqState.filter, dlqState.limit, dlqState.nextOffset));
+      }
     });
     $('dlq-select-all').addEventListener('change', (ev) => {
       for (const c of document.querySelectorAll('#dlq-table .dlq-select')) c.checked = ev.target.checked;

@@ -130,6 +130,7 @@ pub async fn dlq_round_trip(q: Arc<dyn QueueDriver>) {
     let only_a = DlqFilter {
         app_id: Some("a".into()),
         limit: None,
+        ..Default::default()
     };
     assert_eq!(q.dlq_list(&only_a).await.unwrap().len(), 2);
     assert_eq!(q.dlq_replay(&only_a).await.unwrap(), 2);
@@ -141,6 +142,133 @@ pub async fn dlq_round_trip(q: Arc<dyn QueueDriver>) {
     assert_eq!(q.depth().await.unwrap().dead, 1);
     assert_eq!(q.dlq_purge(&DlqFilter::default()).await.unwrap(), 1);
     assert!(q.dlq_list(&DlqFilter::default()).await.unwrap().is_empty());
+}
+
+/// Issue 17: the DLQ filters — endpoint, reason (a substring, ASCII
+/// case-insensitive), age bounds, ids and offset — select the same entries
+/// when listing, replaying and purging, on every driver; an entry's id is
+/// the same in every listing.
+pub async fn dlq_filters(q: Arc<dyn QueueDriver>) {
+    const T0: u64 = 1_700_000_000_000;
+    let entries: Vec<DeadLetter> = (0..8)
+        .map(|n| DeadLetter {
+            endpoint: Some(if n % 2 == 0 { "e1" } else { "e2" }.into()),
+            reason: if n < 4 {
+                format!("HTTP 500 #{n}")
+            } else {
+                format!("Timed Out #{n}")
+            },
+            failed_at_ms: T0 + n as u64 * 1000,
+            ..entry("a", n)
+        })
+        .collect();
+    q.dead_letter(entries).await.unwrap();
+    let list = async |f: DlqFilter| -> Vec<String> {
+        let got = q.dlq_entries(&f).await.unwrap();
+        got.iter().map(|e| e.entry.job.clone()).collect()
+    };
+    let all = q.dlq_entries(&DlqFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 8);
+    let ids: Vec<String> = all.iter().map(|e| e.id.clone()).collect();
+    assert!(
+        ids.iter()
+            .all(|i| i.len() == 40 && i.chars().all(|c| c.is_ascii_hexdigit()))
+    );
+    assert_eq!(
+        ids.iter().collect::<std::collections::HashSet<_>>().len(),
+        8
+    );
+    let again: Vec<String> = q
+        .dlq_entries(&DlqFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(again, ids, "the same ids in every listing");
+    let dead =
+        |ns: &[usize]| -> Vec<String> { ns.iter().map(|n| format!("{{\"dead\":{n}}}")).collect() };
+    let f = DlqFilter::default;
+    assert_eq!(
+        list(DlqFilter {
+            endpoint: Some("e1".into()),
+            ..f()
+        })
+        .await,
+        dead(&[0, 2, 4, 6])
+    );
+    assert_eq!(
+        list(DlqFilter {
+            reason: Some("timed out".into()),
+            ..f()
+        })
+        .await,
+        dead(&[4, 5, 6, 7])
+    );
+    assert_eq!(
+        list(DlqFilter {
+            failed_before_ms: Some(T0 + 2000),
+            ..f()
+        })
+        .await,
+        dead(&[0, 1, 2])
+    );
+    assert_eq!(
+        list(DlqFilter {
+            failed_after_ms: Some(T0 + 6000),
+            ..f()
+        })
+        .await,
+        dead(&[6, 7])
+    );
+    let e2_http = DlqFilter {
+        endpoint: Some("e2".into()),
+        reason: Some("http 5".into()),
+        ..f()
+    };
+    assert_eq!(list(e2_http.clone()).await, dead(&[1, 3]));
+    let by_id = DlqFilter {
+        ids: Some(vec![ids[5].clone(), ids[6].to_uppercase()]),
+        ..f()
+    };
+    assert_eq!(list(by_id).await, dead(&[5, 6]));
+    assert_eq!(
+        list(DlqFilter {
+            offset: 3,
+            limit: Some(2),
+            ..f()
+        })
+        .await,
+        dead(&[3, 4])
+    );
+    assert_eq!(
+        list(DlqFilter {
+            app_id: Some("b".into()),
+            ..f()
+        })
+        .await,
+        dead(&[])
+    );
+
+    assert_eq!(q.dlq_replay(&e2_http).await.unwrap(), 2);
+    let replayed = receive_n(&*q, 2, Duration::from_secs(10)).await;
+    let mut bodies: Vec<_> = replayed.iter().map(|r| r.body.clone()).collect();
+    bodies.sort();
+    assert_eq!(bodies, dead(&[1, 3]));
+    q.ack(&handles(&replayed)).await.unwrap();
+    let first = DlqFilter {
+        ids: Some(vec![ids[0].clone()]),
+        ..f()
+    };
+    assert_eq!(q.dlq_purge(&first).await.unwrap(), 1);
+    let late_timeouts = DlqFilter {
+        reason: Some("TIMED".into()),
+        failed_after_ms: Some(T0 + 6000),
+        ..f()
+    };
+    assert_eq!(q.dlq_purge(&late_timeouts).await.unwrap(), 2);
+    assert_eq!(list(f()).await, dead(&[2, 4, 5]));
+    assert_eq!(q.dlq_purge(&f()).await.unwrap(), 3);
 }
 
 pub async fn concurrent_consumers_never_share(q: Arc<dyn QueueDriver>) {
@@ -275,7 +403,7 @@ macro_rules! conformance_suite {
     ($make:expr) => {
         conformance_suite!($make; push_receive_ack, expired_hold_returns, extend_keeps_the_hold,
             delayed_not_before_its_time, delayed_is_invisible_until_due, dlq_round_trip,
-            concurrent_consumers_never_share, depth_counts_each_state, answers_its_capabilities,
+            dlq_filters, concurrent_consumers_never_share, depth_counts_each_state, answers_its_capabilities,
             push_once_each_answers_each_group);
     };
     ($make:expr; $($case:ident),+ $(,)?) => {

@@ -5,9 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod adaptive;
+mod admin_api;
 mod apps_db;
 mod cli;
 mod conformance;
+mod console;
 mod delivery;
 mod flap;
 mod ingest;

@@ -445,6 +445,7 @@ async fn dlq_replay_and_purge_keep_the_order_of_what_stays() {
     let two = DlqFilter {
         app_id: None,
         limit: Some(2),
+        ..Default::default()
     };
     assert_eq!(
         reasons(q.dlq_list(&two).await.unwrap()),
@@ -454,6 +455,7 @@ async fn dlq_replay_and_purge_keep_the_order_of_what_stays() {
     let a_two = DlqFilter {
         app_id: Some("a".into()),
         limit: Some(2),
+        ..Default::default()
     };
     assert_eq!(q.dlq_replay(&a_two).await.unwrap(), 2);
     assert_eq!(
@@ -470,6 +472,7 @@ async fn dlq_replay_and_purge_keep_the_order_of_what_stays() {
     let only_b = DlqFilter {
         app_id: Some("b".into()),
         limit: None,
+        ..Default::default()
     };
     assert_eq!(q.dlq_purge(&only_b).await.unwrap(), 2);
     // A replay of everything leaves the unreadable entry where it is; a full purge removes it.
@@ -500,6 +503,7 @@ async fn dlq_walks_longer_than_a_step_keep_filter_limit_and_order() {
     let filter = |app: &str, limit| DlqFilter {
         app_id: Some(app.into()),
         limit: Some(limit),
+        ..Default::default()
     };
 
     // The 600 oldest of app a: the walk stops in its second step, having
@@ -570,6 +574,7 @@ async fn a_dlq_walk_ends_while_entries_keep_coming() {
     let only_a = DlqFilter {
         app_id: Some("a".into()),
         limit: None,
+        ..Default::default()
     };
     let purged = tokio::time::timeout(Duration::from_secs(20), q.dlq_purge(&only_a))
         .await

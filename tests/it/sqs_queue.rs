@@ -113,6 +113,7 @@ async fn redrive_moves_a_poison_message_to_the_dlq() {
     let by_app = DlqFilter {
         app_id: Some("app-r".into()),
         limit: None,
+        ..Default::default()
     };
     assert_eq!(
         q.dlq_list(&by_app).await.unwrap().len(),

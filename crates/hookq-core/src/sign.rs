@@ -89,6 +89,17 @@ pub fn standard_signature(
         .join(" ")
 }
 
+/// Whether two secrets (e.g. a request's bearer token and the configured
+/// one) are the same, in time that does not depend on where they differ:
+/// both are digested under one key and the digests compared in constant time.
+pub fn same_secret(given: &str, expected: &str) -> bool {
+    let digest = |s: &str| hmac(b"hookq same_secret", &[s.as_bytes()]);
+    let mut mac =
+        HmacSha256::new_from_slice(b"hookq same_secret").unwrap_or_else(|_| unreachable!());
+    mac.update(given.as_bytes());
+    mac.verify_slice(&digest(expected)).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -202,26 +202,89 @@ pub struct Depth {
     pub dead: u64,
 }
 
-/// Which dead-letter entries a DLQ command touches.
+/// Which dead-letter entries a DLQ command touches: every condition given
+/// must hold. Build it with `..Default::default()`, as more conditions may come.
 #[derive(Debug, Clone, Default)]
 pub struct DlqFilter {
     /// Only this app's entries.
     pub app_id: Option<String>,
     /// At most this many entries (`None`: all).
     pub limit: Option<usize>,
+    /// Only this endpoint's entries (by endpoint id).
+    pub endpoint: Option<String>,
+    /// Only entries whose reason contains this text, ASCII case-insensitive.
+    pub reason: Option<String>,
+    /// Only entries dead-lettered at or before this time (Unix ms).
+    pub failed_before_ms: Option<u64>,
+    /// Only entries dead-lettered at or after this time (Unix ms).
+    pub failed_after_ms: Option<u64>,
+    /// Only the entries with these ids ([`dlq_entry_id`]).
+    pub ids: Option<Vec<String>>,
+    /// Matching entries to skip before the first one listed (listing only;
+    /// replay and purge ignore it).
+    pub offset: usize,
 }
 
 impl DlqFilter {
-    /// Whether an entry passes the app condition.
-    pub fn matches(&self, entry: &DeadLetter) -> bool {
-        self.app_id
-            .as_deref()
-            .is_none_or(|app| entry.app_id.as_deref() == Some(app))
+    /// Whether an entry passes the filter's conditions (limit and offset
+    /// aside); `id` is the entry's [`dlq_entry_id`].
+    pub fn matches(&self, id: &str, entry: &DeadLetter) -> bool {
+        let is = |want: &Option<String>, have: &Option<String>| {
+            want.as_deref().is_none_or(|w| have.as_deref() == Some(w))
+        };
+        is(&self.app_id, &entry.app_id)
+            && is(&self.endpoint, &entry.endpoint)
+            && self
+                .reason
+                .as_deref()
+                .is_none_or(|r| contains_ascii_nocase(&entry.reason, r))
+            && self
+                .failed_before_ms
+                .is_none_or(|t| entry.failed_at_ms <= t)
+            && self.failed_after_ms.is_none_or(|t| entry.failed_at_ms >= t)
+            && self
+                .ids
+                .as_ref()
+                .is_none_or(|ids| ids.iter().any(|i| i.eq_ignore_ascii_case(id)))
+    }
+
+    /// Whether the filter selects every entry (no condition; limit and offset aside).
+    pub fn is_everything(&self) -> bool {
+        self.app_id.is_none()
+            && self.endpoint.is_none()
+            && self.reason.is_none()
+            && self.failed_before_ms.is_none()
+            && self.failed_after_ms.is_none()
+            && self.ids.is_none()
     }
 
     fn limit(&self) -> usize {
         self.limit.unwrap_or(usize::MAX)
     }
+}
+
+/// Whether `haystack` contains `needle`, ASCII letters compared without
+/// case (the same rule as Lua's `string.lower` in the Redis DLQ script).
+pub fn contains_ascii_nocase(haystack: &str, needle: &str) -> bool {
+    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+}
+
+/// A dead-letter entry's id: the hex SHA-1 of its stored JSON text (what
+/// Redis holds, the SQS message body, the memory queue's encoding), so the
+/// same in every listing, and computable inside a Redis script
+/// (`redis.sha1hex`). Two entries with the very same text share it.
+pub fn dlq_entry_id(stored: &[u8]) -> String {
+    sha1_smol::Sha1::from(stored).digest().to_string()
+}
+
+/// A dead-letter entry with its id ([`dlq_entry_id`]).
+#[derive(Debug, Clone)]
+pub struct DlqEntry {
+    /// The entry's id.
+    pub id: String,
+    /// The entry.
+    pub entry: DeadLetter,
 }
 
 /// What went wrong talking to a queue.
@@ -367,8 +430,19 @@ pub trait QueueConsume: Send + Sync + 'static {
 /// The dead-letter admin side of a queue, and its depth: what `hookq dlq` holds.
 #[async_trait]
 pub trait DeadLetters: Send + Sync + 'static {
-    /// Dead-letter entries, oldest first.
-    async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DeadLetter>, QueueError>;
+    /// Dead-letter entries with their ids, oldest first, from the filter's
+    /// offset on, at most its limit.
+    async fn dlq_entries(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>, QueueError>;
+
+    /// Dead-letter entries, oldest first ([`DeadLetters::dlq_entries`] without the ids).
+    async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DeadLetter>, QueueError> {
+        Ok(self
+            .dlq_entries(filter)
+            .await?
+            .into_iter()
+            .map(|e| e.entry)
+            .collect())
+    }
 
     /// Pushes the entries' jobs back onto the queue and removes the entries; returns how many.
     async fn dlq_replay(&self, filter: &DlqFilter) -> Result<usize, QueueError>;

@@ -11,8 +11,8 @@
 //! a whole.
 
 use crate::{
-    DeadLetters, Depth, DlqFilter, Handle, Once, OnceMarks, Outgoing, QueueConsume, QueueError,
-    QueuePush, Received,
+    DeadLetters, Depth, DlqEntry, DlqFilter, Handle, Once, OnceMarks, Outgoing, QueueConsume,
+    QueueError, QueuePush, Received, dlq_entry_id,
 };
 use async_trait::async_trait;
 use hookq_core::DeadLetter;
@@ -253,13 +253,18 @@ impl QueueConsume for MemoryQueue {
 
 #[async_trait]
 impl DeadLetters for MemoryQueue {
-    async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DeadLetter>, QueueError> {
+    async fn dlq_entries(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>, QueueError> {
         let s = self.lock();
         Ok(s.dead
             .iter()
-            .filter(|e| filter.matches(e))
+            .map(|e| (dlq_entry_id(e.encode().as_bytes()), e))
+            .filter(|(id, e)| filter.matches(id, e))
+            .skip(filter.offset)
             .take(filter.limit())
-            .cloned()
+            .map(|(id, e)| DlqEntry {
+                id,
+                entry: e.clone(),
+            })
             .collect())
     }
 
@@ -323,7 +328,8 @@ fn drain_matching(dead: &mut VecDeque<DeadLetter>, filter: &DlqFilter) -> Vec<De
     let mut taken = Vec::new();
     let mut kept = VecDeque::with_capacity(dead.len());
     for e in dead.drain(..) {
-        if taken.len() < filter.limit() && filter.matches(&e) {
+        if taken.len() < filter.limit() && filter.matches(&dlq_entry_id(e.encode().as_bytes()), &e)
+        {
             taken.push(e);
         } else {
             kept.push_back(e);

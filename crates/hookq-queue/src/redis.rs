@@ -124,8 +124,8 @@
 mod limits;
 
 use crate::{
-    DeadLetters, Depth, DlqFilter, Handle, Keyed, Once, Outgoing, QueueConsume, QueueError,
-    QueuePush, Received,
+    DeadLetters, Depth, DlqEntry, DlqFilter, Handle, Keyed, Once, Outgoing, QueueConsume,
+    QueueError, QueuePush, Received, dlq_entry_id,
 };
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{
@@ -784,7 +784,8 @@ impl RedisQueue {
                     i64::try_from(limit - done).unwrap_or(i64::MAX)
                 })
                 .arg(DLQ_CHUNK)
-                .arg(left.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX)));
+                .arg(left.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX)))
+                .arg(dlq_conditions(filter));
             let (taken, walked, len): (usize, usize, usize) =
                 self.run(&what, Request::Script(&call)).await?;
             done += taken;
@@ -1047,14 +1048,43 @@ impl QueueConsume for RedisQueue {
     }
 }
 
+/// The conditions of `filter` other than the app, as `redis/dlq.lua`'s
+/// ARGV[7]: a JSON object (`endpoint`, `reason` in ASCII lower case,
+/// `before`/`after` in Unix ms, `ids`), or `""` when there are none.
+fn dlq_conditions(filter: &DlqFilter) -> String {
+    let mut c = serde_json::Map::new();
+    if let Some(e) = &filter.endpoint {
+        c.insert("endpoint".into(), e.as_str().into());
+    }
+    if let Some(r) = &filter.reason {
+        c.insert("reason".into(), r.to_ascii_lowercase().into());
+    }
+    if let Some(t) = filter.failed_before_ms {
+        c.insert("before".into(), t.into());
+    }
+    if let Some(t) = filter.failed_after_ms {
+        c.insert("after".into(), t.into());
+    }
+    if let Some(ids) = &filter.ids {
+        let ids = ids.iter().map(|i| i.to_ascii_lowercase().into()).collect();
+        c.insert("ids".into(), serde_json::Value::Array(ids));
+    }
+    if c.is_empty() {
+        String::new()
+    } else {
+        serde_json::Value::Object(c).to_string()
+    }
+}
+
 #[async_trait]
 impl DeadLetters for RedisQueue {
-    async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DeadLetter>, QueueError> {
+    async fn dlq_entries(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>, QueueError> {
         let limit = filter.limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
         if limit == 0 {
             return Ok(out);
         }
+        let mut skip = filter.offset;
         let mut start: isize = 0;
         loop {
             let mut lrange = ::redis::cmd("LRANGE");
@@ -1066,13 +1096,21 @@ impl DeadLetters for RedisQueue {
             let n = page.len();
             for raw in page {
                 match serde_json::from_slice::<DeadLetter>(&raw) {
-                    Ok(entry) if filter.matches(&entry) => {
-                        out.push(entry);
+                    Ok(entry) => {
+                        // The id of the text as stored, as `redis/dlq.lua` computes it.
+                        let id = dlq_entry_id(&raw);
+                        if !filter.matches(&id, &entry) {
+                            continue;
+                        }
+                        if skip > 0 {
+                            skip -= 1;
+                            continue;
+                        }
+                        out.push(DlqEntry { id, entry });
                         if out.len() >= limit {
                             return Ok(out);
                         }
                     }
-                    Ok(_) => {}
                     Err(e) => {
                         warn!(key = %self.keys.dead, error = %e, "skipping an unreadable dead-letter entry")
                     }

@@ -53,7 +53,8 @@
 //! a group's in-flight messages.
 
 use crate::{
-    DeadLetters, Depth, DlqFilter, Handle, Outgoing, QueueConsume, QueueError, QueuePush, Received,
+    DeadLetters, Depth, DlqEntry, DlqFilter, Handle, Outgoing, QueueConsume, QueueError, QueuePush,
+    Received, dlq_entry_id,
 };
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
@@ -126,7 +127,7 @@ pub struct SqsQueue {
 /// One DLQ message taken during a walk.
 struct Peeked {
     receipt_handle: String,
-    entry: DeadLetter,
+    entry: DlqEntry,
 }
 
 impl SqsQueue {
@@ -437,7 +438,7 @@ impl SqsQueue {
         filter: &DlqFilter,
         deletes: bool,
         mut act: F,
-    ) -> Result<Vec<DeadLetter>, QueueError>
+    ) -> Result<Vec<DlqEntry>, QueueError>
     where
         F: FnMut(&'a Self, Vec<Peeked>) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<Peeked>, QueueError>>,
@@ -454,7 +455,7 @@ impl SqsQueue {
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
         .unwrap_or(usize::MAX);
-        let mut taken: Vec<DeadLetter> = Vec::new();
+        let mut taken: Vec<DlqEntry> = Vec::new();
         let mut release: Vec<String> = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
         // Messages of this walk seen so far.
@@ -496,10 +497,11 @@ impl SqsQueue {
                     idle = 0;
                     walked += 1;
                     let entry = self.dead_letter_of(&m);
-                    if taken.len() + chosen.len() < limit && filter.matches(&entry) {
+                    let id = dlq_entry_id(m.body.as_deref().unwrap_or_default().as_bytes());
+                    if taken.len() + chosen.len() < limit && filter.matches(&id, &entry) {
                         chosen.push(Peeked {
                             receipt_handle: handle,
-                            entry,
+                            entry: DlqEntry { id, entry },
                         });
                     } else {
                         release.push(handle);
@@ -715,12 +717,18 @@ impl QueueConsume for SqsQueue {
 
 #[async_trait]
 impl DeadLetters for SqsQueue {
-    async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DeadLetter>, QueueError> {
+    async fn dlq_entries(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>, QueueError> {
+        // SQS hands messages over in no order: the walk takes the offset's
+        // entries too, and the page is cut after sorting.
+        let walk = DlqFilter {
+            limit: filter.limit.map(|l| l.saturating_add(filter.offset)),
+            ..filter.clone()
+        };
         let mut entries = self
-            .walk_dlq(filter, false, |_, chosen| async move { Ok(chosen) })
+            .walk_dlq(&walk, false, |_, chosen| async move { Ok(chosen) })
             .await?;
-        entries.sort_by_key(|e| e.failed_at_ms);
-        Ok(entries)
+        entries.sort_by_key(|e| e.entry.failed_at_ms);
+        Ok(entries.into_iter().skip(filter.offset).collect())
     }
 
     async fn dlq_replay(&self, filter: &DlqFilter) -> Result<usize, QueueError> {
@@ -730,9 +738,9 @@ impl DeadLetters for SqsQueue {
                     .iter()
                     .enumerate()
                     .map(|(i, p)| {
-                        let app = p.entry.app_id.clone().unwrap_or_default();
+                        let app = p.entry.entry.app_id.clone().unwrap_or_default();
                         // SQS carries text only (and never made such an entry).
-                        let job = p.entry.job_text().ok_or_else(|| {
+                        let job = p.entry.entry.job_text().ok_or_else(|| {
                             QueueError::Backend(
                                 "a dead-letter entry holds a job that is not UTF-8 (job_base64), which SQS cannot carry; purge it".into(),
                             )

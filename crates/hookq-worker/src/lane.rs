@@ -504,6 +504,18 @@ impl Lanes {
         lane
     }
 
+    /// Requests in flight at one endpoint: its permits taken (0 for a lane not kept).
+    pub fn in_flight(&self, app_id: &str, endpoint_id: &str) -> usize {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.by_app
+            .get(app_id)
+            .and_then(|by_ep| by_ep.get(endpoint_id))
+            .map_or(0, |l| {
+                l.max_concurrency
+                    .saturating_sub(l.permits.available_permits())
+            })
+    }
+
     /// How many lanes are kept.
     pub fn len(&self) -> usize {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).len

@@ -6,7 +6,7 @@
 //! values (what a message becomes, what follows an attempt); [`batch`] forms batches, [`deliver`]
 //! sends them ([`http`], and `lambda` behind the feature of that name),
 //! [`outcome`] classifies answers, [`settle`] tracks jobs until they are
-//! acked, [`lane`] keeps each endpoint's concurrency limit and pace. [`admin`] serves metrics and probes; [`queue`] opens the configured
+//! acked, [`lane`] keeps each endpoint's concurrency limit and pace. [`admin`] serves metrics, probes and the admin API ([`stats`] keeps its per-endpoint figures); [`queue`] opens the configured
 //! queue driver. The `hookq` binary that runs all this is the `hookq` crate.
 
 pub mod admin;
@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod queue;
 pub mod settle;
+pub mod stats;
 pub mod worker;
 
 pub use metrics::Metrics;

@@ -64,6 +64,8 @@ pub struct Shared {
     /// Rate-limit buckets and vacate markers, shared with the queue's other
     /// workers on Redis ([`hookq_queue::limits`]).
     pub(crate) limits: Arc<dyn hookq_queue::limits::Limits>,
+    /// Per-endpoint figures of this process, for the admin API.
+    pub stats: crate::stats::Stats,
 }
 
 /// A worker over one queue and one config.
@@ -101,6 +103,7 @@ impl Worker {
             ready: Arc::new(AtomicBool::new(false)),
             settler,
             lanes: Lanes::default(),
+            stats: Default::default(),
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -504,6 +507,11 @@ impl Shared {
         self.settler.held().len()
     }
 
+    /// Requests this worker is waiting on now at one endpoint.
+    pub fn in_flight(&self, app_id: &str, endpoint_id: &str) -> usize {
+        self.lanes.in_flight(app_id, endpoint_id)
+    }
+
     /// The lane (concurrency limit, pace) of the batch's endpoint, by app and
     /// endpoint id (so it outlives a reload of the app), found without
     /// allocating; idle lanes are dropped as the map grows ([`Lanes`]).
@@ -584,6 +592,7 @@ async fn deliver(shared: Arc<Shared>, mut batch: Batch) {
     m.delivery_seconds.observe(started.elapsed().as_secs_f64());
     m.batch_size.observe(batch.events.len() as f64);
     m.request(outcome.label());
+    shared.stats.attempt(&batch, &outcome, started.elapsed());
     let now = now_ms();
     if outcome == Outcome::Delivered {
         m.events_delivered.inc_by(batch.events.len() as u64);
@@ -616,6 +625,7 @@ async fn deliver(shared: Arc<Shared>, mut batch: Batch) {
         shared.queue.max_delay(),
         rand::random(),
     );
+    shared.stats.disposed(&batch, &disposition);
     match &disposition {
         Disposition::Push { message, .. } => tracing::info!(
             app_id = %batch.app.id, endpoint = %ep.id, attempt = batch.attempt,

@@ -80,6 +80,21 @@ pub struct DlqArgs {
     /// At most this many entries.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Only this endpoint's entries (its id).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Only entries whose reason contains this text (ASCII case-insensitive).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only entries dead-lettered at least this many seconds ago.
+    #[arg(long, value_name = "SECONDS")]
+    pub older_than: Option<u64>,
+    /// Only entries dead-lettered at most this many seconds ago.
+    #[arg(long, value_name = "SECONDS")]
+    pub newer_than: Option<u64>,
+    /// Only the entry with this id (as `list --json` prints it); repeat for more.
+    #[arg(long = "id", value_name = "ID")]
+    pub ids: Vec<String>,
 }
 
 #[derive(Subcommand)]

@@ -16,17 +16,29 @@ pub async fn run(action: DlqAction) -> anyhow::Result<()> {
     let config = load_config(&args.config.config)?;
     refuse_memory(&config, verb)?;
     let queue: Arc<dyn DeadLetters> = queue::open(&config).await?;
+    let now = hookq_core::now_ms();
+    let ago = |s: u64| now.saturating_sub(s.saturating_mul(1000));
     let filter = DlqFilter {
         app_id: args.app.clone(),
         limit: args.limit,
+        endpoint: args.endpoint.clone(),
+        reason: args.reason.clone(),
+        failed_before_ms: args.older_than.map(ago),
+        failed_after_ms: args.newer_than.map(ago),
+        ids: (!args.ids.is_empty()).then(|| args.ids.clone()),
+        offset: 0,
     };
     match action {
         DlqAction::List { json, .. } => {
-            let entries = queue.dlq_list(&filter).await?;
-            let now = hookq_core::now_ms();
-            for e in &entries {
+            let entries = queue.dlq_entries(&filter).await?;
+            for hookq_queue::DlqEntry { id, entry: e } in &entries {
                 if json {
-                    say!("{}", e.encode());
+                    // The entry with its id: what `--id` selects by.
+                    let mut v = serde_json::to_value(e).unwrap_or_default();
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("id".into(), id.as_str().into());
+                    }
+                    say!("{v}");
                     continue;
                 }
                 let age_s = now.saturating_sub(e.failed_at_ms) / 1000;

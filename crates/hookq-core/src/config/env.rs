@@ -21,6 +21,7 @@ pub const ENV_OVERRIDES: &[(&str, &str, bool)] = &[
     ("HOOKQ_ADMIN_ADDR", "worker.admin_addr", true),
     ("HOOKQ_INGEST_ADDR", "ingest.addr", true),
     ("HOOKQ_INGEST_ENABLED", "ingest.enabled", false),
+    ("HOOKQ_ADMIN_TOKEN", "worker.admin_token", true),
 ];
 
 /// Sets the keys named by [`ENV_OVERRIDES`] from `env`; returns the variables applied.

@@ -37,7 +37,7 @@ pub use queue::{
     SentinelSettings, SqsSettings,
 };
 pub use webhooks::{Batching, DEFAULT_MAX_BYTES, WebhookSettings, sqs_max_batch_bytes};
-pub use worker::WorkerSettings;
+pub use worker::{AdminToken, MIN_ADMIN_TOKEN_LEN, WorkerSettings};
 
 use app_manager::{read_app_databases, read_app_manager};
 use queue::{check_lease, read_queue};

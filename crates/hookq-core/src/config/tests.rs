@@ -143,6 +143,32 @@ fn environment_overrides_common_keys() {
     assert!(err.contains("webhooks.batching.duration: expected a whole number, found a string (set by HOOKQ_BATCHING_DURATION)"), "{err}");
 }
 
+/// Issue 17: `worker.admin_token`, from the file or `HOOKQ_ADMIN_TOKEN`
+/// (which wins); a short one is refused at its path without being echoed,
+/// and `Debug` hides it.
+#[test]
+fn the_admin_token_comes_from_the_file_or_the_environment() {
+    let file = r#"{"worker": {"admin_token": "file-token-0123456789"}}"#;
+    let (c, _) = load(file).unwrap();
+    let token = c.worker.admin_token.clone().unwrap();
+    assert_eq!(token.expose(), "file-token-0123456789");
+    assert!(!format!("{:?}", c.worker).contains("file-token"));
+    let env = |k: &str| (k == "HOOKQ_ADMIN_TOKEN").then(|| "env-token-0123456789".to_string());
+    let (c, _) = Config::parse(file, env).unwrap();
+    assert_eq!(
+        c.worker.admin_token.unwrap().expose(),
+        "env-token-0123456789"
+    );
+    assert!(load("{}").unwrap().0.worker.admin_token.is_none());
+
+    for bad in [r#""short-token""#, r#""has a space in it, 16+""#, "42"] {
+        let text = format!(r#"{{"worker": {{"admin_token": {bad}}}}}"#);
+        let err = load(&text).unwrap_err().to_string();
+        assert!(err.contains("worker.admin_token"), "{bad}: {err}");
+        assert!(!err.contains("short-token"), "{err}");
+    }
+}
+
 #[test]
 fn sockudo_redis_settings_build_the_url() {
     let (c, _) = load(

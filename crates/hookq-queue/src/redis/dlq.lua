@@ -8,6 +8,11 @@
 --       4 most entries to take (-1: no limit),
 --       5 most entries to walk in this call,
 --       6 entries of the walk not yet walked (-1: this call starts the walk)
+--       7 the other conditions, all of which must hold: '' for none, or a
+--         JSON object with any of `endpoint` (its id), `reason` (a substring,
+--         lower case: matched against the reason in lower case), `before` /
+--         `after` (bounds of failed_at_ms, inclusive) and `ids` (entry ids:
+--         the hex SHA-1 of the entry's text as stored, lower case)
 --   rotate:
 --       2 'back' (right end to left end) | 'forward' (left end to right end),
 --       5 how many entries to move
@@ -21,7 +26,7 @@
 -- between calls. Entries dead-lettered meanwhile are appended on the right,
 -- behind the walk's bound, so they are never walked by it. An entry that is
 -- not a JSON object with a string "job" cannot be replayed: it is kept (a
--- purge without an app filter removes it). An entry with a string
+-- purge without any condition removes it). An entry with a string
 -- "job_base64" (a job whose bytes are not UTF-8) replays those bytes.
 local dead, ready = KEYS[1], KEYS[2]
 
@@ -74,8 +79,47 @@ local left = tonumber(ARGV[6])
 if left < 0 then
   left = len
 end
+local cond = nil
+if ARGV[7] and ARGV[7] ~= '' then
+  cond = cjson.decode(ARGV[7])
+end
+local ids = nil
+if cond and type(cond.ids) == 'table' then
+  ids = {}
+  for _, id in ipairs(cond.ids) do
+    ids[id] = true
+  end
+end
 
-if not replay and not by_app then
+-- Whether a decoded entry (its stored text `entry`) meets every condition.
+local function matches(entry, decoded)
+  if by_app and decoded.app_id ~= app then
+    return false
+  end
+  if not cond then
+    return true
+  end
+  if cond.endpoint and decoded.endpoint ~= cond.endpoint then
+    return false
+  end
+  if cond.reason and not (type(decoded.reason) == 'string'
+      and string.find(string.lower(decoded.reason), cond.reason, 1, true)) then
+    return false
+  end
+  local at = decoded.failed_at_ms
+  if cond.before and not (type(at) == 'number' and at <= cond.before) then
+    return false
+  end
+  if cond.after and not (type(at) == 'number' and at >= cond.after) then
+    return false
+  end
+  if ids and not ids[redis.sha1hex(entry)] then
+    return false
+  end
+  return true
+end
+
+if not replay and not by_app and not cond then
   -- Every entry walked is taken: no decoding, no rotation.
   local n = math.min(left, len)
   if limit >= 0 and limit < n then
@@ -102,8 +146,8 @@ while walked < walk and (limit < 0 or done < limit) do
   walked = walked + 1
   local ok, decoded = pcall(cjson.decode, entry)
   local valid = ok and type(decoded) == 'table' and type(decoded.job) == 'string'
-  -- (A purge without an app filter took the branch above.)
-  local take = valid and (not by_app or decoded.app_id == app)
+  -- (A purge without any condition took the branch above.)
+  local take = valid and matches(entry, decoded)
   if take then
     done = done + 1
     if replay then

@@ -1,7 +1,14 @@
 //! The admin HTTP server: `/metrics` (Prometheus text: the worker's, and an
 //! in-process ingest's when `ingest.enabled`), `/health` (the process
 //! answers) and `/ready` (the queue answered the last receive, takes
-//! writes, and the apps can be resolved).
+//! writes, and the apps can be resolved), open to probes and scrapers; the
+//! admin API under `/api/v1` and its OpenAPI document at `/openapi.json`,
+//! behind the bearer token `worker.admin_token` ([`api`]); and the web
+//! console's static files under `/console` ([`console`]), which reads
+//! everything through the API.
+
+pub mod api;
+pub mod console;
 
 use crate::worker::Shared;
 use axum::Router;
@@ -17,18 +24,21 @@ use tokio_util::sync::CancellationToken;
 /// What the admin routes read: the worker's shared state and, when the
 /// worker serves the ingest too, the ingest's metrics.
 #[derive(Clone)]
-struct Admin {
+pub struct Admin {
     shared: Arc<Shared>,
     ingest: Option<Arc<IngestMetrics>>,
 }
 
 /// The admin routes over a worker's shared state (and an in-process ingest's metrics).
 pub fn router(shared: Arc<Shared>, ingest: Option<Arc<IngestMetrics>>) -> Router {
+    let admin = Admin { shared, ingest };
     Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
-        .with_state(Admin { shared, ingest })
+        .merge(api::routes(admin.clone()))
+        .with_state(admin)
+        .merge(console::routes())
 }
 
 /// Serves the admin routes on `listener` until `shutdown` fires.
@@ -38,6 +48,7 @@ pub async fn serve(
     ingest: Option<Arc<IngestMetrics>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    api::log_state(&shared.config);
     axum::serve(listener, router(shared, ingest))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

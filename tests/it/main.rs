@@ -8,6 +8,7 @@ mod apps_db;
 mod cli;
 mod conformance;
 mod delivery;
+mod endpoint_health;
 mod ingest;
 mod lambda;
 mod manifests;

@@ -209,6 +209,11 @@ pub struct Endpoint {
     pub signing_secrets: Vec<SigningSecret>,
     /// How many requests may be in flight to this endpoint at once.
     pub max_concurrency: usize,
+    /// Its circuit breaker (`circuit_breaker`, over `webhooks.circuit_breaker`).
+    pub circuit_breaker: crate::config::BreakerSettings,
+    /// How long it may fail without a success before it is disabled
+    /// (`disable_after_ms`, over `webhooks.disable_after_ms`); `None`: never.
+    pub disable_after: Option<Duration>,
 }
 
 impl Endpoint {

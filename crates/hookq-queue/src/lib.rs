@@ -30,6 +30,7 @@
 //! Delivery is at least once and ordering is not guaranteed. Drivers:
 //! [`memory`] (always), `redis` and `sqs` behind the features of those names.
 
+pub mod health;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -352,6 +353,15 @@ pub trait QueueConsume: Send + Sync + 'static {
     /// such a job is [released](QueueConsume::release) until it is due.
     fn delays_pushes(&self) -> bool {
         true
+    }
+
+    /// Where this queue's workers keep endpoint health (circuit breaker,
+    /// disabled endpoints; [`health`]); a worker asks once. Redis keeps it
+    /// beside the queue, shared by every worker; the default is a store of
+    /// the calling process's own ([`health::MemoryHealth`]).
+    fn health_store(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn health::HealthStore> {
+        let _ = self;
+        std::sync::Arc::new(health::MemoryHealth::default())
     }
 }
 

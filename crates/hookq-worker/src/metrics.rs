@@ -44,6 +44,8 @@ pub struct Metrics {
     pub jobs_held: Gauge,
     /// Messages in the queue by state (read at scrape).
     pub queue_depth: Family<Label, Gauge>,
+    /// Endpoint health: circuits, transitions, disabled endpoints.
+    pub health: HealthMetrics,
 }
 
 impl Metrics {
@@ -64,6 +66,7 @@ impl Metrics {
             end_to_end_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
             jobs_held: Gauge::default(),
             queue_depth: Family::default(),
+            health: HealthMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -123,6 +126,7 @@ impl Metrics {
             "Messages in the queue by state",
             m.queue_depth.clone(),
         );
+        m.health.register(&mut registry);
         Self { registry, ..m }
     }
 
@@ -179,5 +183,59 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The labels of one endpoint's series: `app_id`, `endpoint`.
+pub type EndpointLabels = [(&'static str, String); 2];
+
+/// Endpoint health metrics ([`crate::health`]).
+#[derive(Default)]
+pub struct HealthMetrics {
+    /// Each endpoint's circuit as this worker last learnt it: 0 closed, 1
+    /// open, 2 half-open (open, its probe due or on its way), 3 disabled.
+    /// Kept for the endpoints this worker delivered to lately (the series
+    /// of one idle for 10 minutes is dropped), so it is bounded by the
+    /// endpoints in use.
+    pub circuit_state: Family<EndpointLabels, Gauge>,
+    /// Transitions this worker made, by the state entered (`open`,
+    /// `closed`, `disabled`); each is made by one worker, so the sum over
+    /// workers counts each once.
+    pub transitions: Family<Label, Counter>,
+    /// Endpoints disabled (on Redis: all of them, read every 10 s; on other
+    /// queues: those this worker disabled or learnt of).
+    pub endpoints_disabled: Gauge,
+}
+
+impl HealthMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "endpoint_circuit_state",
+            "Circuit of an endpoint: 0 closed, 1 open, 2 half-open, 3 disabled",
+            self.circuit_state.clone(),
+        );
+        registry.register(
+            "endpoint_transitions",
+            "Circuit transitions made by this worker, by the state entered",
+            self.transitions.clone(),
+        );
+        registry.register(
+            "endpoints_disabled",
+            "Endpoints disabled for failing continuously",
+            self.endpoints_disabled.clone(),
+        );
+    }
+
+    /// The labels of endpoint `endpoint` of app `app_id`.
+    pub fn labels(app_id: &str, endpoint: &str) -> EndpointLabels {
+        [
+            ("app_id", app_id.to_string()),
+            ("endpoint", endpoint.to_string()),
+        ]
+    }
+
+    /// Counts a transition into `to`.
+    pub fn transition(&self, to: &'static str) {
+        self.transitions.get_or_create(&[("to", to)]).inc();
     }
 }

@@ -389,7 +389,7 @@ async fn a_failing_endpoint_is_disabled_notified_and_enabled_again() {
         Duration::from_secs(30),
         Duration::from_millis(100),
         async || match w.metric("hookq_endpoints_disabled ").await {
-            Some(v) if v == 1.0 => Ok(()),
+            Some(1.0) => Ok(()),
             v => Err(format!("hookq_endpoints_disabled {v:?}")),
         },
     )
@@ -494,7 +494,7 @@ async fn a_failing_endpoint_is_disabled_notified_and_enabled_again() {
         Duration::from_secs(10),
         Duration::from_millis(100),
         async || match w.metric(gauge).await {
-            Some(v) if v == 0.0 => Ok(()),
+            Some(0.0) => Ok(()),
             v => Err(format!("{gauge} {v:?}")),
         },
     )
@@ -519,7 +519,7 @@ async fn a_failing_endpoint_is_disabled_notified_and_enabled_again() {
         Duration::from_secs(15),
         Duration::from_millis(200),
         async || match w.metric("hookq_endpoints_disabled ").await {
-            Some(v) if v == 0.0 => Ok(()),
+            Some(0.0) => Ok(()),
             v => Err(format!("{v:?}")),
         },
     )

@@ -336,7 +336,9 @@ pub trait HealthStore: Send + Sync + 'static {
 
     /// Applies `t` if the record's version is still `version`; answers the
     /// new record, or `None` when another transition came first. Ends any
-    /// probe claim.
+    /// probe claim; a [`Transition::Open`] keeps it claimed until its
+    /// `until_ms`, so that a worker deciding from an older record sends no
+    /// second probe meanwhile.
     async fn transition(
         &self,
         key: &EndpointKey,
@@ -408,10 +410,14 @@ impl HealthStore for MemoryHealth {
             return Ok(None);
         }
         r.apply(t);
-        self.probes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        match t {
+            Transition::Open { until_ms } => {
+                let left = Duration::from_millis(until_ms.saturating_sub(hookq_core::now_ms()));
+                probes.insert(key.clone(), Instant::now() + left)
+            }
+            Transition::Close { .. } | Transition::Disable { .. } => probes.remove(key),
+        };
         Ok(Some(r.clone()))
     }
 
@@ -522,7 +528,7 @@ mod tests {
         let k = EndpointKey::new("a", "e");
         assert!(s.claim_probe(&k, Duration::from_secs(5)).await.unwrap());
         assert!(!s.claim_probe(&k, Duration::from_secs(5)).await.unwrap());
-        let t = Transition::Open { until_ms: 10 };
+        let t = Transition::Close { at_ms: 10 };
         assert!(s.transition(&k, 0, t).await.unwrap().is_some());
         assert!(
             s.transition(&k, 0, t).await.unwrap().is_none(),
@@ -530,7 +536,15 @@ mod tests {
         );
         assert!(
             s.claim_probe(&k, Duration::from_secs(5)).await.unwrap(),
-            "a transition ends the claim"
+            "closing ends the claim"
+        );
+        let reopen = Transition::Open {
+            until_ms: hookq_core::now_ms() + 60_000,
+        };
+        assert!(s.transition(&k, 1, reopen).await.unwrap().is_some());
+        assert!(
+            !s.claim_probe(&k, Duration::from_millis(1)).await.unwrap(),
+            "claimed until the open time is over"
         );
     }
 }

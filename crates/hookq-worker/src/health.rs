@@ -275,7 +275,19 @@ impl Health {
         if probe {
             let t = decide::probe_result(outcome, &policy.breaker, now);
             let _guard = entry.syncing.lock().await;
-            self.make(&entry, version, t, &policy).await;
+            if !self.make(&entry, version, t, &policy).await {
+                // A transition came between (this worker's record was a
+                // sync old): the probe's answer still counts if the
+                // circuit is still open.
+                if let Ok(r) = self
+                    .store
+                    .sync(&entry.key, &Outcomes::default(), now, 1)
+                    .await
+                    && r.state == Circuit::Open
+                {
+                    self.make(&entry, r.version, t, &policy).await;
+                }
+            }
         }
     }
 
@@ -328,20 +340,28 @@ impl Health {
     }
 
     /// Makes transition `t` from `version`; the one worker whose write
-    /// went in logs it, counts it and, for a disabling, notifies.
-    async fn make(&self, entry: &Entry, version: u64, t: Transition, policy: &Policy) {
+    /// went in logs it, counts it and, for a disabling, notifies. Answers
+    /// whether this worker's write went in.
+    async fn make(&self, entry: &Entry, version: u64, t: Transition, policy: &Policy) -> bool {
         let key = &entry.key;
         match self.store.transition(key, version, t).await {
             Ok(Some(record)) => {
                 self.announce(key, &record, t, policy);
                 self.learn(entry, record);
+                true
             }
             // Another worker changed it first: learn what at the next sync.
-            Ok(None) => entry.lock().touched = true,
-            Err(e) => tracing::warn!(
-                error = %e, app_id = %key.app_id, endpoint = %key.endpoint,
-                "could not write the endpoint's circuit"
-            ),
+            Ok(None) => {
+                entry.lock().touched = true;
+                false
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e, app_id = %key.app_id, endpoint = %key.endpoint,
+                    "could not write the endpoint's circuit"
+                );
+                false
+            }
         }
     }
 
@@ -428,7 +448,7 @@ impl Health {
 /// The sync task: every 250 ms, syncs each endpoint whose last sync is
 /// [`SYNC_EVERY`] old and that had traffic since or is not closed (so an
 /// open or disabled one learns of a probe's answer or an `enable` within
-/// about a second, traffic or not); forgets endpoints idle
+/// about a second, traffic or not); counts the open circuits; forgets endpoints idle
 /// for [`FORGET_AFTER`]; counts the disabled endpoints of a shared store
 /// every [`COUNT_EVERY`]. Ends when the worker's [`Health`] is dropped.
 async fn run_sync(health: Weak<Health>) {
@@ -467,6 +487,19 @@ async fn run_sync(health: Weak<Health>) {
                 h.sync(&e).await;
             }
         }
+        let open = {
+            let entries = h.entries.lock().unwrap_or_else(|p| p.into_inner());
+            entries
+                .values()
+                .filter(|e| {
+                    e.lock()
+                        .known
+                        .as_ref()
+                        .is_some_and(|(r, _)| r.state == Circuit::Open)
+                })
+                .count()
+        };
+        h.metrics.health.endpoints_open.set(open as i64);
         if h.store.shared() && counted.is_none_or(|t| t.elapsed() >= COUNT_EVERY) {
             counted = Some(Instant::now());
             match h.store.disabled_count().await {

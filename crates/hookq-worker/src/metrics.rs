@@ -205,6 +205,10 @@ pub struct HealthMetrics {
     /// Endpoints disabled (on Redis: all of them, read every 10 s; on other
     /// queues: those this worker disabled or learnt of).
     pub endpoints_disabled: Gauge,
+    /// Endpoints whose circuit is open or half-open, of those this worker
+    /// delivered to lately (always exported, unlike the per-endpoint
+    /// series, so an alert rule can rely on it).
+    pub endpoints_open: Gauge,
 }
 
 impl HealthMetrics {
@@ -218,6 +222,11 @@ impl HealthMetrics {
             "endpoint_transitions",
             "Circuit transitions made by this worker, by the state entered",
             self.transitions.clone(),
+        );
+        registry.register(
+            "endpoints_open",
+            "Endpoints whose circuit is open or half-open, among those this worker delivered to lately",
+            self.endpoints_open.clone(),
         );
         registry.register(
             "endpoints_disabled",

@@ -9,7 +9,8 @@
 //!
 //! A sync is one script call (`health_sync.lua`: add the counts, answer the
 //! record); a transition another (`health_set.lua`: compare the version,
-//! change the state, keep the disabled set, end the probe claim). Both run
+//! change the state, keep the disabled set, end the probe claim — or, when
+//! it opens the circuit, keep it claimed until the open time is over). Both run
 //! through the driver's short-command path ([`RedisQueue::run`]), so they
 //! share its connections, its reconnects and its `NOSCRIPT` handling.
 
@@ -52,7 +53,8 @@ impl RedisQueue {
             .arg(key.field())
             .arg(mode)
             .arg(version)
-            .arg(ms);
+            .arg(ms)
+            .arg(ms.saturating_sub(hookq_core::now_ms()));
         let out: Option<String> = self
             .run("health transition", Request::Script(&call))
             .await?;

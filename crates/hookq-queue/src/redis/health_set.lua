@@ -1,13 +1,16 @@
 -- health_set: change an endpoint's circuit if its record's version is still
 -- the one the caller decided from (hookq_queue::health::HealthRecord::apply
 -- and ::enable do the same for the memory store), keep the set of disabled
--- endpoints, and end any probe claim. Returns the new record's JSON (for
+-- endpoints, and end any probe claim (an 'open' keeps the claim taken until
+-- the open time is over, so a worker deciding from an older record cannot
+-- send a second probe meanwhile). Returns the new record's JSON (for
 -- 'enable': the record before), or false when the version moved on (or,
 -- for 'enable', there is no record).
 --
 -- KEYS: 1 the health hash, 2 the disabled set, 3 the probe claim
 -- ARGV: 1 field (app\nendpoint), 2 'open' | 'close' | 'disable' | 'enable',
---       3 the expected version (-1: any), 4 ms (open: until; others: now)
+--       3 the expected version (-1: any), 4 ms (open: until; others: now),
+--       5 (open) ms from now until then
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 local mode = ARGV[2]
 if not raw and mode == 'enable' then
@@ -48,7 +51,11 @@ if r.state == 'disabled' then
 else
   redis.call('SREM', KEYS[2], ARGV[1])
 end
-redis.call('DEL', KEYS[3])
+if mode == 'open' and tonumber(ARGV[5]) > 0 then
+  redis.call('SET', KEYS[3], 1, 'PX', ARGV[5])
+else
+  redis.call('DEL', KEYS[3])
+end
 local out = cjson.encode(r)
 redis.call('HSET', KEYS[1], ARGV[1], out)
 if mode == 'enable' then

@@ -566,3 +566,48 @@ fn bad_health_keys_name_their_paths() {
     let (ok, _, err) = hookq(&["endpoints", "list", "--config", path.to_str().unwrap()]);
     assert!(!ok && err.contains("memory queue"), "{err}");
 }
+
+/// On the memory queue the circuit is the worker's own: it still opens,
+/// defers batches instead of sending them, probes, closes when the
+/// receiver is back, and everything is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_memory_queue_each_worker_keeps_its_own_circuit() {
+    use crate::support::inproc::InProc;
+    let r = Receiver::start(&[("key-1", "secret-1")]).await;
+    let cfg = config(
+        two_endpoints(&r, ""),
+        json!({"circuit_breaker": {"enabled": true, "window_ms": 5000, "min_requests": 5,
+            "open_ms": 1000}}),
+    );
+    r.always("/dead", Reply::status(503));
+    let w = InProc::start(cfg).await;
+    let render = || w.metrics.render();
+    let mut n = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        let e = Event::client_event("private-c", "client-e", n.to_string(), "1.1");
+        w.publish(vec![e]).await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let opened_at_dead = r.requests("/dead").len();
+    assert!(
+        render().contains("hookq_endpoint_transitions_total{to=\"open\"}"),
+        "the circuit opened:\n{}",
+        render()
+    );
+    r.always("/dead", Reply::status(200));
+    wait_all_delivered(&r, &["/dead", "/live"], n, Duration::from_secs(30)).await;
+    assert!(render().contains("hookq_endpoint_transitions_total{to=\"closed\"} 1"));
+    println!(
+        "memory queue, breaker on (open_ms 1 s): {opened_at_dead} requests to the dead endpoint \
+         in 6 s of one event per 50 ms ({n} events); all delivered after it came back"
+    );
+    // One event per 50 ms is ~120 batches in 6 s, each retried at 1 s and
+    // more without the breaker; with it, the first ones and a probe a second.
+    assert!(
+        opened_at_dead < 60,
+        "{opened_at_dead} requests to the dead endpoint"
+    );
+    w.stop().await;
+}

@@ -16,7 +16,9 @@
 //! ([`decide::gate`]), and outcomes are counted in memory. A background
 //! task syncs each endpoint that had traffic at most once every
 //! [`SYNC_EVERY`] (one [`HealthStore::sync`]: the counts go in, the record
-//! every worker left comes back), asks [`decide::health_step`] whether the
+//! every worker left comes back) — sooner, at its next 250 ms tick, when its
+//! own counts alone would open the circuit, and also without traffic while
+//! the endpoint is not healthy — asks [`decide::health_step`] whether the
 //! record calls for a change, and makes it with a compare-and-set
 //! ([`HealthStore::transition`]): of the workers that see the same change,
 //! one makes it, and only that one logs it, counts it, and sends the
@@ -106,6 +108,25 @@ struct Local {
     last_traffic: Instant,
     last_sync: Option<Instant>,
     claim_lost: Option<Instant>,
+}
+
+impl Local {
+    /// Whether this worker's own counts since the last sync would open a
+    /// closed circuit by themselves: then it syncs at the next tick rather
+    /// than up to a second later, so a dead endpoint gets fewer requests
+    /// before its circuit opens.
+    fn would_open(&self) -> bool {
+        let b = &self.policy.breaker;
+        let (ok, failed) = (self.delta.ok, self.delta.failed);
+        let closed = self
+            .known
+            .as_ref()
+            .is_none_or(|(r, _)| r.state == Circuit::Closed);
+        b.enabled
+            && closed
+            && failed >= b.min_requests
+            && failed as f64 >= b.failure_ratio * (ok + failed) as f64
+    }
 }
 
 struct Entry {
@@ -204,7 +225,11 @@ impl Health {
         let entry = self.entry(&batch.app.id, ep);
         let (known, policy) = {
             let mut l = entry.lock();
-            l.policy = Policy::of(ep);
+            // A reload may have changed them (the target's text is kept
+            // from the first batch: no allocation per batch).
+            l.policy.breaker = ep.circuit_breaker;
+            l.policy.disable_after = ep.disable_after;
+            l.policy.request_timeout = ep.request_timeout;
             l.touched = true;
             l.last_traffic = Instant::now();
             let usable = l
@@ -477,7 +502,7 @@ async fn run_sync(health: Weak<Health>) {
                         .as_ref()
                         .is_some_and(|(r, _)| r.state != Circuit::Closed);
                     (l.touched || !l.delta.is_empty() || unhealthy)
-                        && l.last_sync.is_none_or(|t| t.elapsed() >= SYNC_EVERY)
+                        && (l.last_sync.is_none_or(|t| t.elapsed() >= SYNC_EVERY) || l.would_open())
                 })
                 .cloned()
                 .collect()

@@ -563,6 +563,14 @@ fn bad_health_keys_name_their_paths() {
         json!({"circuit_breaker": {"enabled": true}}),
     );
     let path = write_config(&dir, "memory.json", &c);
+    let (ok, out, err) = hookq(&["check-config", "--config", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(
+            "circuit breaker: on, opens at 50 % of at least 10 requests in 30000 ms, for 30000 ms"
+        ),
+        "{out}"
+    );
     let (ok, _, err) = hookq(&["endpoints", "list", "--config", path.to_str().unwrap()]);
     assert!(!ok && err.contains("memory queue"), "{err}");
 }

@@ -10,7 +10,7 @@
 use crate::support::inproc::config;
 use crate::support::process::{WorkerProcess, hookq, temp_dir, write_config};
 use crate::support::queue::{job_data, producer};
-use crate::support::receiver::{Receiver, Reply};
+use crate::support::receiver::{Receiver, Reply, hmac_hex};
 use crate::support::redis_server::RedisServer;
 use crate::support::wait::poll;
 use hookq_core::Event;
@@ -358,11 +358,12 @@ async fn two_workers_share_the_circuit_and_a_restarted_one_finds_it_open() {
 /// `disable_after_ms` (3 s here) is disabled: its events go to the DLQ with
 /// reason "endpoint disabled", `hookq_endpoints_disabled` is 1, the
 /// operator's URL gets one notification signed with the configured key and
-/// secret (and the secret is in no log), `hookq endpoints list` shows it;
+/// secret and Standard Webhooks secret (and the secret is in no log), `hookq endpoints list` shows it;
 /// `hookq endpoints enable` brings it back with its DLQ untouched, and new
 /// events are delivered to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_endpoint_is_disabled_notified_and_enabled_again() {
+    const OPS_WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let redis = RedisServer::start();
     let r = Receiver::start(&[("key-1", "secret-1"), ("ops-key", "ops-secret-42")]).await;
     let dir = temp_dir("disable");
@@ -376,7 +377,8 @@ async fn a_failing_endpoint_is_disabled_notified_and_enabled_again() {
         apps,
         json!({"disable_after_ms": 3000,
             "retry": {"initial_backoff_ms": 300, "max_backoff_ms": 1000, "max_elapsed_time_ms": 120000},
-            "notify": {"url": r.url("/ops"), "key": "ops-key", "secret": "ops-secret-42"}}),
+            "notify": {"url": r.url("/ops"), "key": "ops-key", "secret": "ops-secret-42",
+                "signing_secret": OPS_WHSEC}}),
     );
     r.always("/broken", Reply::status(500));
     let w = WorkerProcess::start_ready(&dir, "w", &cfg).await;
@@ -436,6 +438,21 @@ async fn a_failing_endpoint_is_disabled_notified_and_enabled_again() {
     let note = &notes[0];
     assert!(note.valid, "the notification's X-Pusher-Signature verifies");
     assert_eq!(note.header("x-pusher-key"), Some("ops-key"));
+    // And the Standard Webhooks signature, computed here independently.
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64.decode(OPS_WHSEC.trim_start_matches("whsec_")).unwrap();
+    let signed = format!(
+        "{}.{}.{}",
+        note.header("webhook-id").unwrap(),
+        note.header("webhook-timestamp").unwrap(),
+        String::from_utf8(note.body.clone()).unwrap()
+    );
+    let expected = format!(
+        "v1,{}",
+        b64.encode(hex::decode(hmac_hex(&key, signed.as_bytes())).unwrap())
+    );
+    assert_eq!(note.header("webhook-signature"), Some(expected.as_str()));
     let event = &note.events()[0];
     assert_eq!(
         (
@@ -526,7 +543,7 @@ async fn a_failing_endpoint_is_disabled_notified_and_enabled_again() {
     .await;
     println!(
         "disabled after 3 s of failures: {} DLQ entries (15 events) with reason \"endpoint disabled\", \
-         1 notification (signature valid), enabled again and 5 new events delivered",
+         1 notification (Pusher and Standard Webhooks signatures valid), enabled again and 5 new events delivered",
         entries.len()
     );
 }

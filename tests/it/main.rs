@@ -12,6 +12,7 @@ mod conformance;
 mod console;
 mod delivery;
 mod flap;
+mod endpoint_health;
 mod ingest;
 mod lambda;
 mod manifests;

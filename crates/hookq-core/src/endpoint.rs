@@ -214,6 +214,11 @@ pub struct Endpoint {
     /// `adaptive_concurrency`: the in-flight limit follows the endpoint's
     /// latency, between 1 and `max_concurrency`.
     pub adaptive_concurrency: bool,
+    /// Its circuit breaker (`circuit_breaker`, over `webhooks.circuit_breaker`).
+    pub circuit_breaker: crate::config::BreakerSettings,
+    /// How long it may fail without a success before it is disabled
+    /// (`disable_after_ms`, over `webhooks.disable_after_ms`); `None`: never.
+    pub disable_after: Option<Duration>,
 }
 
 /// A webhook's `rate_limit`: a token bucket that refills at `per_second`

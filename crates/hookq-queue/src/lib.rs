@@ -31,6 +31,7 @@
 //! [`memory`] (always), `redis` and `sqs` behind the features of those names.
 
 pub mod limits;
+pub mod health;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -424,6 +425,15 @@ pub trait QueueConsume: Send + Sync + 'static {
     /// default each worker keeps its own in memory ([`limits`]).
     fn limits(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn limits::Limits> {
         std::sync::Arc::new(limits::MemoryLimits::default())
+    }
+
+    /// Where this queue's workers keep endpoint health (circuit breaker,
+    /// disabled endpoints; [`health`]); a worker asks once. Redis keeps it
+    /// beside the queue, shared by every worker; the default is a store of
+    /// the calling process's own ([`health::MemoryHealth`]).
+    fn health_store(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn health::HealthStore> {
+        let _ = self;
+        std::sync::Arc::new(health::MemoryHealth::default())
     }
 }
 

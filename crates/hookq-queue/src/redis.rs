@@ -141,6 +141,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+mod health;
+
 /// The response timeout of every non-blocking command and script.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long opening a connection may take.
@@ -1037,6 +1039,10 @@ impl QueueConsume for RedisQueue {
 
     fn hold(&self) -> Duration {
         self.lease
+    }
+
+    fn health_store(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn crate::health::HealthStore> {
+        self
     }
 
     fn writable(&self) -> bool {

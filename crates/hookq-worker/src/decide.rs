@@ -13,9 +13,10 @@
 
 use crate::batch::Batch;
 use crate::outcome::{Failure, Outcome};
-use hookq_core::config::App;
+use hookq_core::config::{App, BreakerSettings};
 use hookq_core::job::{EventJob, Job, RetryJob, VERSION};
 use hookq_core::{AppRegistry, DeadLetter, LookupError};
+use hookq_queue::health::{Circuit, HealthRecord, Transition};
 use hookq_queue::{Outgoing, Received};
 use std::sync::Arc;
 use std::time::Duration;
@@ -1261,5 +1262,307 @@ mod tests {
         };
         assert_eq!(message.delay, wait);
         assert_eq!(Job::decode(&message.body).unwrap().not_before_ms(), None);
+    }
+}
+
+// Endpoint health (crate::health): the circuit breaker and disabling, as
+// values. The shared record is hookq_queue::health's; these say what a
+// batch finds at its endpoint and what change a record calls for.
+
+/// What a batch finds at its endpoint's circuit ([`gate`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Gate {
+    /// Closed (or the breaker is off): send.
+    Send,
+    /// Open, and its open time is over: this batch may be the one probe,
+    /// if it gets the claim.
+    Probe,
+    /// Open: hand the batch over to a job for its endpoint, due this much later.
+    Defer(Duration),
+    /// Disabled: dead-letter it ("endpoint disabled").
+    Disabled,
+}
+
+/// How long a batch waits when another worker's probe is on its way (or
+/// was just claimed): the probe's answer decides soon.
+pub const PROBE_WAIT: Duration = Duration::from_secs(1);
+
+/// What a batch finds at an endpoint whose shared record is `record`, with
+/// `breaker`, at `now_ms` (`jitter` in `[0, 1)` spreads deferred batches
+/// over a tenth of the open time and a second, so they do not all come
+/// back at the same moment). An open circuit whose breaker was turned off
+/// since lets batches through; a disabled endpoint stays disabled until
+/// it is enabled.
+pub fn gate(record: &HealthRecord, breaker: &BreakerSettings, now_ms: u64, jitter: f64) -> Gate {
+    match record.state {
+        Circuit::Closed => Gate::Send,
+        Circuit::Disabled => Gate::Disabled,
+        Circuit::Open if !breaker.enabled => Gate::Send,
+        Circuit::Open if now_ms >= record.open_until_ms => Gate::Probe,
+        Circuit::Open => {
+            let spread =
+                (breaker.open / 10 + Duration::from_secs(1)).mul_f64(jitter.clamp(0.0, 1.0));
+            Gate::Defer(Duration::from_millis(record.open_until_ms - now_ms) + spread)
+        }
+    }
+}
+
+/// The deferral of a batch that found the probe taken (`jitter` in `[0, 1)`).
+pub fn probe_taken(jitter: f64) -> Gate {
+    Gate::Defer(PROBE_WAIT + PROBE_WAIT.mul_f64(jitter.clamp(0.0, 1.0)))
+}
+
+/// The change `record` calls for at `now_ms`, if any: disabled once it has
+/// failed without a success for `disable_after`; opened when closed with
+/// the breaker on and, over its window, at least `min_requests` requests
+/// of which at least `failure_ratio` failed. An open circuit only changes
+/// with its probe ([`probe_result`]) or by being disabled.
+pub fn health_step(
+    record: &HealthRecord,
+    breaker: &BreakerSettings,
+    disable_after: Option<Duration>,
+    now_ms: u64,
+) -> Option<Transition> {
+    if record.state == Circuit::Disabled {
+        return None;
+    }
+    if let (Some(after), Some(since)) = (disable_after, record.failing_since_ms)
+        && Duration::from_millis(now_ms.saturating_sub(since)) >= after
+    {
+        return Some(Transition::Disable { at_ms: now_ms });
+    }
+    if record.state != Circuit::Closed || !breaker.enabled {
+        return None;
+    }
+    let window_ms = breaker.window.as_millis().try_into().unwrap_or(u64::MAX);
+    let (requests, failed) = record.window_counts(now_ms, window_ms);
+    let opens = requests >= breaker.min_requests as f64
+        && requests > 0.0
+        && failed / requests >= breaker.failure_ratio;
+    opens.then(|| Transition::Open {
+        until_ms: now_ms.saturating_add(breaker.open.as_millis().try_into().unwrap_or(u64::MAX)),
+    })
+}
+
+/// What a probe's answer does: an endpoint that answered (delivered, or
+/// even refused the batch with a 4xx: it is up) closes; a failure that is
+/// worth retrying opens it for another `open` time.
+pub fn probe_result(outcome: &Outcome, breaker: &BreakerSettings, now_ms: u64) -> Transition {
+    match outcome {
+        Outcome::Retry { .. } => Transition::Open {
+            until_ms: now_ms
+                .saturating_add(breaker.open.as_millis().try_into().unwrap_or(u64::MAX)),
+        },
+        Outcome::Delivered | Outcome::Reject { .. } => Transition::Close { at_ms: now_ms },
+    }
+}
+
+/// The reason of a disabled endpoint's dead letters.
+pub const ENDPOINT_DISABLED: &str = "endpoint disabled";
+
+/// `batch` for a disabled endpoint: one dead-letter entry, a replayable
+/// retry job for this endpoint (attempt 1, a fresh budget, the batch's
+/// `webhook-id`), like [`dispose`]'s; metric label `disabled`.
+pub fn endpoint_disabled(batch: &Batch, now_ms: u64) -> Disposition {
+    let replay = retry_job(batch, 1, None, ENDPOINT_DISABLED, now_ms);
+    Disposition::DeadLetter {
+        entries: vec![DeadLetter {
+            job: Job::Retry(replay).encode(),
+            job_base64: None,
+            reason: ENDPOINT_DISABLED.to_string(),
+            failed_at_ms: now_ms,
+            app_id: Some(batch.app.id.clone()),
+            endpoint: Some(batch.endpoint().id.clone()),
+            attempts: batch.attempt.saturating_sub(1),
+            last_status: None,
+            body_excerpt: None,
+        }],
+        label: "disabled",
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+    use hookq_queue::health::Outcomes;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn breaker() -> BreakerSettings {
+        BreakerSettings {
+            enabled: true,
+            failure_ratio: 0.5,
+            window: Duration::from_secs(10),
+            min_requests: 4,
+            open: Duration::from_secs(5),
+        }
+    }
+
+    fn record(ok: u64, failed: u64, first_failure: Option<u64>) -> HealthRecord {
+        let mut r = HealthRecord::default();
+        let mut d = Outcomes::default();
+        for _ in 0..ok {
+            d.success(NOW - 5_000);
+        }
+        for i in 0..failed {
+            d.failure(first_failure.unwrap_or(NOW - 4_000) + i, "HTTP 503");
+        }
+        r.merge(&d, NOW, 10_000);
+        r
+    }
+
+    #[test]
+    fn the_circuit_opens_at_the_ratio_once_enough_requests_were_seen() {
+        let b = breaker();
+        assert_eq!(
+            health_step(&record(0, 3, None), &b, None, NOW),
+            None,
+            "3 < min_requests"
+        );
+        assert_eq!(
+            health_step(&record(3, 2, None), &b, None, NOW),
+            None,
+            "40 % < 50 %"
+        );
+        assert_eq!(
+            health_step(&record(2, 2, None), &b, None, NOW),
+            Some(Transition::Open {
+                until_ms: NOW + 5_000
+            })
+        );
+        let off = BreakerSettings {
+            enabled: false,
+            ..b
+        };
+        assert_eq!(
+            health_step(&record(0, 50, None), &off, None, NOW),
+            None,
+            "breaker off"
+        );
+    }
+
+    #[test]
+    fn an_open_circuit_defers_then_lets_one_probe_through() {
+        let b = breaker();
+        let mut r = record(0, 4, None);
+        r.apply(health_step(&r, &b, None, NOW).unwrap());
+        assert_eq!(
+            health_step(&r, &b, None, NOW + 1),
+            None,
+            "open: only the probe changes it"
+        );
+        let Gate::Defer(d) = gate(&r, &b, NOW + 1_000, 0.0) else {
+            panic!("open: deferred")
+        };
+        assert_eq!(d, Duration::from_secs(4), "until the open time is over");
+        let Gate::Defer(spread) = gate(&r, &b, NOW + 1_000, 0.999) else {
+            panic!("deferred")
+        };
+        assert!(
+            spread > d && spread <= d + Duration::from_millis(1_500),
+            "{spread:?}"
+        );
+        assert_eq!(gate(&r, &b, NOW + 5_000, 0.5), Gate::Probe);
+        assert_eq!(
+            probe_result(&Outcome::Delivered, &b, NOW + 5_100),
+            Transition::Close { at_ms: NOW + 5_100 }
+        );
+        let failed = Outcome::Retry {
+            failure: Failure::new("connection refused"),
+            after: None,
+        };
+        assert_eq!(
+            probe_result(&failed, &b, NOW + 5_100),
+            Transition::Open {
+                until_ms: NOW + 10_100
+            }
+        );
+        r.apply(Transition::Close { at_ms: NOW + 5_100 });
+        assert_eq!(gate(&r, &b, NOW + 5_200, 0.5), Gate::Send);
+        assert_eq!(
+            health_step(&r, &b, None, NOW + 5_200),
+            None,
+            "counts cleared"
+        );
+        let mut open = r.clone();
+        open.apply(Transition::Open {
+            until_ms: NOW + 99_000,
+        });
+        let off = BreakerSettings {
+            enabled: false,
+            ..b
+        };
+        assert_eq!(
+            gate(&open, &off, NOW, 0.5),
+            Gate::Send,
+            "breaker turned off"
+        );
+    }
+
+    #[test]
+    fn an_endpoint_failing_for_disable_after_is_disabled_and_stays_so() {
+        let b = breaker();
+        let after = Some(Duration::from_secs(3));
+        let r = record(0, 2, Some(NOW - 2_000));
+        assert_eq!(r.failing_since_ms, Some(NOW - 2_000));
+        assert_eq!(
+            health_step(&r, &b, after, NOW),
+            None,
+            "failing for 2 s of 3"
+        );
+        let mut r = record(0, 2, Some(NOW - 3_000));
+        assert_eq!(
+            health_step(&r, &b, after, NOW),
+            Some(Transition::Disable { at_ms: NOW })
+        );
+        r.apply(Transition::Disable { at_ms: NOW });
+        assert_eq!(gate(&r, &b, NOW, 0.5), Gate::Disabled);
+        assert_eq!(health_step(&r, &b, after, NOW + 60_000), None);
+        r.enable();
+        assert_eq!(
+            (gate(&r, &b, NOW, 0.5), r.failing_since_ms),
+            (Gate::Send, None)
+        );
+        // A success since clears the failing-since: never disabled.
+        let mut ok = record(0, 2, Some(NOW - 9_000));
+        let mut d = Outcomes::default();
+        d.success(NOW - 1_000);
+        ok.merge(&d, NOW, 10_000);
+        assert_eq!(health_step(&ok, &b, after, NOW), None);
+    }
+
+    #[test]
+    fn a_disabled_endpoints_batch_is_one_replayable_dead_letter() {
+        let text = r#"{"app_manager": {"array": {"apps": [{"id": "a", "key": "k", "secret": "s",
+            "webhooks": [{"id": "ep", "url": "http://127.0.0.1:9/x", "event_types": ["member_added"]}]}]}}}"#;
+        let config = hookq_core::Config::parse(text, |_| None).unwrap().0;
+        let (settler, _acks) = crate::settle::Settler::new();
+        let ticket = settler.ticket(hookq_queue::Handle("h".into()), 1, None, None);
+        let mut b = Batch::new(config.apps[0].clone(), 0);
+        b.attempt = 3;
+        for u in ["u1", "u2"] {
+            b.add(
+                crate::batch::Encoded::new(hookq_core::Event::member_added("presence-x", u), false),
+                &ticket,
+            );
+        }
+        let Disposition::DeadLetter { entries, label } = endpoint_disabled(&b, NOW) else {
+            panic!("dead-lettered")
+        };
+        assert_eq!((entries.len(), label), (1, "disabled"));
+        let e = &entries[0];
+        assert_eq!(e.reason, ENDPOINT_DISABLED);
+        assert_eq!(
+            (e.app_id.as_deref(), e.endpoint.as_deref()),
+            (Some("a"), Some("ep"))
+        );
+        let Job::Retry(job) = Job::decode(&e.job).unwrap() else {
+            panic!("a retry job")
+        };
+        assert_eq!(
+            (job.attempt, job.events.len(), job.endpoint.as_str()),
+            (1, 2, "ep")
+        );
+        assert_eq!(job.webhook_id, b.webhook_id);
     }
 }

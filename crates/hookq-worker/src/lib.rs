@@ -6,7 +6,7 @@
 //! values (what a message becomes, what follows an attempt); [`batch`] forms batches, [`deliver`]
 //! sends them ([`http`], and `lambda` behind the feature of that name),
 //! [`outcome`] classifies answers, [`settle`] tracks jobs until they are
-//! acked, [`lane`] keeps each endpoint's concurrency limit and pace. [`admin`] serves metrics, probes and the admin API ([`stats`] keeps its per-endpoint figures); [`queue`] opens the configured
+//! acked, [`lane`] keeps each endpoint's concurrency limit and pace, [`health`] its circuit breaker and whether it is disabled. [`admin`] serves metrics, probes and the admin API ([`stats`] keeps its per-endpoint figures); [`queue`] opens the configured
 //! queue driver. The `hookq` binary that runs all this is the `hookq` crate.
 
 pub mod admin;
@@ -14,6 +14,7 @@ pub mod batch;
 pub mod decide;
 pub mod deliver;
 pub mod flap;
+pub mod health;
 pub mod http;
 #[cfg(feature = "lambda")]
 pub mod lambda;

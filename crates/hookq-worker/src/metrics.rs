@@ -48,6 +48,8 @@ pub struct Metrics {
     pub flaps: Family<Labels2, Counter>,
     /// The in-flight limit of each endpoint with adaptive concurrency.
     pub concurrency_limit: Family<EndpointLabel, Gauge>,
+    /// Endpoint health: circuits, transitions, disabled endpoints.
+    pub health: HealthMetrics,
 }
 
 type Labels2 = [(&'static str, &'static str); 2];
@@ -74,6 +76,7 @@ impl Metrics {
             queue_depth: Family::default(),
             flaps: Family::default(),
             concurrency_limit: Family::default(),
+            health: HealthMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -143,6 +146,7 @@ impl Metrics {
             "The in-flight limit of each endpoint with adaptive concurrency",
             m.concurrency_limit.clone(),
         );
+        m.health.register(&mut registry);
         Self { registry, ..m }
     }
 
@@ -206,5 +210,68 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The labels of one endpoint's series: `app_id`, `endpoint`.
+pub type EndpointLabels = [(&'static str, String); 2];
+
+/// Endpoint health metrics ([`crate::health`]).
+#[derive(Default)]
+pub struct HealthMetrics {
+    /// Each endpoint's circuit as this worker last learnt it: 0 closed, 1
+    /// open, 2 half-open (open, its probe due or on its way), 3 disabled.
+    /// Kept for the endpoints this worker delivered to lately (the series
+    /// of one idle for 10 minutes is dropped), so it is bounded by the
+    /// endpoints in use.
+    pub circuit_state: Family<EndpointLabels, Gauge>,
+    /// Transitions this worker made, by the state entered (`open`,
+    /// `closed`, `disabled`); each is made by one worker, so the sum over
+    /// workers counts each once.
+    pub transitions: Family<Label, Counter>,
+    /// Endpoints disabled (on Redis: all of them, read every 10 s; on other
+    /// queues: those this worker disabled or learnt of).
+    pub endpoints_disabled: Gauge,
+    /// Endpoints whose circuit is open or half-open, of those this worker
+    /// delivered to lately (always exported, unlike the per-endpoint
+    /// series, so an alert rule can rely on it).
+    pub endpoints_open: Gauge,
+}
+
+impl HealthMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "endpoint_circuit_state",
+            "Circuit of an endpoint: 0 closed, 1 open, 2 half-open, 3 disabled",
+            self.circuit_state.clone(),
+        );
+        registry.register(
+            "endpoint_transitions",
+            "Circuit transitions made by this worker, by the state entered",
+            self.transitions.clone(),
+        );
+        registry.register(
+            "endpoints_open",
+            "Endpoints whose circuit is open or half-open, among those this worker delivered to lately",
+            self.endpoints_open.clone(),
+        );
+        registry.register(
+            "endpoints_disabled",
+            "Endpoints disabled for failing continuously",
+            self.endpoints_disabled.clone(),
+        );
+    }
+
+    /// The labels of endpoint `endpoint` of app `app_id`.
+    pub fn labels(app_id: &str, endpoint: &str) -> EndpointLabels {
+        [
+            ("app_id", app_id.to_string()),
+            ("endpoint", endpoint.to_string()),
+        ]
+    }
+
+    /// Counts a transition into `to`.
+    pub fn transition(&self, to: &'static str) {
+        self.transitions.get_or_create(&[("to", to)]).inc();
     }
 }

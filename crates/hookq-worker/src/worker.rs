@@ -66,6 +66,8 @@ pub struct Shared {
     pub(crate) limits: Arc<dyn hookq_queue::limits::Limits>,
     /// Per-endpoint figures of this process, for the admin API.
     pub stats: crate::stats::Stats,
+    /// Endpoint health: circuit breakers, disabled endpoints (crate::health).
+    pub health: Arc<crate::health::Health>,
 }
 
 /// A worker over one queue and one config.
@@ -93,6 +95,11 @@ impl Worker {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let (settler, acks) = Settler::new();
+        let health = crate::health::Health::new(
+            queue.clone().health_store(),
+            metrics.clone(),
+            config.webhooks.notify.clone(),
+        )?;
         let shared = Shared {
             deliverer: Deliverer::new(&config.webhooks)?,
             limits: queue.clone().limits(),
@@ -104,6 +111,7 @@ impl Worker {
             settler,
             lanes: Lanes::default(),
             stats: Default::default(),
+            health: Arc::new(health),
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -127,6 +135,7 @@ impl Worker {
         let (item_tx, item_rx) = mpsc::channel::<Item>(4096);
         let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(1024);
 
+        shared.health.start_for(&config);
         let batcher = Batcher::new(config.webhooks.batching, config.worker.max_open_batches);
         let batching = tokio::spawn(batch::run(batcher, item_rx, batch_tx.clone()));
 
@@ -386,7 +395,7 @@ async fn accept(
 /// Carries out a disposition for the jobs of `tickets`: each is settled once
 /// the outcome is durable, or abandoned (left to come back) when the queue
 /// refused it.
-async fn execute(shared: &Shared, tickets: &[Arc<Ticket>], disposition: Disposition) {
+pub(crate) async fn execute(shared: &Shared, tickets: &[Arc<Ticket>], disposition: Disposition) {
     let written = write(shared, tickets, disposition).await;
     if let Written::Refused(e) = &written {
         tracing::warn!(error = %e, "the queue refused a push for good; the jobs will come back");
@@ -561,6 +570,11 @@ async fn defer_for(shared: &Shared, mut batch: Batch, delay: Duration, reason: &
 /// One attempt of a batch, then what follows from its outcome. Events of
 /// jobs abandoned meanwhile (a lost hold) are neither sent nor retried here.
 async fn deliver(shared: Arc<Shared>, mut batch: Batch) {
+    let probe = match shared.health.gate(&batch).await {
+        decide::Gate::Send => false,
+        decide::Gate::Probe => true,
+        held => return crate::health::hold_back(&shared, batch, held).await,
+    };
     let waiting = Instant::now();
     let lane = shared.limit(&batch);
     let share = decide::endpoint_share(shared.config.worker.max_held_jobs);
@@ -588,6 +602,7 @@ async fn deliver(shared: Arc<Shared>, mut batch: Batch) {
     let started = Instant::now();
     let outcome = shared.deliverer.deliver(&batch, sent_ms).await;
     permit.done(matches!(outcome, Outcome::Retry { .. }));
+    shared.health.record(&batch, &outcome, probe).await;
     let m = &shared.metrics;
     m.delivery_seconds.observe(started.elapsed().as_secs_f64());
     m.batch_size.observe(batch.events.len() as f64);

@@ -49,6 +49,11 @@ pub enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Endpoint health: list every endpoint's circuit, re-enable a disabled one.
+    Endpoints {
+        #[command(subcommand)]
+        action: EndpointsAction,
+    },
     /// Producer, worker and a verifying receiver in one process, on the memory queue.
     Demo {
         /// Keep producing until interrupted.
@@ -111,4 +116,27 @@ pub enum DlqAction {
     Replay(DlqArgs),
     /// Delete entries.
     Purge(DlqArgs),
+}
+
+#[derive(Subcommand)]
+pub enum EndpointsAction {
+    /// Every endpoint's state (healthy, open, half-open, disabled), last
+    /// error, last success, failing since.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print each endpoint as a JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-enable a disabled endpoint (or close an open circuit); its
+    /// dead letters stay in the DLQ (replay them with `hookq dlq replay`).
+    Enable {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The app id.
+        app: String,
+        /// The endpoint id (as `hookq endpoints list` shows it).
+        endpoint: String,
+    },
 }

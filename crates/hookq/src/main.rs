@@ -3,7 +3,8 @@
 //! `hookq worker` runs a worker; `hookq ingest` takes the webhooks realtime
 //! servers send and puts them on the queue; `hookq check-config` validates a config;
 //! `hookq enqueue` publishes events through the producer; `hookq dlq` lists,
-//! replays and purges the dead-letter queue; `hookq demo` runs producer,
+//! replays and purges the dead-letter queue; `hookq endpoints` lists
+//! endpoints' health and re-enables one; `hookq demo` runs producer,
 //! worker and a receiver in one process on the memory queue; `hookq
 //! healthcheck` asks a worker's admin server whether it is healthy (the
 //! image's HEALTHCHECK, which so needs no curl).
@@ -22,6 +23,7 @@ macro_rules! say {
 mod cli;
 mod demo;
 mod dlq;
+mod endpoints;
 mod enqueue;
 mod run;
 
@@ -121,6 +123,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             file,
         } => enqueue::run(load_config(&config.config)?, &app, event, file).await,
         Command::Dlq { action } => dlq::run(action).await,
+        Command::Endpoints { action } => endpoints::run(action).await,
         Command::Demo { forever } => demo::run(forever).await,
         Command::Healthcheck { url, timeout_ms } => healthcheck(&url, timeout_ms).await,
     }

@@ -364,6 +364,12 @@ pub(super) fn read_endpoint(
         .map_or(webhooks.request_timeout, ms);
     let max_concurrency =
         w.u64("max_concurrency", worker.endpoint_concurrency as u64, 1, d) as usize;
+    let circuit_breaker = super::webhooks::read_breaker(
+        &mut w.obj("circuit_breaker", d),
+        &webhooks.circuit_breaker,
+        d,
+    );
+    let disable_after = super::webhooks::read_disable_after(w, webhooks.disable_after, d);
     let signing_secrets = read_signing_secrets(w, d);
     let rate_limit = read_rate_limit(w, d);
     let adaptive_concurrency = w.bool("adaptive_concurrency", webhooks.adaptive_concurrency, d);
@@ -381,6 +387,8 @@ pub(super) fn read_endpoint(
         max_concurrency,
         rate_limit,
         adaptive_concurrency,
+        circuit_breaker,
+        disable_after,
     })
 }
 

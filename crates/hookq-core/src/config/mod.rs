@@ -36,7 +36,9 @@ pub use queue::{
     DEFAULT_SENTINEL_MASTER, MemoryQueueSettings, QueueDriverKind, QueueSettings, RedisSettings,
     SentinelSettings, SqsSettings,
 };
-pub use webhooks::{Batching, DEFAULT_MAX_BYTES, WebhookSettings, sqs_max_batch_bytes};
+pub use webhooks::{
+    Batching, BreakerSettings, DEFAULT_MAX_BYTES, Notify, WebhookSettings, sqs_max_batch_bytes,
+};
 pub use worker::{AdminToken, MIN_ADMIN_TOKEN_LEN, WorkerSettings};
 
 use app_manager::{read_app_databases, read_app_manager};

@@ -53,6 +53,33 @@ impl fmt::Display for Config {
             r.max_attempts
                 .map_or("unlimited".to_string(), |n| n.to_string())
         )?;
+        let cb = &self.webhooks.circuit_breaker;
+        if cb.enabled {
+            writeln!(
+                f,
+                "circuit breaker: on, opens at {} % of at least {} requests in {} ms, for {} ms",
+                cb.failure_ratio * 100.0,
+                cb.min_requests,
+                cb.window.as_millis(),
+                cb.open.as_millis()
+            )?;
+        } else {
+            writeln!(f, "circuit breaker: off")?;
+        }
+        if let Some(after) = self.webhooks.disable_after {
+            writeln!(
+                f,
+                "endpoints disabled after {} ms of failures{}",
+                after.as_millis(),
+                self.webhooks
+                    .notify
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(
+                        ", notifying {}",
+                        crate::endpoint::redact_url(&n.url)
+                    ))
+            )?;
+        }
         match &self.app_manager {
             AppManagerSettings::Memory => {}
             AppManagerSettings::Postgres(s) | AppManagerSettings::Mysql(s) => writeln!(

@@ -1,7 +1,9 @@
 //! The `webhooks` section: batching, the request timeouts and the retry
 //! policy every endpoint starts from (`webhooks.batching`, `webhooks.retry`,
 //! `webhooks.event_ids`, `request_timeout_ms`, `connect_timeout_ms`), and
-//! the check that a batch's retry job fits the queue's message.
+//! the check that a batch's retry job fits the queue's message; and endpoint
+//! health: `webhooks.circuit_breaker`, `webhooks.disable_after_ms`,
+//! `webhooks.notify` (a webhook may override the first two).
 
 use super::queue::QueueDriverKind;
 use super::reader::Obj;
@@ -45,6 +47,12 @@ pub struct WebhookSettings {
     /// `webhooks.adaptive_concurrency`: the default of each webhook's
     /// `adaptive_concurrency` (off).
     pub adaptive_concurrency: bool,
+    /// `webhooks.circuit_breaker`: the default for each endpoint.
+    pub circuit_breaker: BreakerSettings,
+    /// `webhooks.disable_after_ms`: the default for each endpoint; `None` (0) never disables.
+    pub disable_after: Option<Duration>,
+    /// `webhooks.notify`: where a disabled endpoint is announced.
+    pub notify: Option<Notify>,
 }
 
 pub(super) fn read_retry(o: &mut Obj, base: &RetryPolicy, d: &mut Diagnostics) -> RetryPolicy {
@@ -125,6 +133,13 @@ pub(super) fn read_webhooks(o: &mut Obj, d: &mut Diagnostics) -> (WebhookSetting
         retry,
         vacate_delay: read_vacate_delay(o, d),
         adaptive_concurrency: o.bool("adaptive_concurrency", false, d),
+        circuit_breaker: read_breaker(
+            &mut o.obj("circuit_breaker", d),
+            &BreakerSettings::default(),
+            d,
+        ),
+        disable_after: read_disable_after(o, None, d),
+        notify: read_notify(&mut o.obj("notify", d), d),
     };
     o.finish(d);
     (settings, max_bytes.is_some())
@@ -177,4 +192,140 @@ pub(super) fn fit_batches_to_queue(
             ),
         );
     }
+}
+
+/// An endpoint's circuit breaker (`webhooks.circuit_breaker`, or a webhook's
+/// own `circuit_breaker`, whose keys default to the global ones). Off by
+/// default. See docs/operations.md, "Endpoint health".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerSettings {
+    /// `enabled`.
+    pub enabled: bool,
+    /// `failure_ratio`: the share of failed requests over the window that opens the circuit.
+    pub failure_ratio: f64,
+    /// `window_ms`: how far back requests are counted.
+    pub window: Duration,
+    /// `min_requests`: fewer requests in the window never open it.
+    pub min_requests: u64,
+    /// `open_ms`: how long it stays open before one probe request is let through.
+    pub open: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            failure_ratio: 0.5,
+            window: Duration::from_secs(30),
+            min_requests: 10,
+            open: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Reads a `circuit_breaker` object over `base` (and finishes it).
+pub(super) fn read_breaker(
+    o: &mut Obj,
+    base: &BreakerSettings,
+    d: &mut Diagnostics,
+) -> BreakerSettings {
+    let ratio_path = o.at("failure_ratio");
+    let failure_ratio = match o.get("failure_ratio") {
+        None => base.failure_ratio,
+        Some(v) => match v.as_f64() {
+            Some(r) if r > 0.0 && r <= 1.0 => r,
+            Some(r) => {
+                d.error(
+                    &ratio_path,
+                    format!("must be above 0 and at most 1, found {r}"),
+                );
+                base.failure_ratio
+            }
+            None => {
+                d.error(
+                    &ratio_path,
+                    format!("expected a number, found {}", super::reader::type_name(v)),
+                );
+                base.failure_ratio
+            }
+        },
+    };
+    let b = BreakerSettings {
+        enabled: o.bool("enabled", base.enabled, d),
+        failure_ratio,
+        window: o.opt_u64("window_ms", 100, d).map_or(base.window, ms),
+        min_requests: o.u64("min_requests", base.min_requests, 1, d),
+        open: o.opt_u64("open_ms", 100, d).map_or(base.open, ms),
+    };
+    o.finish(d);
+    b
+}
+
+/// Reads `disable_after_ms` of `o` (0 for never) over `base`.
+pub(super) fn read_disable_after(
+    o: &mut Obj,
+    base: Option<Duration>,
+    d: &mut Diagnostics,
+) -> Option<Duration> {
+    match o.opt_u64("disable_after_ms", 0, d) {
+        None => base,
+        Some(0) => None,
+        Some(n) => Some(ms(n)),
+    }
+}
+
+/// `webhooks.notify`: the operator's URL that hears of each endpoint
+/// disabled, signed like a webhook: `X-Pusher-Key`/`X-Pusher-Signature`
+/// with `key` and `secret`, and `webhook-signature` with `signing_secret`
+/// when set. `Debug` hides the secrets.
+#[derive(Clone)]
+pub struct Notify {
+    /// `url`.
+    pub url: String,
+    /// `key`, sent as `X-Pusher-Key`.
+    pub key: String,
+    /// `secret`, signing `X-Pusher-Signature`. Never logged.
+    pub secret: String,
+    /// `signing_secret`: Standard Webhooks secrets.
+    pub signing_secrets: Vec<crate::sign::SigningSecret>,
+}
+
+impl std::fmt::Debug for Notify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notify")
+            .field("url", &crate::endpoint::redact_url(&self.url))
+            .field("key", &self.key)
+            .field("secret", &"<redacted>")
+            .field("signing_secrets", &self.signing_secrets.len())
+            .finish()
+    }
+}
+
+fn read_notify(o: &mut Obj, d: &mut Diagnostics) -> Option<Notify> {
+    if !o.present() {
+        return None;
+    }
+    let url = o.str("url", d);
+    if url.is_none() {
+        d.error(&o.at("url"), "missing");
+    }
+    let url = url.filter(|u| super::apps::check_http_url(u, &o.at("url"), d).is_some());
+    let key = o.nonempty_str("key", d);
+    let secret = o.nonempty_str("secret", d);
+    for (name, v) in [("key", &key), ("secret", &secret)] {
+        if v.is_none() && !o.has(name) {
+            d.error(
+                &o.at(name),
+                "missing: the notification is signed like a webhook",
+            );
+        }
+    }
+    let signing_secrets = super::apps::read_signing_secrets(o, d);
+    o.finish(d);
+    Some(Notify {
+        url: url?,
+        key: key?,
+        secret: secret?,
+        signing_secrets,
+    })
 }

@@ -30,8 +30,8 @@
 //! Delivery is at least once and ordering is not guaranteed. Drivers:
 //! [`memory`] (always), `redis` and `sqs` behind the features of those names.
 
-pub mod limits;
 pub mod health;
+pub mod limits;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -156,6 +156,7 @@ def endpoints(p):
         "listed": names,
         "state": p.until_text("endpoint-state", lambda t: t != "", "the endpoint's state"),
         "last_error": p.text_of("endpoint-last-error"),
+        "circuit": p.text_of("endpoint-circuit"),
         "dead_lettered": p.text_of("endpoint-dead-lettered"),
     }
     p.click("endpoint-dlq-link")

@@ -367,6 +367,8 @@ async fn the_console_replays_a_dead_letter_in_headless_chromium() {
     let eps = &seen["endpoints"];
     assert_eq!(eps["listed"], json!(["flaky", "steady", "stream"]));
     assert_eq!(eps["state"], "failing");
+    // No circuit breaker in this config: the page shows a dash.
+    assert_eq!(eps["circuit"], "–");
     assert_eq!(eps["last_error"], detail["reason"]);
     assert_eq!(eps["dead_lettered"], "2");
     assert_eq!(eps["dlq_filter"], "flaky");

@@ -381,6 +381,8 @@ async fn a_failing_endpoint_is_disabled_notified_and_enabled_again() {
                 "signing_secret": OPS_WHSEC}}),
     );
     r.always("/broken", Reply::status(500));
+    let mut cfg = cfg;
+    cfg["worker"]["admin_token"] = json!(ADMIN_TOKEN);
     let w = WorkerProcess::start_ready(&dir, "w", &cfg).await;
     let (p, queue) = producer(&cfg).await;
     for n in 0..10 {
@@ -480,6 +482,10 @@ async fn a_failing_endpoint_is_disabled_notified_and_enabled_again() {
             >= Some(1.0),
         "dead letters counted as disabled"
     );
+
+    // The admin API shows the circuit as this worker learnt it.
+    assert_eq!(circuit_in_api(&w, "broken").await, "disabled");
+    assert_eq!(circuit_in_api(&w, "fine").await, "closed");
 
     let list = endpoints_list(&dir, &cfg);
     let broken = state_of(&list, "broken");
@@ -636,4 +642,23 @@ async fn on_the_memory_queue_each_worker_keeps_its_own_circuit() {
         "{opened_at_dead} requests to the dead endpoint"
     );
     w.stop().await;
+}
+
+const ADMIN_TOKEN: &str = "endpoint-health-admin-token";
+
+/// `circuit` of endpoint `id` of app-1 in the worker's admin API.
+async fn circuit_in_api(w: &WorkerProcess, id: &str) -> Value {
+    let url = format!(
+        "http://127.0.0.1:{}/api/v1/endpoints/app-1/{id}",
+        w.admin_port
+    );
+    let resp = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let view: Value = resp.json().await.unwrap();
+    view["circuit"].clone()
 }

@@ -280,6 +280,12 @@
     return el('span', { class: `pill ${String(state || 'unknown')}`, text: text(state) });
   }
 
+  /** The circuit breaker's state (closed, open, disabled), or a dash when not tracked. */
+  function circuitPill(circuit) {
+    if (circuit === null || circuit === undefined) return text(circuit);
+    return el('span', { class: `pill circuit-${String(circuit)}`, text: text(circuit) });
+  }
+
   function endpointHash(app, endpoint) {
     return `#/endpoints/${encodeURIComponent(app)}/${encodeURIComponent(endpoint)}`;
   }
@@ -405,6 +411,7 @@
           el('td', { text: text(ep.app_id) }),
           el('td', {}, el('a', { href: endpointHash(ep.app_id, ep.endpoint), class: 'endpoint-link', text: text(ep.endpoint) })),
           el('td', {}, statePill(ep.state)),
+          el('td', {}, circuitPill(ep.circuit)),
           el('td', { class: 'url', text: ep.url === null ? '(no longer configured)' : text(ep.url) }),
           el('td', { class: 'num', text: num(ep.events_delivered) }),
           el('td', { class: 'num', text: num(ep.requests_delivered) }),
@@ -435,6 +442,7 @@
       ['App', text(ep.app_id)],
       ['Endpoint', text(ep.endpoint)],
       ['State', statePill(ep.state), 'endpoint-state'],
+      ['Circuit', circuitPill(ep.circuit), 'endpoint-circuit'],
       ['Target', ep.target === null ? '(no longer configured)' : `${text(ep.target)}: ${text(ep.url)}`, 'endpoint-url'],
       ['Events delivered', num(ep.events_delivered), 'endpoint-events-delivered'],
       ['Requests delivered', num(ep.requests_delivered), 'endpoint-requests-delivered'],

@@ -213,6 +213,17 @@ impl Health {
         entry.clone()
     }
 
+    /// The circuit of `endpoint` of app `app_id` as this worker last learnt
+    /// it from the store (`closed`, `open`, `disabled`), for the admin API;
+    /// `None` when it has no record of it (the endpoint has neither a
+    /// circuit breaker nor `disable_after_ms`, or no batch went to it yet).
+    pub fn circuit(&self, app_id: &str, endpoint: &str) -> Option<&'static str> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = entries.get(&EndpointKey::new(app_id, endpoint))?;
+        let l = entry.lock();
+        l.known.as_ref().map(|(r, _)| r.state.as_str())
+    }
+
     /// What `batch` does at its endpoint's circuit ([`decide::gate`]):
     /// `Send` at once for an untracked endpoint; `Probe` only when this
     /// worker holds the probe claim.

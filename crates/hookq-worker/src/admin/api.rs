@@ -279,6 +279,7 @@ fn endpoint_view(
             Some(true) => "healthy",
             Some(false) => "failing",
         },
+        "circuit": admin.shared.health.circuit(app_id, endpoint_id),
         "events_delivered": s.events_delivered,
         "requests_delivered": s.requests_delivered,
         "requests_failed": s.requests_failed,

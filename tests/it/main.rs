@@ -13,6 +13,7 @@ mod lambda;
 mod manifests;
 mod memory;
 mod poison;
+mod redis_cluster;
 mod redis_faults;
 mod redis_queue;
 mod redis_sentinel;

@@ -185,10 +185,10 @@ impl RedisCluster {
             else {
                 continue;
             };
-            if (*from..=*to).contains(&slot) {
-                if let Some(Reply::Int(p)) = primary.get(1) {
-                    return *p as u16;
-                }
+            if (*from..=*to).contains(&slot)
+                && let Some(Reply::Int(p)) = primary.get(1)
+            {
+                return *p as u16;
             }
         }
         panic!("no primary serves slot {slot}");

@@ -115,15 +115,27 @@ impl Cluster {
             })
         })
         .context("cluster_state:ok on every node")?;
+        let role = |p: u16| {
+            hookq_tests::redis_server::command_on(p, &["INFO", "replication"])
+                .ok()
+                .and_then(|r| r.text())
+                .unwrap_or_default()
+        };
+        // The replicas are assigned after the slots: wait until there are
+        // three primaries and every replica's link is up.
+        wait(Duration::from_secs(30), || {
+            let roles: Vec<String> = ports.iter().map(|p| role(*p)).collect();
+            roles.iter().filter(|t| t.contains("role:master")).count() == 3
+                && roles
+                    .iter()
+                    .filter(|t| t.contains("role:slave"))
+                    .all(|t| t.contains("master_link_status:up"))
+        })
+        .context("three primaries, every replica linked")?;
         let primaries = ports
             .iter()
             .copied()
-            .filter(|p| {
-                hookq_tests::redis_server::command_on(*p, &["INFO", "replication"])
-                    .ok()
-                    .and_then(|r| r.text())
-                    .is_some_and(|t| t.contains("role:master"))
-            })
+            .filter(|p| role(*p).contains("role:master"))
             .collect();
         Ok(Self { nodes, primaries })
     }

@@ -937,6 +937,16 @@ impl RedisQueue {
         }
     }
 
+    /// After a failed push to `shard`: it may be in all the same (its
+    /// reply timed out, or too few replicas acknowledged it), so the wake
+    /// marker is pushed as after a push (a spare one costs one sweep).
+    async fn wake_anyway(&self, shard: usize, e: QueueError) -> QueueError {
+        if matches!(e, QueueError::Unavailable(_)) {
+            self.wake(shard).await;
+        }
+        e
+    }
+
     /// Pushes ready and delayed jobs, with `once` (a key and its window in
     /// ms) only if that key is not set; in one round trip either way. A
     /// keyed push goes to its key's shard ([`shard_of_key`]), where its
@@ -972,9 +982,13 @@ impl RedisQueue {
         if delayed.is_empty() && once.is_none() {
             let mut lpush = ::redis::cmd("LPUSH");
             lpush.arg(&keys.ready).arg(&ready);
-            let len: usize = self
+            let len: usize = match self
                 .run_on("push", Request::Cmd(&lpush), shard, durable)
-                .await?;
+                .await
+            {
+                Ok(len) => len,
+                Err(e) => return Err(self.wake_anyway(shard, e).await),
+            };
             if len == ready.len() {
                 self.wake(shard).await;
             }
@@ -994,9 +1008,13 @@ impl RedisQueue {
         for (ms, body) in &delayed {
             call.arg(ms).arg(body);
         }
-        let (pushed, wake): (i64, i64) = self
+        let (pushed, wake): (i64, i64) = match self
             .run_on("push", Request::Script(&call), shard, durable)
-            .await?;
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => return Err(self.wake_anyway(shard, e).await),
+        };
         if wake == 1 {
             self.wake(shard).await;
         }
@@ -1051,7 +1069,10 @@ impl RedisQueue {
                 ));
                 vec![Err(e); groups.len()]
             }
-            Err(e) => vec![Err(e); groups.len()],
+            Err(e) => {
+                let e = self.wake_anyway(shard, e).await;
+                vec![Err(e); groups.len()]
+            }
         }
     }
 

@@ -19,6 +19,7 @@ mod manifests;
 mod memory;
 mod poison;
 mod rate_limit;
+mod redis_cluster;
 mod redis_faults;
 mod redis_queue;
 mod redis_sentinel;

@@ -369,6 +369,7 @@ async fn a_delayed_push_wakes_a_waiting_receive_and_its_marker_is_no_job() {
         lease: Duration::from_secs(30),
         pool_size: 2,
         sentinel: None,
+        ..Default::default()
     };
     let q = std::sync::Arc::new(RedisQueue::connect(&settings).await.unwrap());
     let job = |n: u32, ms: u64| {

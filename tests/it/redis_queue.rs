@@ -42,6 +42,7 @@ fn settings(url: &str, prefix: &str) -> RedisSettings {
         lease: HOLD,
         pool_size: 4,
         sentinel: None,
+        ..Default::default()
     }
 }
 

@@ -332,3 +332,131 @@ async fn sentinel_failover_is_followed_without_a_restart() {
     );
     drop(sentinels);
 }
+
+/// With `queue.redis.replicas_ack: 1` and two replicas (so that the
+/// promoted one still has one), no acknowledged publish is lost to the
+/// primary's SIGKILL, even one acknowledged just before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replicas_ack_no_acknowledged_publish_is_lost_to_a_failover() {
+    const EVENTS: usize = 2500;
+    let test_start = Instant::now();
+    let mut primary = RedisServer::start();
+    let replicas = [RedisServer::start(), RedisServer::start()];
+    for replica in &replicas {
+        replica
+            .command(&["REPLICAOF", "127.0.0.1", &primary.port().to_string()])
+            .unwrap();
+    }
+    for replica in &replicas {
+        poll(
+            "replica link",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            async || match info_field(replica, "master_link_status").as_deref() {
+                Some("up") => Ok(()),
+                s => Err(format!("{s:?}")),
+            },
+        )
+        .await;
+    }
+    let dir = temp_dir("sentinel-wait");
+    let sentinels: Vec<Sentinel> = (0..3)
+        .map(|n| Sentinel::start(&dir, n, primary.port()))
+        .collect();
+    poll(
+        "sentinels ready",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        async || {
+            for s in &sentinels {
+                match s.command(&["SENTINEL", "ckquorum", MASTER]) {
+                    Some(Reply::Simple(ok)) if ok.starts_with("OK") => {}
+                    other => return Err(format!("sentinel {}: {other:?}", s.port)),
+                }
+                match s.command(&["SENTINEL", "replicas", MASTER]) {
+                    Some(Reply::Array(Some(r))) if r.len() == 2 => {}
+                    other => return Err(format!("sentinel {} replicas: {other:?}", s.port)),
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    let r = Receiver::start(&[("key-1", "secret-1")]).await;
+    let mut cfg = config(
+        one_app(json!([{"url": r.url("/hook"), "event_types": ["client_event"]}])),
+        json!({"event_ids": true, "request_timeout_ms": 2000,
+            "retry": {"initial_backoff_ms": 100, "max_backoff_ms": 500, "max_elapsed_time_ms": 60000}}),
+    );
+    let addresses: Vec<Value> = sentinels
+        .iter()
+        .map(|s| json!({"host": "127.0.0.1", "port": s.port}))
+        .collect();
+    cfg["queue"] = json!({"driver": "redis", "redis": {
+        "sentinels": addresses, "sentinel_master": MASTER, "prefix": "sentinel-wait", "lease_ms": 3000,
+        "replicas_ack": 1, "replicas_ack_timeout_ms": 500}});
+    let (p, _queue) = producer(&cfg).await;
+    let worker = WorkerProcess::start_ready(&dir, "w", &cfg).await;
+    let publishing = {
+        let p = p.clone();
+        tokio::spawn(async move { publish(&p, 0..EVENTS, 25, Duration::from_millis(20)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    primary.kill();
+    let killed = Instant::now();
+    let acked = publishing.await.unwrap();
+    poll(
+        "deliveries",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        async || {
+            let (count, _) = deliveries(&r);
+            let missing = (0..EVENTS).filter(|n| !count.contains_key(n)).count();
+            if missing == 0 {
+                Ok(())
+            } else {
+                Err(format!("{missing} events not delivered yet"))
+            }
+        },
+    )
+    .await;
+    let (count, first) = deliveries(&r);
+    let duplicates: usize = count.values().map(|c| c - 1).sum();
+    let acked_before: usize = acked
+        .iter()
+        .filter(|(at, _)| *at < killed)
+        .map(|(_, r)| r.len())
+        .sum();
+    let acked_last_second: usize = acked
+        .iter()
+        .filter(|(at, _)| *at < killed && *at + Duration::from_secs(1) >= killed)
+        .map(|(_, r)| r.len())
+        .sum();
+    let producer_back = acked
+        .iter()
+        .find(|(at, _)| *at >= killed)
+        .map(|(at, _)| *at - killed);
+    let worker_back = acked
+        .iter()
+        .filter(|(at, _)| *at >= killed)
+        .flat_map(|(_, r)| r.clone())
+        .filter_map(|n| first.get(&n))
+        .min()
+        .map(|t| *t - killed);
+    eprintln!(
+        "sentinel with replicas_ack 1: {EVENTS} events, {acked_before} acknowledged before the kill \
+         ({acked_last_second} in its last second); all delivered, none lost, duplicates {duplicates}; \
+         from the kill to the producer's first acknowledged publish {producer_back:?}, to the first \
+         delivery of an event published after it {worker_back:?}; test took {:?}",
+        test_start.elapsed()
+    );
+    assert!(
+        worker_back.is_some(),
+        "nothing published after the kill delivered"
+    );
+    assert!(
+        Path::new(&format!("/proc/{}", worker.pid())).exists(),
+        "the worker process is gone"
+    );
+    drop(sentinels);
+}

@@ -14,6 +14,7 @@
 //! and what each figure means are in docs/benchmark.md.
 
 mod ceiling;
+mod cluster;
 mod ingest;
 mod ingest_load;
 mod procs;
@@ -73,7 +74,8 @@ struct Args {
     load_secs: Option<f64>,
     /// Scenarios to run, comma-separated (default all): redis, batched,
     /// unbatched, http, producer, scaling, steady, idle, ingest (which
-    /// runs the Redis ceilings too).
+    /// runs the Redis ceilings too), cluster (a 3-primary Redis Cluster,
+    /// without and with replicas and replicas_ack).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Events/s of the steady scenario (default: half the batched rate measured).
@@ -158,6 +160,7 @@ struct Results {
     steady: Option<Steady>,
     idle: Option<Idle>,
     ingest: Option<ingest::IngestRun>,
+    cluster: Vec<cluster::ClusterRun>,
     errors: Vec<(String, String)>,
 }
 
@@ -356,6 +359,22 @@ async fn run(args: Args) -> Result<bool> {
             Err(e) => r.errors.push(note("ingest", e)),
         }
     }
+    if wants("cluster") {
+        // (replicas per primary, replicas_ack)
+        for (replicas, ack) in [(0, 0), (1, 0), (1, 1)] {
+            progress(&format!(
+                "cluster: 3 primaries, {replicas} replica(s) each, replicas_ack {ack}, {} shards, {} events, 1 worker",
+                cluster::SHARDS,
+                plan.events
+            ));
+            match cluster::throughput(&ctx, replicas, ack, plan.events, limit).await {
+                Ok(c) => r.cluster.push(c),
+                Err(e) => r
+                    .errors
+                    .push(note(&format!("cluster r{replicas} a{ack}"), e)),
+            }
+        }
+    }
     drop(ctx);
     scenario::remove_dir(&dir);
 
@@ -478,6 +497,7 @@ fn results_json(r: &Results) -> Value {
         "steady_half_load": r.steady.as_ref().map(Steady::json),
         "idle": r.idle.as_ref().map(Idle::json),
         "ingest": r.ingest.as_ref().map(ingest::IngestRun::json),
+        "cluster": r.cluster.iter().map(cluster::ClusterRun::json).collect::<Vec<_>>(),
     })
 }
 
@@ -773,6 +793,51 @@ fn table(r: &Results, plan: &Plan) -> Table {
             redis_rate(r, "LPUSH", 1),
             redis_rate(r, "LPUSH", 16),
         );
+    }
+    if !r.cluster.is_empty() {
+        t.section(&format!(
+            "Redis Cluster — 3 primaries, {} shards, batched, {APPS} apps, 1 worker; beside one Redis (batched above)",
+            cluster::SHARDS
+        ));
+        let single = r.batched.as_ref();
+        let single_us = single.map(|b| b.redis_cpu.as_secs_f64() * 1e6 / b.received.max(1) as f64);
+        for c in &r.cluster {
+            let t0 = &c.throughput;
+            let n = t0.received.max(1) as f64;
+            let us = t0.redis_cpu.as_secs_f64() * 1e6 / n;
+            let primaries_us = c.primaries_cpu.as_secs_f64() * 1e6 / n;
+            let what = format!(
+                "{} replica(s)/primary, replicas_ack {}",
+                c.replicas, c.replicas_ack
+            );
+            t.row(&[
+                format!("events/s ({what})"),
+                thousands(t0.events_per_sec()),
+                single.map_or_else(none, |b| {
+                    format!("one Redis: {}", thousands(b.events_per_sec()))
+                }),
+                single.map_or_else(none, |b| ratio(t0.events_per_sec(), b.events_per_sec())),
+                none(),
+            ]);
+            t.row(&[
+                format!("Redis CPU µs/event, all nodes / primaries ({what})"),
+                format!("{us:.2} / {primaries_us:.2}"),
+                single_us.map_or_else(none, |u| format!("one Redis: {u:.2}")),
+                single_us.map_or_else(none, |u| ratio(primaries_us, u)),
+                if c.replicas == 0 {
+                    single_us.map_or_else(none, |u| verdict(us <= 1.5 * u, "≤ 1.5× one Redis"))
+                } else {
+                    s("replicas replay every write")
+                },
+            ]);
+            t.row(&[
+                format!("CPU µs per event: worker ({what})"),
+                format!("{:.2}", t0.worker_cpu.as_secs_f64() * 1e6 / n),
+                none(),
+                none(),
+                none(),
+            ]);
+        }
     }
     if !r.redis.is_empty() {
         t.section("Redis ceilings — redis-benchmark -t lpush,rpop (50 clients)");

@@ -19,6 +19,30 @@
 //! [`ready_key`] names the list external producers push to: a plain
 //! `LPUSH {hookq}:ready '<job json>'` enqueues a job.
 //!
+//! # Shards
+//!
+//! With `queue.redis.shards` above 1 (the default on a Redis Cluster is
+//! 16) every key above exists once per shard: shard 0 under `{prefix}`,
+//! shard k under `{prefix:k}` or `{prefix:k.n}` ([`shard_tag`]: slots spread
+//! evenly over the ring), so a cluster spreads the
+//! shards over its primaries and each script still touches one slot. A
+//! push without a key goes to the next shard in turn (each driver starts at
+//! a shard of its own); a keyed push (`push_once`, `push_once_each`) to the
+//! shard of its key ([`shard_of_key`]), where its once-marker is; a dead
+//! letter to the next shard in turn. A claimed job's handle names its shard
+//! (`<token>@<k>`, bare for shard 0), so ack and extend go to it. Receivers
+//! block on shard 0's `ready` only: a push that finds another shard's
+//! `ready` empty (or brings a delayed job due sooner) then pushes the wake
+//! marker to shard 0 (`redis/wake.lua`). A receive claims from the shards
+//! in turn, from a shard that rotates per call, until it has `max`; one that
+//! found every shard empty and was not woken lets the next receives skip
+//! the sweep and block at once, for at most [`QUIET_SWEEP`] or until what
+//! the sweep knew of falls due, so an idle worker costs about one command
+//! per wait whatever the number of shards. A claim that filled `max` pushes
+//! the marker too (more may be left for the others). With one shard (the
+//! default on one server) the keys, handles and commands are those of
+//! before shards existed.
+//!
 //! # Life of a job
 //!
 //! 1. **Push**: [`QueuePush::push`] `LPUSH`es ready jobs to `ready`; a job
@@ -113,6 +137,18 @@
 //! [`QueueError::Unavailable`]; scripts are re-sent after a `NOSCRIPT`, so a
 //! restarted Redis works again without a new driver.
 //!
+//! On a Redis Cluster ([`RedisSettings::cluster`]) every connection is a
+//! redis-rs cluster connection (one multiplexed connection per node, `MOVED`
+//! and `ASK` followed, slots refreshed and dead nodes reconnected by the
+//! client, retried quickly while a replica takes over). Its per-attempt
+//! response timeout is off and the driver times each request out itself, so
+//! the client never re-sends a request because its reply was late. It does
+//! re-send one whose connection broke (it may have run: a push may then be
+//! in twice, an ack is harmless), so the driver does not send such a request
+//! again itself, and keeps the cluster connection (a new one would know only
+//! the seed nodes). `WAIT` ([`RedisSettings::replicas_ack`]) is routed to the
+//! primary of the write's slot, on the node connection the write used.
+//!
 //! With Redis Sentinel ([`RedisSettings::sentinel`]), every new connection
 //! first asks the sentinels in turn for the primary's address
 //! (`SENTINEL get-master-addr-by-name`) and goes there; the URL gives only
@@ -127,14 +163,18 @@ use crate::{
     DeadLetters, Depth, DlqEntry, DlqFilter, Handle, Keyed, Once, Outgoing, QueueConsume,
     QueueError, QueuePush, Received, dlq_entry_id,
 };
-use ::redis::aio::MultiplexedConnection;
+use ::redis::aio::{ConnectionLike, MultiplexedConnection};
+use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use ::redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, Pipeline,
-    RedisError, RetryMethod, Script, ScriptInvocation,
+    RedisError, RedisFuture, RetryMethod, Script, ScriptInvocation, Value,
 };
 use async_trait::async_trait;
 use hookq_core::DeadLetter;
 use hookq_core::config::{RedisSettings, SentinelSettings};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -166,6 +206,10 @@ const DLQ_PAGE: isize = 500;
 const DLQ_CHUNK: usize = 1000;
 /// The longest delay kept exactly (about 300 years; scores are doubles).
 const MAX_DELAY_MS: u128 = 10_000_000_000_000;
+/// With several shards, how long a receiver that found every shard empty
+/// (and was not woken since) may skip sweeping them at the start of a
+/// receive and only block on shard 0 (see the module docs).
+const QUIET_SWEEP: Duration = Duration::from_secs(30);
 
 /// The key `name` of the queue with `prefix`: `{prefix}:name`.
 pub fn key_for(prefix: &str, name: &str) -> String {
@@ -173,9 +217,67 @@ pub fn key_for(prefix: &str, name: &str) -> String {
 }
 
 /// The list external producers `LPUSH` job JSON to: `{prefix}:ready`
-/// (`{hookq}:ready` with the default prefix).
+/// (`{hookq}:ready` with the default prefix). With several shards it is
+/// shard 0's list, the one receivers block on.
 pub fn ready_key(prefix: &str) -> String {
     key_for(prefix, "ready")
+}
+
+/// Slots of a Redis Cluster.
+const SLOTS: u32 = 16_384;
+
+/// The cluster slot of a hash tag: CRC16 (XMODEM) modulo 16384, as Redis computes it.
+pub fn slot_of_tag(tag: &str) -> u16 {
+    let mut crc: u16 = 0;
+    for b in tag.bytes() {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    (u32::from(crc) % SLOTS) as u16
+}
+
+/// The hash tag of shard `shard` of `shards`: the prefix for shard 0, and
+/// for shard k the first of `prefix:k`, `prefix:k.1`, `prefix:k.2`, … whose
+/// slot lies in the k-th of `shards` equal arcs of the slot ring that starts
+/// at the prefix's slot. So the shards' slots are spread evenly, and a
+/// cluster whose primaries serve equal slot ranges (as `redis-cli --cluster
+/// create` makes them) gets equal shares of the shards, give or take one.
+/// The rule depends only on the prefix and the shard count, so every
+/// producer and worker computes the same keys.
+pub fn shard_tag(prefix: &str, shard: usize, shards: usize) -> String {
+    if shard == 0 || shards <= 1 {
+        return prefix.to_string();
+    }
+    let shards = shards as u32;
+    let width = (SLOTS / shards).max(1);
+    let start = (u32::from(slot_of_tag(prefix)) + shard as u32 * SLOTS / shards) % SLOTS;
+    let fits = |tag: &str| (u32::from(slot_of_tag(tag)) + SLOTS - start) % SLOTS < width;
+    let plain = format!("{prefix}:{shard}");
+    if fits(&plain) {
+        return plain;
+    }
+    (1..200_000)
+        .map(|n| format!("{prefix}:{shard}.{n}"))
+        .find(|tag| fits(tag))
+        .unwrap_or(plain)
+}
+
+/// The shard of a keyed push (`push_once`) with key `key` among `shards`:
+/// FNV-1a of the key, so every producer sends one key to one shard, where
+/// its once-marker is.
+pub fn shard_of_key(key: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
 }
 
 struct Keys {
@@ -207,6 +309,7 @@ struct Scripts {
     ack: Script,
     extend: Script,
     dlq: Script,
+    wake: Script,
 }
 
 impl Scripts {
@@ -218,13 +321,115 @@ impl Scripts {
             ack: Script::new(include_str!("redis/ack.lua")),
             extend: Script::new(include_str!("redis/extend.lua")),
             dlq: Script::new(include_str!("redis/dlq.lua")),
+            wake: Script::new(include_str!("redis/wake.lua")),
+        }
+    }
+}
+
+/// A connection to one server, or to a Redis Cluster (redis-rs's cluster
+/// client: a connection per node, `MOVED`/`ASK` followed, slots refreshed
+/// and nodes reconnected by itself).
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    /// With the response timeout applied around each request. The cluster
+    /// client's own per-attempt timeout is off, so it never sends a request
+    /// again because its reply was late (it may have run).
+    Cluster(ClusterConnection, Duration),
+}
+
+impl Conn {
+    fn set_response_timeout(&mut self, timeout: Duration) {
+        match self {
+            Conn::Single(c) => c.set_response_timeout(timeout),
+            Conn::Cluster(_, t) => *t = timeout,
+        }
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(..))
+    }
+
+    /// `WAIT n timeout` on the connection (on a cluster: to the primary of
+    /// `key`'s slot, on the node connection the write before it used): the
+    /// number of replicas that acknowledged every write so far.
+    async fn wait_replicas(
+        &mut self,
+        key: &str,
+        n: u32,
+        timeout: Duration,
+    ) -> Result<u32, RedisError> {
+        let mut wait = ::redis::cmd("WAIT");
+        wait.arg(n)
+            .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        match self {
+            Conn::Single(c) => {
+                c.set_response_timeout(timeout + COMMAND_TIMEOUT);
+                let acked = wait.query_async(c).await;
+                c.set_response_timeout(COMMAND_TIMEOUT);
+                acked
+            }
+            Conn::Cluster(c, _) => {
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::with_key(key, SlotAddr::Master),
+                ));
+                let value = timed(timeout + COMMAND_TIMEOUT, c.route_command(wait, route)).await?;
+                Ok(u32::from_redis_value(value)?)
+            }
+        }
+    }
+}
+
+/// `f`, or a timeout error (as redis-rs reports one) after `timeout`.
+async fn timed<T>(
+    timeout: Duration,
+    f: impl std::future::Future<Output = Result<T, RedisError>>,
+) -> Result<T, RedisError> {
+    tokio::time::timeout(timeout, f).await.unwrap_or_else(|_| {
+        Err(RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "redis cluster: no reply within the response timeout",
+        )))
+    })
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c, t) => {
+                let t = *t;
+                Box::pin(timed(t, c.req_packed_command(cmd)))
+            }
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c, t) => {
+                let t = *t;
+                Box::pin(timed(t, c.req_packed_commands(cmd, offset, count)))
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c, _) => c.get_db(),
         }
     }
 }
 
 /// A connection lent for one short command, and which slot it came from.
 struct Lent {
-    conn: MultiplexedConnection,
+    conn: Conn,
     slot: usize,
     generation: u64,
     /// Opened for this command, not used before.
@@ -237,6 +442,9 @@ struct Target {
     /// The client for the server connections are opened to; with Sentinel,
     /// replaced when the sentinels name another address.
     client: Mutex<Client>,
+    /// With Redis Cluster: the cluster client (seeded with the configured
+    /// nodes), which every connection is opened with instead.
+    cluster: Option<ClusterClient>,
     sentinel: Option<SentinelSettings>,
     /// With Sentinel: a sentinel has named the primary at least once (until
     /// then the URL's host is only a stand-in, never connected to).
@@ -255,7 +463,11 @@ impl Target {
     /// now (asked before every new connection, so a connection reopened
     /// after a failure follows a failover), or to the last one they named
     /// when none answers.
-    async fn open(&self) -> Result<MultiplexedConnection, RedisError> {
+    async fn open(&self) -> Result<Conn, RedisError> {
+        if let Some(cluster) = &self.cluster {
+            let conn = timed(CONNECT_TIMEOUT * 2, cluster.get_async_connection()).await?;
+            return Ok(Conn::Cluster(conn, COMMAND_TIMEOUT));
+        }
         if let Some(sentinel) = &self.sentinel {
             self.resolve(sentinel).await;
             if !self.resolved.load(Ordering::Relaxed) {
@@ -271,6 +483,7 @@ impl Target {
         self.client()
             .get_multiplexed_async_connection_with_config(&connection_config())
             .await
+            .map(Conn::Single)
     }
 
     /// Asks the sentinels in turn for the primary's address
@@ -357,7 +570,7 @@ async fn ask_sentinel(
 /// The connections short commands share, opened on first use (see the module docs).
 struct Shared {
     target: Target,
-    slots: Vec<tokio::sync::Mutex<(u64, Option<MultiplexedConnection>)>>,
+    slots: Vec<tokio::sync::Mutex<(u64, Option<Conn>)>>,
     next: AtomicUsize,
 }
 
@@ -405,8 +618,14 @@ impl Shared {
     /// failed: a broken or silent connection, or one to a server that is no
     /// longer the primary ([`is_wrong_server`]), is dropped (unless it was
     /// replaced meanwhile), so the slot opens a new one.
+    /// A cluster connection is kept but for a wrong-server answer: it
+    /// reconnects its nodes itself, and knows the nodes a new one, seeded
+    /// with the configured list only, might not reach.
     async fn failed(&self, slot: usize, generation: u64, e: &RedisError) {
         if !(e.is_connection_dropped() || e.is_io_error() || e.is_timeout() || is_wrong_server(e)) {
+            return;
+        }
+        if self.target.cluster.is_some() && !is_wrong_server(e) {
             return;
         }
         let mut guard = self.slots[slot].lock().await;
@@ -456,24 +675,52 @@ fn connection_config() -> AsyncConnectionConfig {
 pub struct RedisQueue {
     shared: Shared,
     /// Idle connections for receivers, at most `idle_receivers` of them.
-    receivers: Mutex<Vec<MultiplexedConnection>>,
+    receivers: Mutex<Vec<Conn>>,
     idle_receivers: usize,
     prefix: String,
+    /// Shard 0's keys (`{prefix}:…`), the only shard on one server by default.
     keys: Keys,
+    /// Every shard's keys, shard 0's first.
+    shard_keys: Vec<Keys>,
+    /// Every shard's hash tag ([`shard_tag`]).
+    shard_tags: Vec<String>,
     lease: Duration,
     scripts: Scripts,
     /// A write failed, and no [write check](RedisQueue::check_writes) has
     /// succeeded since: what [`QueueConsume::writable`] answers.
     writes_failing: AtomicBool,
+    /// The shard whose write failed last (the write check writes there).
+    failed_shard: AtomicUsize,
+    /// The shard of the next push without a key, and of the next dead letter.
+    next_push: AtomicUsize,
+    /// The shard a sweep of the receivers starts at.
+    next_sweep: AtomicUsize,
+    /// With several shards: until when a receive may skip sweeping them and
+    /// only block on shard 0 (the last sweep found all empty, nothing woke
+    /// the block after it, and nothing known falls due before).
+    quiet_until: Mutex<Option<Instant>>,
+    /// `queue.redis.replicas_ack` and its timeout: `WAIT` after pushes and acks.
+    replicas_ack: u32,
+    replicas_ack_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisQueue")
             .field("prefix", &self.prefix)
+            .field("shards", &self.shard_keys.len())
             .field("lease", &self.lease)
             .finish_non_exhaustive()
     }
+}
+
+/// After a write: `WAIT` for replicas on the key's slot, and whether too
+/// few acknowledging fails the request (a push) or is only logged (an ack:
+/// lost with a failover, it only means the job is delivered again).
+#[derive(Clone, Copy)]
+struct Durable<'a> {
+    key: &'a str,
+    strict: bool,
 }
 
 impl RedisQueue {
@@ -484,20 +731,53 @@ impl RedisQueue {
     pub async fn connect(settings: &RedisSettings) -> Result<Self, QueueError> {
         let client = Client::open(settings.url.as_str())
             .map_err(|e| QueueError::Backend(format!("redis url: {e}")))?;
+        let cluster = match &settings.cluster {
+            None => None,
+            Some(nodes) => Some(
+                ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    // No per-attempt timeout (a late reply is not a reason to
+                    // send a request again: it may have run); the driver times
+                    // each request out itself (see `Conn`).
+                    .overall_response_timeout(None)
+                    // Quick retries while a replica takes over a dead
+                    // primary's slots (the default waits at least 1.28 s).
+                    .min_retry_wait(20)
+                    .max_retry_wait(500)
+                    .build()
+                    .map_err(|e| QueueError::Backend(format!("redis cluster nodes: {e}")))?,
+            ),
+        };
         let target = Target {
             client: Mutex::new(client),
+            cluster,
             sentinel: settings.sentinel.clone(),
             resolved: AtomicBool::new(false),
         };
+        let shards = settings.shards.max(1);
+        let shard_tags: Vec<String> = (0..shards)
+            .map(|i| shard_tag(&settings.prefix, i, shards))
+            .collect();
+        let start = shard_of_key(&format!("{:?}", std::time::SystemTime::now()), shards);
         Ok(Self {
             shared: Shared::new(target, settings.pool_size),
             receivers: Mutex::new(Vec::new()),
             idle_receivers: settings.pool_size.max(1),
             prefix: settings.prefix.clone(),
             keys: Keys::new(&settings.prefix),
+            shard_keys: shard_tags.iter().map(|t| Keys::new(t)).collect(),
+            shard_tags,
             lease: settings.lease,
             scripts: Scripts::new(),
             writes_failing: AtomicBool::new(false),
+            failed_shard: AtomicUsize::new(0),
+            // Producers start at a shard of their own, so that they do not all
+            // fill the same shards in step.
+            next_push: AtomicUsize::new(start),
+            next_sweep: AtomicUsize::new(start),
+            quiet_until: Mutex::new(None),
+            replicas_ack: settings.replicas_ack,
+            replicas_ack_timeout: settings.replicas_ack_timeout,
         })
     }
 
@@ -511,10 +791,20 @@ impl RedisQueue {
         &self.prefix
     }
 
+    /// How many shards the queue is split into (`queue.redis.shards`).
+    pub fn shards(&self) -> usize {
+        self.shard_keys.len()
+    }
+
     fn lease_ms(&self) -> u64 {
         u64::try_from(self.lease.as_millis())
             .unwrap_or(u64::MAX)
             .max(1)
+    }
+
+    /// The next shard in turn (pushes without a key, dead letters).
+    fn next_shard(&self) -> usize {
+        self.next_push.fetch_add(1, Ordering::Relaxed) % self.shard_keys.len()
     }
 
     /// Runs one short request (`what` names it in errors) on a shared
@@ -525,8 +815,21 @@ impl RedisQueue {
         what: &str,
         request: Request<'_>,
     ) -> Result<T, QueueError> {
-        let result = self.send(what, request).await;
+        self.run_on(what, request, 0, None).await
+    }
+
+    /// [`RedisQueue::run`] for a request on `shard`, followed by a `WAIT`
+    /// for `queue.redis.replicas_ack` replicas when `durable` says so.
+    async fn run_on<T: FromRedisValue>(
+        &self,
+        what: &str,
+        request: Request<'_>,
+        shard: usize,
+        durable: Option<Durable<'_>>,
+    ) -> Result<T, QueueError> {
+        let result = self.send(what, request, durable).await;
         if result.is_err() && request.writes() {
+            self.failed_shard.store(shard, Ordering::Relaxed);
             self.writes_failing.store(true, Ordering::Relaxed);
         }
         result
@@ -540,11 +843,19 @@ impl RedisQueue {
     /// not sent again: it may have run (Redis paused, not gone), so the
     /// caller gets [`QueueError::Unavailable`] and decides — the worker
     /// re-sends its pushes under a once-key (no second retry job), a
-    /// producer's caller learns the push may or may not be in.
+    /// producer's caller learns the push may or may not be in. On a cluster
+    /// the cluster client has reconnected and retried a broken request
+    /// already, so only a wrong-server answer is sent again.
+    ///
+    /// With `durable` and `queue.redis.replicas_ack`, a `WAIT` follows on
+    /// the same connection; fewer replicas than asked within the timeout is
+    /// [`QueueError::Unavailable`] for a strict request (the write is on the
+    /// primary but may not survive a failover), a warning otherwise.
     async fn send<T: FromRedisValue>(
         &self,
         what: &str,
         request: Request<'_>,
+        durable: Option<Durable<'_>>,
     ) -> Result<T, QueueError> {
         let mut retry = None;
         loop {
@@ -564,12 +875,19 @@ impl RedisQueue {
                 Request::Script(call) => call.invoke_async(&mut conn).await,
             };
             match result {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    if let Some(d) = durable.filter(|_| self.replicas_ack > 0) {
+                        self.await_replicas(what, &mut conn, d).await?;
+                    }
+                    return Ok(value);
+                }
                 Err(e) => {
                     self.shared.failed(slot, generation, &e).await;
                     // A reply that timed out may come: the request may have
                     // run, so it is not sent again (the caller decides).
-                    let broken = (e.is_connection_dropped() || e.is_io_error()) && !e.is_timeout();
+                    let broken = (e.is_connection_dropped() || e.is_io_error())
+                        && !e.is_timeout()
+                        && !conn.is_cluster();
                     if (broken || is_wrong_server(&e)) && retry.is_none() && !fresh {
                         debug!(error = %e, "redis connection dropped or not to the primary; reconnecting");
                         // The slot has let go of it: the next get opens a new one.
@@ -582,8 +900,61 @@ impl RedisQueue {
         }
     }
 
+    /// The `WAIT` after a durable write (see [`RedisQueue::send`]).
+    async fn await_replicas(
+        &self,
+        what: &str,
+        conn: &mut Conn,
+        d: Durable<'_>,
+    ) -> Result<(), QueueError> {
+        let n = self.replicas_ack;
+        let acked = conn
+            .wait_replicas(d.key, n, self.replicas_ack_timeout)
+            .await
+            .map_err(|e| redis_error(&format!("{what} (WAIT for replicas)"), e))?;
+        if acked >= n {
+            return Ok(());
+        }
+        let message = format!(
+            "redis {what}: {acked} of {n} replicas acknowledged within {} ms; the write is on the primary but may not survive a failover",
+            self.replicas_ack_timeout.as_millis()
+        );
+        if d.strict {
+            return Err(QueueError::Unavailable(message));
+        }
+        warn!("{message}");
+        Ok(())
+    }
+
+    /// Pushes the wake marker to shard 0 after a push to `shard` found its
+    /// ready list empty (`redis/wake.lua`). A failure is only logged: the
+    /// job is in, and receivers sweep every shard at least every
+    /// [`QUIET_SWEEP`] and at each receive that did not skip its sweep.
+    async fn wake(&self, shard: usize) {
+        if shard == 0 {
+            return;
+        }
+        let mut call = self.scripts.wake.prepare_invoke();
+        call.key(&self.keys.ready);
+        if let Err(e) = self.run::<i64>("wake", Request::Script(&call)).await {
+            debug!(error = %e, "redis wake marker not pushed; receivers find the job by their next sweep");
+        }
+    }
+
+    /// After a failed push to `shard`: it may be in all the same (its
+    /// reply timed out, or too few replicas acknowledged it), so the wake
+    /// marker is pushed as after a push (a spare one costs one sweep).
+    async fn wake_anyway(&self, shard: usize, e: QueueError) -> QueueError {
+        if matches!(e, QueueError::Unavailable(_)) {
+            self.wake(shard).await;
+        }
+        e
+    }
+
     /// Pushes ready and delayed jobs, with `once` (a key and its window in
-    /// ms) only if that key is not set; in one round trip either way.
+    /// ms) only if that key is not set; in one round trip either way. A
+    /// keyed push goes to its key's shard ([`shard_of_key`]), where its
+    /// marker is; any other to the next shard in turn.
     async fn push_keyed(
         &self,
         once: Option<(&str, u128)>,
@@ -592,6 +963,15 @@ impl RedisQueue {
         if messages.is_empty() {
             return Ok(Once::Pushed);
         }
+        let shard = match once {
+            Some((key, _)) => shard_of_key(key, self.shards()),
+            None => self.next_shard(),
+        };
+        let keys = &self.shard_keys[shard];
+        let durable = Some(Durable {
+            key: &keys.ready,
+            strict: true,
+        });
         let mut ready = Vec::new();
         let mut delayed = Vec::new();
         for m in messages {
@@ -605,25 +985,43 @@ impl RedisQueue {
         }
         if delayed.is_empty() && once.is_none() {
             let mut lpush = ::redis::cmd("LPUSH");
-            lpush.arg(&self.keys.ready).arg(&ready);
-            return self
-                .run::<()>("push", Request::Cmd(&lpush))
+            lpush.arg(&keys.ready).arg(&ready);
+            let len: usize = match self
+                .run_on("push", Request::Cmd(&lpush), shard, durable)
                 .await
-                .map(|()| Once::Pushed);
+            {
+                Ok(len) => len,
+                Err(e) => return Err(self.wake_anyway(shard, e).await),
+            };
+            if len == ready.len() {
+                self.wake(shard).await;
+            }
+            return Ok(Once::Pushed);
         }
-        let (marker, window_ms) = once.unwrap_or((&self.keys.seq, 0));
+        let marker = once.map(|(key, _)| key_for(&self.shard_tags[shard], &format!("once:{key}")));
+        let window_ms = once.map_or(0, |(_, w)| w);
         let mut call = self.scripts.push.prepare_invoke();
-        call.key(&self.keys.ready)
-            .key(&self.keys.delayed)
-            .key(&self.keys.seq)
-            .key(marker)
+        call.key(&keys.ready)
+            .key(&keys.delayed)
+            .key(&keys.seq)
+            .key(marker.as_deref().unwrap_or(&keys.seq))
             .arg(window_ms.to_string())
             .arg(ready.len())
+            .arg(if shard == 0 { "1" } else { "0" })
             .arg(&ready);
         for (ms, body) in &delayed {
             call.arg(ms).arg(body);
         }
-        let pushed: i64 = self.run("push", Request::Script(&call)).await?;
+        let (pushed, wake): (i64, i64) = match self
+            .run_on("push", Request::Script(&call), shard, durable)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => return Err(self.wake_anyway(shard, e).await),
+        };
+        if wake == 1 {
+            self.wake(shard).await;
+        }
         Ok(if pushed < 0 {
             Once::Duplicate
         } else {
@@ -631,30 +1029,86 @@ impl RedisQueue {
         })
     }
 
+    /// One `push_each` script call for `groups`, all of shard `shard`.
+    async fn push_each_on(&self, shard: usize, groups: &[&Keyed]) -> Vec<Result<Once, QueueError>> {
+        let keys = &self.shard_keys[shard];
+        let tag = &self.shard_tags[shard];
+        let mut call = self.scripts.push_each.prepare_invoke();
+        call.key(&keys.ready);
+        for g in groups {
+            // A window of 0 is no key: the script does not touch it.
+            let window = match g.window.as_millis() {
+                0 => "0".to_string(),
+                ms => ms.min(MAX_DELAY_MS).to_string(),
+            };
+            call.key(key_for(tag, &format!("once:{}", g.key)))
+                .arg(window)
+                .arg(g.messages.len());
+        }
+        for m in groups.iter().flat_map(|g| &g.messages) {
+            call.arg(&m.body);
+        }
+        let durable = Some(Durable {
+            key: &keys.ready,
+            strict: true,
+        });
+        match self
+            .run_on::<Vec<i64>>("push", Request::Script(&call), shard, durable)
+            .await
+        {
+            Ok(mut pushed) if pushed.len() == groups.len() + 1 => {
+                if pushed.pop() == Some(1) {
+                    self.wake(shard).await;
+                }
+                pushed
+                    .into_iter()
+                    .map(|n| Ok(if n < 0 { Once::Duplicate } else { Once::Pushed }))
+                    .collect()
+            }
+            Ok(pushed) => {
+                let e = QueueError::Backend(format!(
+                    "redis push: {} answers for {} groups",
+                    pushed.len(),
+                    groups.len()
+                ));
+                vec![Err(e); groups.len()]
+            }
+            Err(e) => {
+                let e = self.wake_anyway(shard, e).await;
+                vec![Err(e); groups.len()]
+            }
+        }
+    }
+
     /// After a failed write, checks whether writes work again with a write
-    /// that changes nothing (`INCRBY seq 0`) on a shared connection; the
-    /// flag clears only when it succeeds. Any successful write would not
-    /// do: a full Redis (`maxmemory`) still takes acks, which free memory,
-    /// while it refuses pushes, and `INCRBY` is refused like a push.
+    /// that changes nothing (`INCRBY seq 0`) on a shared connection, on the
+    /// shard whose write failed; the flag clears only when it succeeds. Any
+    /// successful write would not do: a full Redis (`maxmemory`) still
+    /// takes acks, which free memory, while it refuses pushes, and `INCRBY`
+    /// is refused like a push.
     async fn check_writes(&self) {
         if !self.writes_failing.load(Ordering::Relaxed) {
             return;
         }
+        let shard = self.failed_shard.load(Ordering::Relaxed) % self.shards();
         let mut incrby = ::redis::cmd("INCRBY");
-        incrby.arg(&self.keys.seq).arg(0);
-        match self.run::<i64>("write check", Request::Cmd(&incrby)).await {
+        incrby.arg(&self.shard_keys[shard].seq).arg(0);
+        match self
+            .run_on::<i64>("write check", Request::Cmd(&incrby), shard, None)
+            .await
+        {
             Ok(_) => self.writes_failing.store(false, Ordering::Relaxed),
             Err(e) => debug!(error = %e, "redis still refuses writes"),
         }
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<MultiplexedConnection>> {
+    fn idle(&self) -> MutexGuard<'_, Vec<Conn>> {
         // The free list stays consistent whatever panicked while holding it.
         self.receivers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A connection for one receive: an idle one (`true`) or a new one.
-    async fn receiver(&self) -> Result<(MultiplexedConnection, bool), RedisError> {
+    async fn receiver(&self) -> Result<(Conn, bool), RedisError> {
         if let Some(conn) = self.idle().pop() {
             return Ok((conn, true));
         }
@@ -662,29 +1116,36 @@ impl RedisQueue {
         Ok((conn, false))
     }
 
-    fn release(&self, conn: MultiplexedConnection) {
+    fn release(&self, conn: Conn) {
         let mut idle = self.idle();
         if idle.len() < self.idle_receivers {
             idle.push(conn);
         }
     }
 
-    /// Runs the receive script once: what it claimed, and how long until
-    /// something becomes ready by itself.
+    fn quiet(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.quiet_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs the receive script once on `shard`: what it claimed, how long
+    /// until something there becomes ready by itself, and whether it
+    /// dropped a wake marker.
     async fn claim(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
+        shard: usize,
         max: usize,
-    ) -> Result<(Vec<Received>, Option<Duration>), RedisError> {
+    ) -> Result<(Vec<Received>, Option<Duration>, bool), RedisError> {
         conn.set_response_timeout(COMMAND_TIMEOUT);
-        let (next, items): (i64, Vec<Vec<u8>>) = self
+        let keys = &self.shard_keys[shard];
+        let (next, items, woke): (i64, Vec<Vec<u8>>, i64) = self
             .scripts
             .receive
-            .key(&self.keys.ready)
-            .key(&self.keys.delayed)
-            .key(&self.keys.held)
-            .key(&self.keys.leases)
-            .key(&self.keys.seq)
+            .key(&keys.ready)
+            .key(&keys.delayed)
+            .key(&keys.held)
+            .key(&keys.leases)
+            .key(&keys.seq)
             // The script claims with one variadic HSET/ZADD: keep within Lua's stack.
             .arg(max.min(MAX_CLAIM))
             .arg(self.lease_ms())
@@ -705,8 +1166,12 @@ impl RedisQueue {
                     (String::from_utf8_lossy(&bytes).into_owned(), Some(bytes))
                 }
             };
+            let mut token = String::from_utf8_lossy(&token).into_owned();
+            if shard > 0 {
+                token = format!("{token}@{shard}");
+            }
             got.push(Received {
-                handle: Handle(String::from_utf8_lossy(&token).into_owned()),
+                handle: Handle(token),
                 body,
                 receive_count: std::str::from_utf8(&count)
                     .ok()
@@ -716,21 +1181,95 @@ impl RedisQueue {
             });
         }
         let next = u64::try_from(next).ok().map(Duration::from_millis);
-        Ok((got, next))
+        Ok((got, next, woke == 1))
+    }
+
+    /// Claims up to `max` from the shards in turn, from `first` on, until
+    /// `max` are claimed: what was claimed, and the soonest time something
+    /// becomes ready by itself in the shards it swept. Shard 0's claim drops
+    /// the wake marker; when it did and shards before it were swept already,
+    /// a push to one of them may have come after, so (when nothing was
+    /// claimed) the sweep runs once more from shard 0.
+    async fn sweep(
+        &self,
+        conn: &mut Conn,
+        first: usize,
+        max: usize,
+    ) -> Result<(Vec<Received>, Option<Duration>), RedisError> {
+        let n = self.shards();
+        let mut first = first % n;
+        loop {
+            let mut got = Vec::new();
+            let mut next: Option<Duration> = None;
+            let mut again = false;
+            for i in 0..n {
+                let shard = (first + i) % n;
+                let (claimed, due, woke) = self.claim(conn, shard, max - got.len()).await?;
+                if woke && i > 0 {
+                    again = true;
+                }
+                next = match (next, due) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let full = claimed.len() >= max - got.len();
+                got.extend(claimed);
+                if full {
+                    // This shard may hold more: wake the receivers that
+                    // skip their sweep (see `QUIET_SWEEP`).
+                    self.wake(shard).await;
+                    break;
+                }
+            }
+            if got.is_empty() && again {
+                first = 0;
+                continue;
+            }
+            return Ok((got, next));
+        }
     }
 
     /// Claims, and while nothing comes and `deadline` is ahead, blocks until
-    /// `ready` has something or the next delayed job or lease is due.
+    /// `ready` of shard 0 has something (a job, or the wake marker of a push
+    /// to another shard) or the next delayed job or lease is due.
     async fn receive_on(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         max: usize,
         deadline: Instant,
     ) -> Result<Vec<Received>, RedisError> {
+        let sharded = self.shards() > 1;
+        // With several shards, a receive that follows a quiet one skips the
+        // sweep and blocks at once, until what the last sweep knew of falls
+        // due (or the marker of a push wakes it).
+        let mut skip = if sharded {
+            self.quiet().filter(|until| *until > Instant::now())
+        } else {
+            None
+        };
+        let mut first = self.next_sweep.fetch_add(1, Ordering::Relaxed);
         loop {
-            let (got, next) = self.claim(conn, max).await?;
+            // `quiet`: until when the next receives may skip their sweep, if
+            // the block below ends by its timeout.
+            let (got, next, quiet) = match skip.take() {
+                Some(until) => (
+                    Vec::new(),
+                    Some(until.saturating_duration_since(Instant::now())),
+                    Some(until),
+                ),
+                None => {
+                    let swept_at = Instant::now();
+                    let (got, next) = self.sweep(conn, first, max).await?;
+                    let quiet = (sharded && got.is_empty())
+                        .then(|| swept_at + next.map_or(QUIET_SWEEP, |n| n.min(QUIET_SWEEP)));
+                    (got, next, quiet)
+                }
+            };
             let left = deadline.saturating_duration_since(Instant::now());
             if !got.is_empty() || left.is_zero() {
+                if sharded {
+                    *self.quiet() = quiet;
+                }
                 return Ok(got);
             }
             // +1 ms: due times are whole server milliseconds; waking a little
@@ -755,19 +1294,38 @@ impl RedisQueue {
                 .await?;
             if woke.is_none() && until_deadline {
                 // The wait is over and nothing came. What falls due just now
-                // is for the next call, which claims first.
+                // is for the next call, which claims first (or, quiet, blocks
+                // first until what it knows of falls due).
+                if sharded {
+                    *self.quiet() = quiet;
+                }
                 return Ok(Vec::new());
+            }
+            // Woken, or something is due: sweep, from shard 0 (which drops
+            // the marker) when woken.
+            if sharded {
+                *self.quiet() = None;
+            }
+            if woke.is_some() {
+                first = 0;
             }
         }
     }
 
-    /// Replays or purges the dead-letter entries `filter` selects, oldest
-    /// first, in steps of at most [`DLQ_CHUNK`] entries (`redis/dlq.lua`).
-    /// The walk covers the entries `dead` held when it began and no more:
-    /// entries dead-lettered meanwhile are appended behind them. When the
-    /// limit stops it early, what it kept is put back in front of what it
-    /// did not reach, so the order of what stays is unchanged.
-    async fn dlq_walk(&self, mode: &str, filter: &DlqFilter) -> Result<usize, QueueError> {
+    /// Replays or purges the dead-letter entries `filter` selects in
+    /// `shard`, oldest first, in steps of at most [`DLQ_CHUNK`] entries
+    /// (`redis/dlq.lua`). The walk covers the entries `dead` held when it
+    /// began and no more: entries dead-lettered meanwhile are appended
+    /// behind them. When the limit stops it early, what it kept is put back
+    /// in front of what it did not reach, so the order of what stays is
+    /// unchanged.
+    async fn dlq_walk(
+        &self,
+        shard: usize,
+        mode: &str,
+        filter: &DlqFilter,
+    ) -> Result<usize, QueueError> {
+        let keys = &self.shard_keys[shard];
         let limit = filter.limit.unwrap_or(usize::MAX);
         let what = format!("dlq {mode}");
         let (mut done, mut kept) = (0, 0);
@@ -775,8 +1333,8 @@ impl RedisQueue {
         let mut left: Option<usize> = None;
         while done < limit && left != Some(0) {
             let mut call = self.scripts.dlq.prepare_invoke();
-            call.key(&self.keys.dead)
-                .key(&self.keys.ready)
+            call.key(&keys.dead)
+                .key(&keys.ready)
                 .arg(mode)
                 .arg(if filter.app_id.is_some() { "1" } else { "0" })
                 .arg(filter.app_id.as_deref().unwrap_or(""))
@@ -788,8 +1346,9 @@ impl RedisQueue {
                 .arg(DLQ_CHUNK)
                 .arg(left.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX)))
                 .arg(dlq_conditions(filter));
-            let (taken, walked, len): (usize, usize, usize) =
-                self.run(&what, Request::Script(&call)).await?;
+            let (taken, walked, len): (usize, usize, usize) = self
+                .run_on(&what, Request::Script(&call), shard, None)
+                .await?;
             done += taken;
             kept += walked - taken;
             left = Some(left.unwrap_or(len).saturating_sub(walked));
@@ -799,19 +1358,42 @@ impl RedisQueue {
         }
         let unwalked = left.unwrap_or(0);
         if kept > 0 && unwalked > 0 {
-            self.dlq_restore_order(unwalked).await?;
+            self.dlq_restore_order(shard, unwalked).await?;
+        }
+        if mode == "replay" && done > 0 {
+            self.wake(shard).await;
         }
         Ok(done)
     }
 
-    /// After a walk stopped short, `dead` is: the `unwalked` entries, then
-    /// what the walk kept (and what was dead-lettered meanwhile). Moves the
-    /// shorter of the two parts to the other end, in steps, so what the walk
-    /// kept is in front again.
-    async fn dlq_restore_order(&self, unwalked: usize) -> Result<(), QueueError> {
+    /// Walks every shard with [`RedisQueue::dlq_walk`], the limit shared.
+    async fn dlq_walk_all(&self, mode: &str, filter: &DlqFilter) -> Result<usize, QueueError> {
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let mut done = 0;
+        for shard in 0..self.shards() {
+            if done >= limit {
+                break;
+            }
+            let mut f = filter.clone();
+            if filter.limit.is_some() {
+                f.limit = Some(limit - done);
+            }
+            done += self.dlq_walk(shard, mode, &f).await?;
+        }
+        Ok(done)
+    }
+
+    /// After a walk stopped short, `dead` of `shard` is: the `unwalked`
+    /// entries, then what the walk kept (and what was dead-lettered
+    /// meanwhile). Moves the shorter of the two parts to the other end, in
+    /// steps, so what the walk kept is in front again.
+    async fn dlq_restore_order(&self, shard: usize, unwalked: usize) -> Result<(), QueueError> {
+        let keys = &self.shard_keys[shard];
         let mut llen = ::redis::cmd("LLEN");
-        llen.arg(&self.keys.dead);
-        let len: usize = self.run("dlq order", Request::Cmd(&llen)).await?;
+        llen.arg(&keys.dead);
+        let len: usize = self
+            .run_on("dlq order", Request::Cmd(&llen), shard, None)
+            .await?;
         let behind = len.saturating_sub(unwalked);
         let (direction, mut n) = if behind <= unwalked {
             ("back", behind)
@@ -821,22 +1403,40 @@ impl RedisQueue {
         while n > 0 {
             let step = n.min(DLQ_CHUNK);
             let mut call = self.scripts.dlq.prepare_invoke();
-            call.key(&self.keys.dead)
-                .key(&self.keys.ready)
+            call.key(&keys.dead)
+                .key(&keys.ready)
                 .arg("rotate")
                 .arg(direction)
                 .arg("")
                 .arg(0)
                 .arg(step)
                 .arg(0);
-            let (_, moved, _): (usize, usize, usize) =
-                self.run("dlq order", Request::Script(&call)).await?;
+            let (_, moved, _): (usize, usize, usize) = self
+                .run_on("dlq order", Request::Script(&call), shard, None)
+                .await?;
             if moved == 0 {
                 break;
             }
             n -= step;
         }
         Ok(())
+    }
+
+    /// `handles` by shard (a handle of shard k > 0 ends in `@k`), with the
+    /// bare tokens the scripts know.
+    fn by_shard<'h>(&self, handles: &'h [Handle]) -> BTreeMap<usize, Vec<&'h str>> {
+        let mut out: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+        for h in handles {
+            let (shard, token) = match h.0.rsplit_once('@') {
+                Some((token, shard)) => match shard.parse::<usize>() {
+                    Ok(s) if s < self.shards() => (s, token),
+                    _ => (0, h.0.as_str()),
+                },
+                None => (0, h.0.as_str()),
+            };
+            out.entry(shard).or_default().push(token);
+        }
+        out
     }
 }
 
@@ -898,13 +1498,13 @@ impl QueuePush for RedisQueue {
         window: Duration,
         messages: Vec<Outgoing>,
     ) -> Result<Once, QueueError> {
-        let marker = self.key(&format!("once:{key}"));
         let window_ms = window.as_millis().clamp(1, MAX_DELAY_MS);
-        self.push_keyed(Some((&marker, window_ms)), messages).await
+        self.push_keyed(Some((key, window_ms)), messages).await
     }
 
-    /// One script call for all the groups (`redis/push_each.lua`). A group
-    /// with a delayed message goes through [`QueuePush::push_once`] alone.
+    /// One script call for all the groups of a shard (`redis/push_each.lua`);
+    /// a group goes to its key's shard. A group with a delayed message goes
+    /// through [`QueuePush::push_once`] alone.
     async fn push_once_each(&self, groups: Vec<Keyed>) -> Vec<Result<Once, QueueError>> {
         if groups
             .iter()
@@ -912,36 +1512,27 @@ impl QueuePush for RedisQueue {
         {
             return crate::push_each_alone(self, groups).await;
         }
-        let mut call = self.scripts.push_each.prepare_invoke();
-        call.key(&self.keys.ready);
-        for g in &groups {
-            // A window of 0 is no key: the script does not touch it.
-            let window = match g.window.as_millis() {
-                0 => "0".to_string(),
-                ms => ms.min(MAX_DELAY_MS).to_string(),
-            };
-            call.key(self.key(&format!("once:{}", g.key)))
-                .arg(window)
-                .arg(g.messages.len());
+        let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, g) in groups.iter().enumerate() {
+            by_shard
+                .entry(shard_of_key(&g.key, self.shards()))
+                .or_default()
+                .push(i);
         }
-        for m in groups.iter().flat_map(|g| &g.messages) {
-            call.arg(&m.body);
-        }
-        match self.run::<Vec<i64>>("push", Request::Script(&call)).await {
-            Ok(pushed) if pushed.len() == groups.len() => pushed
+        let mut answers: Vec<Option<Result<Once, QueueError>>> = vec![None; groups.len()];
+        for (shard, members) in by_shard {
+            let part: Vec<&Keyed> = members.iter().map(|&i| &groups[i]).collect();
+            for (i, answer) in members
                 .into_iter()
-                .map(|n| Ok(if n < 0 { Once::Duplicate } else { Once::Pushed }))
-                .collect(),
-            Ok(pushed) => {
-                let e = QueueError::Backend(format!(
-                    "redis push: {} answers for {} groups",
-                    pushed.len(),
-                    groups.len()
-                ));
-                vec![Err(e); groups.len()]
+                .zip(self.push_each_on(shard, &part).await)
+            {
+                answers[i] = Some(answer);
             }
-            Err(e) => vec![Err(e); groups.len()],
         }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(QueueError::Backend("redis push: no answer".into()))))
+            .collect()
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
@@ -969,6 +1560,12 @@ impl QueueConsume for RedisQueue {
                     // Redis answers: the moment to see whether it takes writes again.
                     self.check_writes().await;
                     return Ok(got);
+                }
+                // A cluster connection reconnects its nodes by itself: it
+                // stays (a new one knows only the configured nodes).
+                Err(e) if conn.is_cluster() && !is_wrong_server(&e) => {
+                    self.release(conn);
+                    return Err(redis_error("receive", e));
                 }
                 // An idle connection that died with its server (a restart):
                 // once more on a new one before reporting the outage.
@@ -1001,12 +1598,20 @@ impl QueueConsume for RedisQueue {
         if handles.is_empty() {
             return Ok(0);
         }
-        let tokens: Vec<&str> = handles.iter().map(|h| h.0.as_str()).collect();
-        let mut call = self.scripts.ack.prepare_invoke();
-        call.key(&self.keys.held)
-            .key(&self.keys.leases)
-            .arg(&tokens);
-        let removed: usize = self.run("ack", Request::Script(&call)).await?;
+        let mut removed = 0;
+        for (shard, tokens) in self.by_shard(handles) {
+            let keys = &self.shard_keys[shard];
+            let mut call = self.scripts.ack.prepare_invoke();
+            call.key(&keys.held).key(&keys.leases).arg(&tokens);
+            // A lost ack only means a delivery again: too few replicas is logged.
+            let durable = Some(Durable {
+                key: &keys.held,
+                strict: false,
+            });
+            removed += self
+                .run_on::<usize>("ack", Request::Script(&call), shard, durable)
+                .await?;
+        }
         Ok(handles.len().saturating_sub(removed))
     }
 
@@ -1014,13 +1619,20 @@ impl QueueConsume for RedisQueue {
         if handles.is_empty() {
             return Ok(Vec::new());
         }
-        let tokens: Vec<&str> = handles.iter().map(|h| h.0.as_str()).collect();
-        let mut call = self.scripts.extend.prepare_invoke();
-        call.key(&self.keys.leases)
-            .arg(self.lease_ms())
-            .arg(&tokens);
-        let gone: Vec<String> = self.run("extend", Request::Script(&call)).await?;
-        Ok(gone.into_iter().map(Handle).collect())
+        let mut gone_all = Vec::new();
+        for (shard, tokens) in self.by_shard(handles) {
+            let keys = &self.shard_keys[shard];
+            let mut call = self.scripts.extend.prepare_invoke();
+            call.key(&keys.leases).arg(self.lease_ms()).arg(&tokens);
+            let gone: Vec<String> = self
+                .run_on("extend", Request::Script(&call), shard, None)
+                .await?;
+            gone_all.extend(
+                gone.into_iter()
+                    .map(|t| Handle(if shard > 0 { format!("{t}@{shard}") } else { t })),
+            );
+        }
+        Ok(gone_all)
     }
 
     async fn dead_letter(&self, entries: Vec<DeadLetter>) -> Result<(), QueueError> {
@@ -1032,9 +1644,16 @@ impl QueueConsume for RedisQueue {
             .map(serde_json::to_string)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| QueueError::Backend(format!("dead letter to JSON: {e}")))?;
+        let shard = self.next_shard();
+        let keys = &self.shard_keys[shard];
         let mut rpush = ::redis::cmd("RPUSH");
-        rpush.arg(&self.keys.dead).arg(&json);
-        self.run("dead letter", Request::Cmd(&rpush)).await
+        rpush.arg(&keys.dead).arg(&json);
+        let durable = Some(Durable {
+            key: &keys.dead,
+            strict: true,
+        });
+        self.run_on::<()>("dead letter", Request::Cmd(&rpush), shard, durable)
+            .await
     }
 
     fn hold(&self) -> Duration {
@@ -1084,6 +1703,7 @@ fn dlq_conditions(filter: &DlqFilter) -> String {
 
 #[async_trait]
 impl DeadLetters for RedisQueue {
+    /// Shard by shard, each oldest first.
     async fn dlq_entries(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>, QueueError> {
         let limit = filter.limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
@@ -1091,69 +1711,100 @@ impl DeadLetters for RedisQueue {
             return Ok(out);
         }
         let mut skip = filter.offset;
-        let mut start: isize = 0;
-        loop {
-            let mut lrange = ::redis::cmd("LRANGE");
-            lrange
-                .arg(&self.keys.dead)
-                .arg(start)
-                .arg(start + DLQ_PAGE - 1);
-            let page: Vec<Vec<u8>> = self.run("dlq list", Request::Cmd(&lrange)).await?;
-            let n = page.len();
-            for raw in page {
-                match serde_json::from_slice::<DeadLetter>(&raw) {
-                    Ok(entry) => {
-                        // The id of the text as stored, as `redis/dlq.lua` computes it.
-                        let id = dlq_entry_id(&raw);
-                        if !filter.matches(&id, &entry) {
-                            continue;
+        for (shard, keys) in self.shard_keys.iter().enumerate() {
+            let mut start: isize = 0;
+            loop {
+                let mut lrange = ::redis::cmd("LRANGE");
+                lrange.arg(&keys.dead).arg(start).arg(start + DLQ_PAGE - 1);
+                let page: Vec<Vec<u8>> = self
+                    .run_on("dlq list", Request::Cmd(&lrange), shard, None)
+                    .await?;
+                let n = page.len();
+                for raw in page {
+                    match serde_json::from_slice::<DeadLetter>(&raw) {
+                        Ok(entry) => {
+                            // The id of the text as stored, as `redis/dlq.lua` computes it.
+                            let id = dlq_entry_id(&raw);
+                            if !filter.matches(&id, &entry) {
+                                continue;
+                            }
+                            if skip > 0 {
+                                skip -= 1;
+                                continue;
+                            }
+                            out.push(DlqEntry { id, entry });
+                            if out.len() >= limit {
+                                return Ok(out);
+                            }
                         }
-                        if skip > 0 {
-                            skip -= 1;
-                            continue;
+                        Err(e) => {
+                            warn!(key = %keys.dead, error = %e, "skipping an unreadable dead-letter entry")
                         }
-                        out.push(DlqEntry { id, entry });
-                        if out.len() >= limit {
-                            return Ok(out);
-                        }
-                    }
-                    Err(e) => {
-                        warn!(key = %self.keys.dead, error = %e, "skipping an unreadable dead-letter entry")
                     }
                 }
+                if n < DLQ_PAGE.unsigned_abs() {
+                    break;
+                }
+                start += DLQ_PAGE;
             }
-            if n < DLQ_PAGE.unsigned_abs() {
-                return Ok(out);
-            }
-            start += DLQ_PAGE;
         }
+        Ok(out)
     }
 
     async fn dlq_replay(&self, filter: &DlqFilter) -> Result<usize, QueueError> {
-        self.dlq_walk("replay", filter).await
+        self.dlq_walk_all("replay", filter).await
     }
 
     async fn dlq_purge(&self, filter: &DlqFilter) -> Result<usize, QueueError> {
-        self.dlq_walk("purge", filter).await
+        self.dlq_walk_all("purge", filter).await
     }
 
+    /// Summed over the shards, one pipeline (one slot) per shard. With one
+    /// shard a wake marker in `ready` counts as a job until a receive drops
+    /// it (as it always did); with several it is not counted.
     async fn depth(&self) -> Result<Depth, QueueError> {
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("LLEN")
-            .arg(&self.keys.ready)
-            .cmd("ZCARD")
-            .arg(&self.keys.delayed)
-            .cmd("HLEN")
-            .arg(&self.keys.held)
-            .cmd("LLEN")
-            .arg(&self.keys.dead);
-        let (ready, delayed, held, dead): (u64, u64, u64, u64) =
-            self.run("depth", Request::Pipe(&pipe)).await?;
-        Ok(Depth {
-            ready,
-            delayed,
-            held,
-            dead,
-        })
+        let mut total = Depth {
+            ready: 0,
+            delayed: 0,
+            held: 0,
+            dead: 0,
+        };
+        for (shard, keys) in self.shard_keys.iter().enumerate() {
+            let mut pipe = ::redis::pipe();
+            pipe.cmd("LLEN")
+                .arg(&keys.ready)
+                .cmd("ZCARD")
+                .arg(&keys.delayed)
+                .cmd("HLEN")
+                .arg(&keys.held)
+                .cmd("LLEN")
+                .arg(&keys.dead);
+            // With several shards the wake marker comes and goes with pushes
+            // to the others: shard 0's oldest entry, it is not counted.
+            let discount = shard == 0 && self.shards() > 1;
+            if discount {
+                pipe.cmd("LINDEX").arg(&keys.ready).arg(-1);
+            }
+            let values: Vec<Value> = self
+                .run_on("depth", Request::Pipe(&pipe), shard, None)
+                .await?;
+            let count = |i: usize| {
+                values
+                    .get(i)
+                    .and_then(|v| u64::from_redis_value(v.clone()).ok())
+                    .unwrap_or(0)
+            };
+            let (mut ready, delayed, held, dead) = (count(0), count(1), count(2), count(3));
+            if discount
+                && matches!(values.get(4), Some(Value::BulkString(b)) if b.as_slice() == b"\0wake")
+            {
+                ready = ready.saturating_sub(1);
+            }
+            total.ready += ready;
+            total.delayed += delayed;
+            total.held += held;
+            total.dead += dead;
+        }
+        Ok(total)
     }
 }

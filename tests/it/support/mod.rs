@@ -13,6 +13,7 @@ pub mod process;
 pub mod queue;
 pub mod receiver;
 pub mod redirect_proxy;
+pub mod redis_cluster;
 pub mod sender;
 pub mod wait;
 

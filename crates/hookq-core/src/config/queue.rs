@@ -60,7 +60,44 @@ pub struct RedisSettings {
     /// Redis Sentinel: when set, the primary's address is asked of the
     /// sentinels, and `url` gives only the scheme, credentials and database.
     pub sentinel: Option<SentinelSettings>,
+    /// Redis Cluster: the seed nodes' URLs (`queue.redis.cluster_mode: true`
+    /// seeds with `url`; Sockudo's `queue.driver: "redis-cluster"` with
+    /// `queue.redis_cluster.nodes`). The client finds the other nodes.
+    pub cluster: Option<Vec<String>>,
+    /// `queue.redis.shards`: hash-tagged key sets the queue is split into
+    /// (default 16 on a cluster, 1 on one server).
+    pub shards: usize,
+    /// `queue.redis.replicas_ack`: replicas that must have every push and
+    /// ack (`WAIT`) before it counts as done; 0 (the default) waits for none.
+    pub replicas_ack: u32,
+    /// `queue.redis.replicas_ack_timeout_ms`: how long that `WAIT` may take.
+    pub replicas_ack_timeout: Duration,
 }
+
+impl Default for RedisSettings {
+    /// One local server, the defaults of an empty `queue.redis`, a 60 s lease.
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "hookq".into(),
+            concurrency: 5,
+            lease: Duration::from_secs(60),
+            pool_size: 8,
+            sentinel: None,
+            cluster: None,
+            shards: 1,
+            replicas_ack: 0,
+            replicas_ack_timeout: Duration::from_millis(DEFAULT_REPLICAS_ACK_TIMEOUT_MS),
+        }
+    }
+}
+
+/// `queue.redis.shards` on a cluster when unset.
+pub const DEFAULT_CLUSTER_SHARDS: usize = 16;
+/// The most `queue.redis.shards`.
+pub const MAX_SHARDS: u64 = 1024;
+/// `queue.redis.replicas_ack_timeout_ms` when unset.
+const DEFAULT_REPLICAS_ACK_TIMEOUT_MS: u64 = 1000;
 
 /// `queue.redis.sentinels` (or Sockudo's `database.redis.sentinels`) and
 /// the keys that go with it.
@@ -126,6 +163,16 @@ impl fmt::Debug for RedisSettings {
             .field("lease", &self.lease)
             .field("pool_size", &self.pool_size)
             .field("sentinel", &self.sentinel)
+            .field(
+                "cluster",
+                &self
+                    .cluster
+                    .as_ref()
+                    .map(|nodes| nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>()),
+            )
+            .field("shards", &self.shards)
+            .field("replicas_ack", &self.replicas_ack)
+            .field("replicas_ack_timeout", &self.replicas_ack_timeout)
             .finish()
     }
 }
@@ -208,15 +255,15 @@ pub(super) fn read_queue(
     busiest_hold: Duration,
     d: &mut Diagnostics,
 ) -> QueueSettings {
-    let driver = match o.str("driver", d).as_deref() {
+    let driver_name = o.str("driver", d);
+    let driver = match driver_name.as_deref() {
         None | Some("memory") => QueueDriverKind::Memory,
-        Some("redis") => QueueDriverKind::Redis,
+        // Sockudo's Redis Cluster driver is the Redis driver on a cluster.
+        Some("redis" | "redis-cluster") => QueueDriverKind::Redis,
         Some("sqs") => QueueDriverKind::Sqs,
         Some(other) => {
             let message = if other == "none" {
                 "Sockudo's \"none\" (no queue) leaves hookq nothing to read; use \"memory\", \"redis\" or \"sqs\"".to_string()
-            } else if other == "redis-cluster" {
-                "hookq has no Redis Cluster driver (Sockudo's \"redis-cluster\"); use \"redis\" with queue.redis.url naming one Redis server, or \"sqs\"".to_string()
             } else if SOCKUDO_QUEUE_DRIVERS.contains(&other) {
                 format!(
                     "Sockudo's queue driver {other:?} is not one hookq has; use \"memory\", \"redis\" or \"sqs\""
@@ -233,8 +280,8 @@ pub(super) fn read_queue(
         .min(u64::from(u32::MAX - 1)) as u32;
     // Settings of Sockudo's other drivers: unused, as they are by Sockudo
     // when their driver is not the one chosen (choosing one is an error above).
+    let sockudo_cluster = driver_name.as_deref() == Some("redis-cluster");
     o.ignore(&[
-        "redis_cluster",
         "nats",
         "pulsar",
         "rabbitmq",
@@ -363,22 +410,87 @@ pub(super) fn read_queue(
                 .into(),
         });
     }
-    // Ignoring this would talk to a Redis Cluster as to one server.
-    if r.bool("cluster_mode", false, d) {
+    // Redis Cluster: `queue.redis.cluster_mode` seeds with the URL;
+    // Sockudo's "redis-cluster" driver reads `queue.redis_cluster`.
+    let cluster_mode = r.bool("cluster_mode", false, d);
+    if !sockudo_cluster {
+        // Sockudo's section for its other driver: unused, as by Sockudo.
+        o.ignore(&["redis_cluster"]);
+    }
+    let mut rc = if sockudo_cluster {
+        o.obj("redis_cluster", d)
+    } else {
+        Obj::new(o.at("redis_cluster"), None, d)
+    };
+    let rc_nodes: Vec<String> = rc
+        .array("nodes", d)
+        .into_iter()
+        .filter_map(|(path, v)| match v.as_str() {
+            Some(n) if n.starts_with("redis://") || n.starts_with("rediss://") => {
+                Some(n.to_string())
+            }
+            Some(_) => {
+                d.error(&path, "must start with redis:// or rediss://");
+                None
+            }
+            None => {
+                d.error(&path, "must be a node URL, e.g. \"redis://10.0.0.1:6379\"");
+                None
+            }
+        })
+        .collect();
+    let rc_prefix = rc.nonempty_str("prefix", d);
+    rc.ignore(&["concurrency", "request_timeout_ms"]);
+    rc.finish(d);
+    let cluster = if sockudo_cluster {
+        Some(if rc_nodes.is_empty() {
+            vec![url.clone()]
+        } else {
+            rc_nodes
+        })
+    } else {
+        cluster_mode.then(|| vec![url.clone()])
+    };
+    if cluster.is_some() && sentinel.is_some() {
         d.error(
-            &r.at("cluster_mode"),
-            "hookq has no Redis Cluster client; set it to false and queue.redis.url to one Redis server, or use the \"sqs\" driver",
+            &r.at("sentinels"),
+            "a Redis Cluster has no sentinels: use either the cluster or queue.redis.sentinels",
         );
     }
+    let shards = r.opt_u64("shards", 1, d).map(|n| {
+        if n > MAX_SHARDS {
+            d.error(&r.at("shards"), format!("must be at most {MAX_SHARDS}"));
+        }
+        n.min(MAX_SHARDS) as usize
+    });
+    let replicas_ack = r.u64("replicas_ack", 0, 0, d);
+    if replicas_ack > 64 {
+        d.error(&r.at("replicas_ack"), "must be at most 64 replicas");
+    }
+    let replicas_ack_timeout = r.u64(
+        "replicas_ack_timeout_ms",
+        DEFAULT_REPLICAS_ACK_TIMEOUT_MS,
+        1,
+        d,
+    );
     let redis = RedisSettings {
         url,
         prefix: r
             .nonempty_str("prefix", d)
+            .or(if sockudo_cluster { rc_prefix } else { None })
             .unwrap_or_else(|| "hookq".into()),
         concurrency: concurrency.unwrap_or(5) as usize,
         lease: r.opt_u64("lease_ms", 1, d).map_or(default_lease, ms),
         pool_size: r.u64("pool_size", 8, 1, d) as usize,
+        shards: shards.unwrap_or(if cluster.is_some() {
+            DEFAULT_CLUSTER_SHARDS
+        } else {
+            1
+        }),
         sentinel,
+        cluster,
+        replicas_ack: replicas_ack.min(64) as u32,
+        replicas_ack_timeout: ms(replicas_ack_timeout),
     };
     r.finish(d);
 

@@ -557,13 +557,13 @@ fn sockudos_queue_drivers_are_used_or_refused_with_a_reason() {
     for (driver, kind) in [
         ("memory", QueueDriverKind::Memory),
         ("redis", QueueDriverKind::Redis),
+        ("redis-cluster", QueueDriverKind::Redis),
         ("sqs", QueueDriverKind::Sqs),
     ] {
         let (c, _) = load(&format!(r#"{{"queue": {{"driver": "{driver}"}}}}"#)).unwrap();
         assert_eq!(c.queue.driver, kind);
     }
     for (driver, want) in [
-        ("redis-cluster", "hookq has no Redis Cluster driver"),
         (
             "none",
             "Sockudo's \"none\" (no queue) leaves hookq nothing to read",
@@ -636,10 +636,11 @@ fn sockudos_queue_keys_are_accepted() {
         d.warnings
     );
 
-    let err = error_text(r#"{"queue": {"driver": "redis", "redis": {"cluster_mode": true}}}"#);
-    assert!(
-        err.contains("queue.redis.cluster_mode: hookq has no Redis Cluster client"),
-        "{err}"
+    let (c, _) =
+        load(r#"{"queue": {"driver": "redis", "redis": {"cluster_mode": true}}}"#).unwrap();
+    assert_eq!(
+        c.queue.redis.cluster.as_deref(),
+        Some(&["redis://127.0.0.1:6379".to_string()][..])
     );
 }
 
@@ -977,5 +978,74 @@ fn endpoint_limits_are_read_and_their_problems_have_paths() {
         "apps[0].webhooks[2].rate_limit.per_second: expected a number, found a string",
     ] {
         assert!(bad.contains(want), "{want:?} not in:\n{bad}");
+    }
+}
+
+/// Redis Cluster: `queue.redis.cluster_mode` seeds with the URL, Sockudo's
+/// "redis-cluster" driver with `queue.redis_cluster.nodes` and its prefix;
+/// shards default to 16 on a cluster and 1 on one server.
+#[test]
+fn redis_cluster_keys_are_read() {
+    let (c, _) = load(
+        r#"{"queue": {"driver": "redis", "redis": {"url": "redis://n1:7000", "cluster_mode": true}}}"#,
+    )
+    .unwrap();
+    let r = &c.queue.redis;
+    assert_eq!(
+        r.cluster.as_deref(),
+        Some(&["redis://n1:7000".to_string()][..])
+    );
+    assert_eq!((r.shards, r.replicas_ack), (16, 0));
+
+    let (c, _) = load(
+        r#"{"queue": {"driver": "redis-cluster", "redis_cluster": {"nodes": ["redis://a:7000", "redis://b:7001"],
+            "prefix": "sq", "concurrency": 5, "request_timeout_ms": 5000}, "redis": {"shards": 4}}}"#,
+    )
+    .unwrap();
+    let r = &c.queue.redis;
+    assert_eq!(c.queue.driver, QueueDriverKind::Redis);
+    assert_eq!(
+        r.cluster.as_deref(),
+        Some(&["redis://a:7000".to_string(), "redis://b:7001".to_string()][..])
+    );
+    assert_eq!((r.prefix.as_str(), r.shards), ("sq", 4));
+
+    let (c, _) = load(r#"{"queue": {"driver": "redis"}}"#).unwrap();
+    assert_eq!(
+        (c.queue.redis.cluster.is_none(), c.queue.redis.shards),
+        (true, 1)
+    );
+
+    let (c, _) = load(
+        r#"{"queue": {"driver": "redis", "redis": {"replicas_ack": 1, "replicas_ack_timeout_ms": 250}}}"#,
+    )
+    .unwrap();
+    assert_eq!(c.queue.redis.replicas_ack, 1);
+    assert_eq!(
+        c.queue.redis.replicas_ack_timeout,
+        Duration::from_millis(250)
+    );
+
+    for (text, want) in [
+        (
+            r#"{"queue": {"driver": "redis", "redis": {"shards": 0}}}"#,
+            "queue.redis.shards: must be at least 1",
+        ),
+        (
+            r#"{"queue": {"driver": "redis", "redis": {"shards": 5000}}}"#,
+            "queue.redis.shards: must be at most 1024",
+        ),
+        (
+            r#"{"queue": {"driver": "redis-cluster", "redis_cluster": {"nodes": ["10.0.0.1:7000"]}}}"#,
+            "queue.redis_cluster.nodes[0]: must start with redis://",
+        ),
+        (
+            r#"{"queue": {"driver": "redis", "redis": {"cluster_mode": true,
+                "sentinels": [{"host": "s", "port": 26379}]}}}"#,
+            "queue.redis.sentinels: a Redis Cluster has no sentinels",
+        ),
+    ] {
+        let err = error_text(text);
+        assert!(err.contains(want), "want {want:?} in:\n{err}");
     }
 }

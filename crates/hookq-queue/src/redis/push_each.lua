@@ -5,9 +5,14 @@
 -- KEYS: 1 ready, 2..g+1 the groups' keys
 -- ARGV: pairs (window ms, n) for the g groups (a window of '0': no key, the
 --       group is pushed whatever), then every group's n bodies in order
--- Returns, per group, the number of jobs pushed, or -1 when its key was set.
+-- Returns, per group, the number of jobs pushed, or -1 when its key was set;
+-- then 1 when ready was empty and something was pushed, else 0 (on a shard
+-- other than 0 the driver then pushes the wake marker to shard 0, see
+-- push.lua).
 local ready = KEYS[1]
 local g = #KEYS - 1
+local was_empty = redis.call('LLEN', ready) == 0
+local pushed = false
 local answers = {}
 local at = 2 * g + 1
 for i = 1, g do
@@ -18,9 +23,11 @@ for i = 1, g do
       redis.call('LPUSH', ready, unpack(ARGV, j, math.min(j + 999, at + n - 1)))
     end
     answers[i] = n
+    pushed = pushed or n > 0
   else
     answers[i] = -1
   end
   at = at + n
 end
+answers[g + 1] = (was_empty and pushed) and 1 or 0
 return answers

@@ -5,8 +5,10 @@
 -- KEYS: 1 ready, 2 delayed, 3 held, 4 leases, 5 seq
 -- ARGV: 1 max jobs to claim, 2 lease ms, 3 most delayed jobs and most expired
 --       leases moved per call (bounds the script's run time)
--- Returns {next, {token, body, receive_count, ...}} where next is the number
--- of ms until the earliest delayed job or lease deadline, -1 when none.
+-- Returns {next, {token, body, receive_count, ...}, woke} where next is the
+-- number of ms until the earliest delayed job or lease deadline, -1 when
+-- none, and woke is 1 when a wake marker was dropped (a push to another
+-- shard may have brought a job: see RedisQueue::sweep), else 0.
 local ready, delayed, held, leases, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 -- The wake marker of push.lua: it only ends receivers' waits, and is dropped.
 local WAKE = '\0wake'
@@ -58,12 +60,14 @@ end
 -- text once per call where they can be: Redis formats every number argument
 -- with "%.17g", which costs more than the rest of a claim.
 local out = {}
+local woke = 0
 local items = redis.call('RPOP', ready, max)
 if items then
   -- At most one marker; comparing interned Lua strings is cheap.
   for i = #items, 1, -1 do
     if items[i] == WAKE then
       table.remove(items, i)
+      woke = 1
     end
   end
 end
@@ -108,4 +112,4 @@ end
 if next_at >= 0 then
   next_at = math.max(0, next_at - now)
 end
-return {next_at, out}
+return {next_at, out, woke}

@@ -12,7 +12,7 @@ use hookq_core::Event;
 use hookq_producer::Producer;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -150,32 +150,34 @@ fn deliveries(r: &Receiver) -> (HashMap<usize, usize>, HashMap<usize, Instant>) 
     (count, first)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sentinel_failover_is_followed_without_a_restart() {
-    const BEFORE: usize = 1000;
-    const DURING: usize = 1500;
-    const MAX_HELD: usize = 500;
-    let test_start = Instant::now();
-    let mut primary = RedisServer::start();
-    let replica = RedisServer::start();
-    replica
-        .command(&["REPLICAOF", "127.0.0.1", &primary.port().to_string()])
-        .unwrap();
-    poll(
-        "replica link",
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        async || match info_field(&replica, "master_link_status").as_deref() {
-            Some("up") => Ok(()),
-            s => Err(format!("{s:?}")),
-        },
-    )
-    .await;
-    let dir = temp_dir("sentinel");
+/// A primary, `n` replicas linked to it, and three sentinels (quorum 2) that
+/// see the others and every replica, so a failover can be voted; the
+/// sentinels' files are in the returned folder.
+async fn sentinel_set(
+    label: &str,
+    n: usize,
+) -> (RedisServer, Vec<RedisServer>, Vec<Sentinel>, PathBuf) {
+    let primary = RedisServer::start();
+    let replicas: Vec<RedisServer> = (0..n).map(|_| RedisServer::start()).collect();
+    for replica in &replicas {
+        replica
+            .command(&["REPLICAOF", "127.0.0.1", &primary.port().to_string()])
+            .unwrap();
+        poll(
+            "replica link",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            async || match info_field(replica, "master_link_status").as_deref() {
+                Some("up") => Ok(()),
+                s => Err(format!("{s:?}")),
+            },
+        )
+        .await;
+    }
+    let dir = temp_dir(label);
     let sentinels: Vec<Sentinel> = (0..3)
-        .map(|n| Sentinel::start(&dir, n, primary.port()))
+        .map(|k| Sentinel::start(&dir, k, primary.port()))
         .collect();
-    // Every sentinel sees the others and the replica, so a failover can be voted.
     poll(
         "sentinels ready",
         Duration::from_secs(20),
@@ -187,7 +189,7 @@ async fn sentinel_failover_is_followed_without_a_restart() {
                     other => return Err(format!("sentinel {}: {other:?}", s.port)),
                 }
                 match s.command(&["SENTINEL", "replicas", MASTER]) {
-                    Some(Reply::Array(Some(r))) if !r.is_empty() => {}
+                    Some(Reply::Array(Some(r))) if r.len() == n => {}
                     other => return Err(format!("sentinel {} replicas: {other:?}", s.port)),
                 }
             }
@@ -195,7 +197,17 @@ async fn sentinel_failover_is_followed_without_a_restart() {
         },
     )
     .await;
+    (primary, replicas, sentinels, dir)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_is_followed_without_a_restart() {
+    const BEFORE: usize = 1000;
+    const DURING: usize = 1500;
+    const MAX_HELD: usize = 500;
+    let test_start = Instant::now();
+    let (mut primary, replicas, sentinels, dir) = sentinel_set("sentinel", 1).await;
+    let replica = &replicas[0];
     let r = Receiver::start(&[("key-1", "secret-1")]).await;
     let mut cfg = config(
         one_app(json!([{"url": r.url("/hook"), "event_types": ["client_event"]}])),
@@ -278,7 +290,7 @@ async fn sentinel_failover_is_followed_without_a_restart() {
         .filter_map(|n| first.get(&n))
         .min()
         .map(|t| *t - killed);
-    let promoted = info_field(&replica, "role");
+    let promoted = info_field(replica, "role");
     eprintln!(
         "sentinel: events {total}: {BEFORE} replicated before the kill, {DURING} published around it \
          ({acked_before_kill} of them acknowledged before the kill); delivered {} distinct, \
@@ -340,48 +352,8 @@ async fn sentinel_failover_is_followed_without_a_restart() {
 async fn with_replicas_ack_no_acknowledged_publish_is_lost_to_a_failover() {
     const EVENTS: usize = 2500;
     let test_start = Instant::now();
-    let mut primary = RedisServer::start();
-    let replicas = [RedisServer::start(), RedisServer::start()];
-    for replica in &replicas {
-        replica
-            .command(&["REPLICAOF", "127.0.0.1", &primary.port().to_string()])
-            .unwrap();
-    }
-    for replica in &replicas {
-        poll(
-            "replica link",
-            Duration::from_secs(10),
-            Duration::from_millis(50),
-            async || match info_field(replica, "master_link_status").as_deref() {
-                Some("up") => Ok(()),
-                s => Err(format!("{s:?}")),
-            },
-        )
-        .await;
-    }
-    let dir = temp_dir("sentinel-wait");
-    let sentinels: Vec<Sentinel> = (0..3)
-        .map(|n| Sentinel::start(&dir, n, primary.port()))
-        .collect();
-    poll(
-        "sentinels ready",
-        Duration::from_secs(20),
-        Duration::from_millis(100),
-        async || {
-            for s in &sentinels {
-                match s.command(&["SENTINEL", "ckquorum", MASTER]) {
-                    Some(Reply::Simple(ok)) if ok.starts_with("OK") => {}
-                    other => return Err(format!("sentinel {}: {other:?}", s.port)),
-                }
-                match s.command(&["SENTINEL", "replicas", MASTER]) {
-                    Some(Reply::Array(Some(r))) if r.len() == 2 => {}
-                    other => return Err(format!("sentinel {} replicas: {other:?}", s.port)),
-                }
-            }
-            Ok(())
-        },
-    )
-    .await;
+    // `_replicas`: both stay up until the end (one is promoted, the other follows it).
+    let (mut primary, _replicas, sentinels, dir) = sentinel_set("sentinel-wait", 2).await;
     let r = Receiver::start(&[("key-1", "secret-1")]).await;
     let mut cfg = config(
         one_app(json!([{"url": r.url("/hook"), "event_types": ["client_event"]}])),

@@ -2,7 +2,8 @@
 //! (16 shards) and on one server split into 4 shards; an idle receive's
 //! cost over 16 shards; jobs spread over the primaries; three worker
 //! processes carrying on through a primary's SIGKILL, with and without
-//! `queue.redis.replicas_ack`; and what too few replicas does to a push.
+//! `queue.redis.replicas_ack`, and through two slots resharded to another
+//! primary; and what too few replicas does to a push.
 
 use crate::conformance::{HOLD, conformance_suite};
 use crate::support::inproc::config;
@@ -10,7 +11,7 @@ use crate::support::process::{WorkerProcess, temp_dir};
 use crate::support::queue::{handles, producer, receive_n};
 use crate::support::receiver::Receiver;
 use crate::support::redis_cluster::RedisCluster;
-use crate::support::redis_server::RedisServer;
+use crate::support::redis_server::{RedisServer, command_on};
 use crate::support::wait::poll;
 use hookq_core::Event;
 use hookq_core::config::RedisSettings;
@@ -317,6 +318,85 @@ async fn publish(
     acked
 }
 
+/// Three worker processes delivering the client events of `apps` apps
+/// (`app-<i>`, signed with `key-<i>`/`secret-<i>`) to a receiver, their
+/// queue the cluster `c` under `prefix` (`redis` as `queue.redis`), and a
+/// producer publishing to that queue.
+struct Workers {
+    r: Receiver,
+    p: Producer,
+    workers: Vec<WorkerProcess>,
+    _queue: Arc<dyn QueueDriver>,
+}
+
+async fn start_workers(
+    c: &RedisCluster,
+    prefix: &str,
+    apps: usize,
+    redis: Value,
+    max_held: usize,
+) -> Workers {
+    let keys: Vec<(String, String)> = (0..apps)
+        .map(|i| (format!("key-{i}"), format!("secret-{i}")))
+        .collect();
+    let refs: Vec<(&str, &str)> = keys.iter().map(|(k, s)| (k.as_str(), s.as_str())).collect();
+    let r = Receiver::start(&refs).await;
+    let app_list: Vec<Value> = (0..apps)
+        .map(|i| json!({"id": format!("app-{i}"), "key": format!("key-{i}"), "secret": format!("secret-{i}"),
+            "webhooks": [{"url": r.url(&format!("/app-{i}")), "event_types": ["client_event"]}]}))
+        .collect();
+    let mut cfg = config(
+        Value::Array(app_list),
+        json!({"event_ids": true, "request_timeout_ms": 2000,
+            "retry": {"initial_backoff_ms": 100, "max_backoff_ms": 500, "max_elapsed_time_ms": 60000}}),
+    );
+    // Sockudo's driver name and node list.
+    cfg["queue"] = json!({"driver": "redis-cluster",
+        "redis_cluster": {"nodes": c.urls(), "prefix": prefix},
+        "redis": redis});
+    cfg["worker"]["max_held_jobs"] = json!(max_held);
+    let (p, queue) = producer(&cfg).await;
+    let dir = temp_dir("cluster-workers");
+    let workers = vec![
+        WorkerProcess::start_ready(&dir, "w1", &cfg).await,
+        WorkerProcess::start_ready(&dir, "w2", &cfg).await,
+        WorkerProcess::start_ready(&dir, "w3", &cfg).await,
+    ];
+    Workers {
+        r,
+        p,
+        workers,
+        _queue: queue,
+    }
+}
+
+/// Waits until `n` distinct events were delivered to `r`.
+async fn wait_delivered(r: &Receiver, n: usize, limit: Duration) {
+    poll("deliveries", limit, Duration::from_millis(20), async || {
+        let got = deliveries(r).0.len();
+        if got >= n {
+            Ok(())
+        } else {
+            Err(format!("{got} of {n} delivered"))
+        }
+    })
+    .await;
+}
+
+/// Asserts every worker is still running and answers `/ready` with 200.
+async fn assert_ready(workers: &[WorkerProcess], when: &str) {
+    for w in workers {
+        assert!(
+            std::path::Path::new(&format!("/proc/{}", w.pid())).exists(),
+            "worker {} is gone:\n{}",
+            w.name,
+            w.log_text()
+        );
+        let (status, _) = w.get("/ready").await.expect("the worker answers");
+        assert_eq!(status, 200, "{} /ready {when}", w.name);
+    }
+}
+
 /// Three worker processes, 20,000 events over 10 apps, the primary of
 /// shard 0 (where every receiver blocks) SIGKILLed mid-run: its replica
 /// takes over, the workers carry on without a restart, and every event is
@@ -331,53 +411,22 @@ async fn failover_run(replicas_ack: u32) {
     const MAX_HELD: usize = 500;
     let test_start = Instant::now();
     let mut c = RedisCluster::start_with(1 + replicas_ack as usize);
-    let keys: Vec<(String, String)> = (0..APPS)
-        .map(|i| (format!("key-{i}"), format!("secret-{i}")))
-        .collect();
-    let refs: Vec<(&str, &str)> = keys.iter().map(|(k, s)| (k.as_str(), s.as_str())).collect();
-    let r = Receiver::start(&refs).await;
-    let apps: Vec<Value> = (0..APPS)
-        .map(|i| json!({"id": format!("app-{i}"), "key": format!("key-{i}"), "secret": format!("secret-{i}"),
-            "webhooks": [{"url": r.url(&format!("/app-{i}")), "event_types": ["client_event"]}]}))
-        .collect();
-    let mut cfg = config(
-        Value::Array(apps),
-        json!({"event_ids": true, "request_timeout_ms": 2000,
-            "retry": {"initial_backoff_ms": 100, "max_backoff_ms": 500, "max_elapsed_time_ms": 60000}}),
-    );
     let prefix = format!("fo{replicas_ack}");
-    // Sockudo's driver name and node list.
-    cfg["queue"] = json!({"driver": "redis-cluster",
-        "redis_cluster": {"nodes": c.urls(), "prefix": prefix},
-        "redis": {"lease_ms": 3000, "replicas_ack": replicas_ack, "replicas_ack_timeout_ms": 1000}});
-    cfg["worker"]["max_held_jobs"] = json!(MAX_HELD);
-    let (p, _queue) = producer(&cfg).await;
-    let dir = temp_dir("cluster-failover");
-    let workers = vec![
-        WorkerProcess::start_ready(&dir, "w1", &cfg).await,
-        WorkerProcess::start_ready(&dir, "w2", &cfg).await,
-        WorkerProcess::start_ready(&dir, "w3", &cfg).await,
-    ];
+    let Workers { r, p, workers, .. } = start_workers(
+        &c,
+        &prefix,
+        APPS,
+        json!({"lease_ms": 3000, "replicas_ack": replicas_ack, "replicas_ack_timeout_ms": 1000}),
+        MAX_HELD,
+    )
+    .await;
     let publishing = {
         let p = p.clone();
         tokio::spawn(
             async move { publish(&p, APPS, 0..EVENTS, 200, Duration::from_millis(30)).await },
         )
     };
-    poll(
-        "a quarter delivered",
-        Duration::from_secs(120),
-        Duration::from_millis(20),
-        async || {
-            let n = deliveries(&r).0.len();
-            if n >= EVENTS / 4 {
-                Ok(())
-            } else {
-                Err(format!("{n} delivered"))
-            }
-        },
-    )
-    .await;
+    wait_delivered(&r, EVENTS / 4, Duration::from_secs(120)).await;
     let victim = c.primary_of(&key_for(&prefix, "ready"));
     c.kill(victim);
     let killed = Instant::now();
@@ -468,16 +517,7 @@ async fn failover_run(replicas_ack: u32) {
         worker_back.is_some(),
         "nothing published after the kill delivered"
     );
-    for w in &workers {
-        assert!(
-            std::path::Path::new(&format!("/proc/{}", w.pid())).exists(),
-            "worker {} is gone:\n{}",
-            w.name,
-            w.log_text()
-        );
-        let (status, _) = w.get("/ready").await.expect("the worker answers");
-        assert_eq!(status, 200, "{} /ready after the failover", w.name);
-    }
+    assert_ready(&workers, "after the failover").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -550,4 +590,166 @@ async fn too_few_replicas_fail_a_push_but_not_an_ack() {
     let got = receive_n(&q, 1, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 1);
     assert_eq!(q.ack(&handles(&got)).await.unwrap(), 0);
+}
+
+/// Error replies by their code (`ASK`, `MOVED`, `TRYAGAIN`, …) since they
+/// started, from `INFO errorstats`, summed over the running primaries.
+fn error_replies(c: &RedisCluster) -> BTreeMap<String, u64> {
+    let mut total = BTreeMap::new();
+    for port in c.primaries() {
+        let text = command_on(port, &["INFO", "errorstats"])
+            .ok()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        for l in text.lines() {
+            // errorstat_MOVED:count=15
+            if let Some((code, n)) = l
+                .strip_prefix("errorstat_")
+                .and_then(|l| l.split_once(":count="))
+                && let Ok(n) = n.trim().parse::<u64>()
+            {
+                *total.entry(code.to_string()).or_default() += n;
+            }
+        }
+    }
+    total
+}
+
+/// Three worker processes, 20,000 events over 10 apps, and mid-run the
+/// slots of shard 0 (where every receiver blocks) and then of shard 1
+/// resharded to another primary by the slot migration protocol, one key
+/// at a time 150 ms apart (see [`RedisCluster::migrate_slot`]): `ASK` while
+/// a slot's keys are split, `TRYAGAIN` for a script whose keys are, `MOVED`
+/// after. The workers follow, every event is delivered, and events
+/// published after the moves are delivered too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_carry_on_through_a_resharding() {
+    const EVENTS: usize = 20_000;
+    const AFTER: usize = 1_000;
+    const APPS: usize = 10;
+    const SHARDS: usize = 16;
+    const MAX_HELD: usize = 500;
+    const PAUSE: Duration = Duration::from_millis(150);
+    let test_start = Instant::now();
+    let c = Arc::new(RedisCluster::start());
+    let prefix = "rs";
+    let Workers { r, p, workers, .. } =
+        start_workers(&c, prefix, APPS, json!({"lease_ms": 3000}), MAX_HELD).await;
+    let publishing = {
+        let p = p.clone();
+        tokio::spawn(
+            async move { publish(&p, APPS, 0..EVENTS, 200, Duration::from_millis(30)).await },
+        )
+    };
+    wait_delivered(&r, EVENTS / 4, Duration::from_secs(120)).await;
+    let errors_before = error_replies(&c);
+    let mut moves = Vec::new();
+    for shard in [0, 1] {
+        let key = key_for(&shard_tag(prefix, shard, SHARDS), "ready");
+        let slot = c.keyslot(&key);
+        let from = c.primary_of(&key);
+        let to = *c
+            .primaries()
+            .iter()
+            .find(|p| **p != from)
+            .expect("another primary");
+        let delivered = deliveries(&r).0.len();
+        let asking = |c: &RedisCluster| c.command_calls(to).get("asking").copied().unwrap_or(0);
+        let asking_before = asking(&c);
+        let started = Instant::now();
+        let moved = {
+            let c = c.clone();
+            tokio::task::spawn_blocking(move || c.migrate_slot(slot, from, to, PAUSE))
+                .await
+                .unwrap()
+        };
+        let took = started.elapsed();
+        // A client sends ASKING before each request an ASK redirected.
+        let asked = asking(&c) - asking_before;
+        let owner = c.primary_of(&key);
+        eprintln!(
+            "shard {shard} (slot {slot}): {moved} keys moved from {from} to {to} in {took:?}, \
+             {delivered} events delivered at its start, {} at its end, {asked} ASKING on {to}; slot now served by {owner}",
+            deliveries(&r).0.len()
+        );
+        assert_eq!(owner, to, "slot {slot} not moved");
+        assert!(moved > 0, "slot {slot} held no keys to move");
+        if shard == 0 {
+            // Receivers poll shard 0 all the time: some were sent over.
+            assert!(asked > 0, "no request was redirected by ASK to {to}");
+        }
+        moves.push((shard, took, deliveries(&r).0.len() - delivered, asked));
+    }
+    let moved_at = Instant::now();
+    let acked = publishing.await.unwrap();
+    let during = acked.iter().filter(|(at, _)| *at < moved_at).count();
+    // New events after the slots moved.
+    let after_start = Instant::now();
+    let after = publish(&p, APPS, EVENTS..EVENTS + AFTER, 200, Duration::ZERO).await;
+    wait_delivered(&r, EVENTS + AFTER, Duration::from_secs(120)).await;
+    // Give anything still due (a reclaimed lease, a retry) its chance.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (count, first) = deliveries(&r);
+    let lost: Vec<usize> = (0..EVENTS + AFTER)
+        .filter(|n| !count.contains_key(n))
+        .collect();
+    let duplicates: usize = count.values().map(|c| c - 1).sum();
+    let errors = delta(&errors_before, &error_replies(&c));
+    let after_first = after
+        .iter()
+        .flat_map(|(_, n)| n.clone())
+        .filter_map(|n| first.get(&n))
+        .min()
+        .map(|t| *t - after_start);
+    // Warnings and errors the workers logged about their queue.
+    let complaints: Vec<String> = workers
+        .iter()
+        .flat_map(|w| {
+            w.log_text()
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .map(|l| format!("{}: {l}", w.name))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    eprintln!(
+        "resharding: {EVENTS} + {AFTER} events over {APPS} apps, 3 workers; moves (shard, took, events delivered meanwhile, ASKING calls) {moves:?}; \
+         {during} publishes acknowledged before the moves ended; delivered {} distinct, lost {}, duplicates {duplicates}; \
+         {AFTER} published {:?} after the moves, the first delivered {after_first:?} after that; error replies by the primaries from the first move on {errors:?}; {} worker warnings/errors; test took {:?}",
+        count.len(),
+        lost.len(),
+        after_start - moved_at,
+        complaints.len(),
+        test_start.elapsed()
+    );
+    for l in &complaints {
+        eprintln!("  {l}");
+    }
+    // The clients were redirected, then told the slots' new owner.
+    for code in ["ASK", "MOVED"] {
+        assert!(errors.contains_key(code), "no {code} reply: {errors:?}");
+    }
+    assert!(
+        lost.is_empty(),
+        "events lost: {:?}",
+        &lost[..lost.len().min(20)]
+    );
+    // Nothing failed, so nothing should be delivered twice; a job is at
+    // worst delivered again if its ack failed, and a worker holds at most
+    // MAX_HELD jobs.
+    assert!(
+        duplicates <= 3 * MAX_HELD,
+        "duplicates {duplicates} > {} held at most",
+        3 * MAX_HELD
+    );
+    assert!(
+        complaints.len() <= 3,
+        "workers warned about their queue {} times",
+        complaints.len()
+    );
+    assert!(
+        after_first.is_some(),
+        "nothing published after the moves delivered"
+    );
+    assert_ready(&workers, "after the resharding").await;
 }

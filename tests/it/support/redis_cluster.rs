@@ -194,6 +194,76 @@ impl RedisCluster {
         panic!("no primary serves slot {slot}");
     }
 
+    /// `CLUSTER MYID` of the node on `port`.
+    pub fn node_id(&self, port: u16) -> String {
+        command_on(port, &["CLUSTER", "MYID"])
+            .ok()
+            .and_then(|r| r.text())
+            .unwrap_or_else(|| panic!("CLUSTER MYID on {port}"))
+    }
+
+    /// Moves `slot` from the primary on `from` to the primary on `to` by
+    /// the slot migration protocol, as `redis-cli --cluster reshard` does:
+    /// `SETSLOT IMPORTING` on the target, `SETSLOT MIGRATING` on the
+    /// source, then one `MIGRATE … KEYS key` at a time, with `pause` after
+    /// `SETSLOT MIGRATING` and after each (clients meanwhile get `ASK` for
+    /// keys not on the source, `TRYAGAIN` for a multi-key request split
+    /// between the two), and last `SETSLOT
+    /// NODE` on the target, the source and the other primaries (`MOVED`
+    /// from then on). Returns the number of keys moved.
+    pub fn migrate_slot(&self, slot: i64, from: u16, to: u16, pause: Duration) -> usize {
+        let slot = slot.to_string();
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let ok = |port: u16, args: &[&str]| match command_on(port, args) {
+            Ok(Reply::Simple(s)) if s == "OK" || s == "NOKEY" => {}
+            r => panic!("{args:?} on {port}: {r:?}"),
+        };
+        ok(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+        // Requests for keys not on the source are sent to the target already.
+        std::thread::sleep(pause);
+        let mut moved = 0;
+        let start = Instant::now();
+        loop {
+            let Ok(Reply::Array(Some(keys))) =
+                command_on(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "1"])
+            else {
+                panic!("CLUSTER GETKEYSINSLOT {slot} on {from}");
+            };
+            let Some(key) = keys.first().and_then(|k| k.text()) else {
+                break;
+            };
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "slot {slot}: keys still on {from} after 60 s ({moved} moved)"
+            );
+            let to_port = to.to_string();
+            ok(
+                from,
+                &[
+                    "MIGRATE",
+                    "127.0.0.1",
+                    &to_port,
+                    "",
+                    "0",
+                    "5000",
+                    "KEYS",
+                    &key,
+                ],
+            );
+            moved += 1;
+            std::thread::sleep(pause);
+        }
+        ok(to, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        for port in self.primaries() {
+            if port != from && port != to {
+                ok(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+            }
+        }
+        moved
+    }
+
     /// SIGKILLs the node on `port`, as a crash would, and waits until it exited.
     pub fn kill(&mut self, port: u16) {
         let node = self

@@ -9,7 +9,7 @@ use super::process::temp_dir;
 use super::redis_server::{Reply, command_calls, command_on};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,52 @@ struct Node {
 }
 
 impl Node {
+    /// A cluster-enabled node in `dir` that answers `PING`. A free port
+    /// can be taken by another test between the check and the node's
+    /// bind (the node then exits at once): the node is started again on
+    /// another port, up to three times.
+    fn start_answering(dir: &Path) -> Node {
+        for _ in 0..3 {
+            let mut node = Node::spawn(dir);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if matches!(command_on(node.port, &["PING"]), Ok(Reply::Simple(ref s)) if s == "PONG")
+                {
+                    return node;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            node.kill();
+        }
+        panic!(
+            "redis cluster: no node answered on three ports; logs in {}",
+            dir.display()
+        );
+    }
+
+    fn spawn(dir: &Path) -> Node {
+        let port = free_bus_port();
+        let mut guard = Command::new("sh")
+            .args(["-c", GUARD, "sh"])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--logfile", &format!("redis-{port}.log")])
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sh starts redis-server (is it installed? `make test-deps`)");
+        let stdin = guard.stdin.take().expect("the guard's stdin");
+        Node {
+            port,
+            child: Some((guard, stdin)),
+        }
+    }
+
     /// Has the guard SIGKILL the node, and waits until both exited.
     fn kill(&mut self) {
         if let Some((mut guard, mut stdin)) = self.child.take() {
@@ -58,37 +104,10 @@ impl RedisCluster {
     /// Three primaries with `replicas` replicas each (as [`start`](Self::start)).
     pub fn start_with(replicas: usize) -> RedisCluster {
         let dir = temp_dir("redis-cluster");
-        let mut nodes = Vec::new();
-        for _ in 0..3 * (1 + replicas) {
-            let port = free_bus_port();
-            let mut guard = Command::new("sh")
-                .args(["-c", GUARD, "sh"])
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(["--logfile", &format!("redis-{port}.log")])
-                .current_dir(&dir)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("sh starts redis-server (is it installed? `make test-deps`)");
-            let stdin = guard.stdin.take().expect("the guard's stdin");
-            nodes.push(Node {
-                port,
-                child: Some((guard, stdin)),
-            });
-        }
+        let nodes = (0..3 * (1 + replicas))
+            .map(|_| Node::start_answering(&dir))
+            .collect();
         let cluster = RedisCluster { nodes, dir };
-        for n in &cluster.nodes {
-            cluster.wait(
-                "node answers",
-                Duration::from_secs(10),
-                || matches!(command_on(n.port, &["PING"]), Ok(Reply::Simple(ref s)) if s == "PONG"),
-            );
-        }
         let addresses: Vec<String> = cluster
             .nodes
             .iter()

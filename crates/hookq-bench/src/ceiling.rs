@@ -1,8 +1,8 @@
 //! The machine's own limits, measured in the same run: `redis-benchmark`
 //! against the benchmark's Redis, and a raw HTTP POST load against the same
 //! receiver with the HTTP client crate the worker uses (reqwest, rustls),
-//! configured as the worker configures it (no redirects, `TCP_NODELAY`, a
-//! pooled keep-alive client), with a given number of concurrent connections
+//! configured as the worker configures it (no redirects, no client retries,
+//! `TCP_NODELAY`, a pooled keep-alive client), with a given number of concurrent connections
 //! and signed bodies of a given number of events. The load runs in a process
 //! of its own (this binary's hidden `http-load` command), as the worker does,
 //! and sends bodies built and signed in advance: it is what the transport and
@@ -91,6 +91,9 @@ pub struct HttpFigure {
     pub body_bytes: usize,
     /// Requests completed with 200 per second.
     pub requests_per_sec: f64,
+    /// Requests answered 200.
+    #[serde(default)]
+    pub requests: u64,
     /// Requests that failed or were not answered 200.
     pub errors: u64,
     /// CPU seconds of the load process.
@@ -98,6 +101,14 @@ pub struct HttpFigure {
     /// CPU seconds of the benchmark process (the receiver) meanwhile.
     #[serde(default)]
     pub receiver_cpu_s: f64,
+}
+
+impl HttpFigure {
+    /// The load process's CPU per request answered 200, µs (its set-up
+    /// included: building the bodies and the client).
+    pub fn client_us_per_request(&self) -> f64 {
+        self.client_cpu_s * 1e6 / self.requests.max(1) as f64
+    }
 }
 
 /// What the load process is asked to do.
@@ -195,6 +206,7 @@ pub async fn http_load(spec: LoadSpec) -> Result<HttpFigure> {
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())
+        .retry(reqwest::retry::never().max_retries_per_request(0))
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(60))
         .build()
@@ -248,6 +260,7 @@ pub async fn http_load(spec: LoadSpec) -> Result<HttpFigure> {
         events_per_request: spec.events,
         body_bytes,
         requests_per_sec: ok.load(Ordering::Relaxed) as f64 / elapsed,
+        requests: ok.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
         client_cpu_s: crate::procs::own_cpu_time()?.as_secs_f64(),
         receiver_cpu_s: 0.0,

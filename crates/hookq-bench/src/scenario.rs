@@ -69,19 +69,38 @@ impl Ctx {
 
     /// Starts `hookq worker` with `config` and its own admin port.
     pub fn spawn_worker(&self, name: &str, config: &Value) -> Result<Worker> {
+        self.spawn_worker_under(name, config, &[])
+    }
+
+    /// [`Ctx::spawn_worker`] under another program: `wrapper` is its command
+    /// line up to the worker's own (e.g. `valgrind --tool=callgrind`).
+    pub fn spawn_worker_under(
+        &self,
+        name: &str,
+        config: &Value,
+        wrapper: &[String],
+    ) -> Result<Worker> {
         let admin_port = free_port()?;
         let mut config = config.clone();
         config["worker"]["admin_addr"] = json!(format!("127.0.0.1:{admin_port}"));
         let path = self.dir.join(format!("{name}.json"));
         std::fs::write(&path, serde_json::to_vec_pretty(&config)?)
             .with_context(|| format!("writing {}", path.display()))?;
-        let args = vec![
+        let mut args = vec![
             "worker".to_string(),
             "--config".to_string(),
             path.to_string_lossy().into_owned(),
         ];
+        let mut program = self.hookq.clone();
+        if let Some((first, rest)) = wrapper.split_first() {
+            let own = std::mem::take(&mut args);
+            args = rest.to_vec();
+            args.push(program.to_string_lossy().into_owned());
+            args.extend(own);
+            program = PathBuf::from(first);
+        }
         let log = self.dir.join(format!("{name}.log"));
-        let process = Guarded::spawn(name, &self.hookq, &args, &[("HOOKQ_LOG", "warn")], &log)?;
+        let process = Guarded::spawn(name, &program, &args, &[("HOOKQ_LOG", "warn")], &log)?;
         Ok(Worker {
             process,
             admin_port,

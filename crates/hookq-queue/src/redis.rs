@@ -1138,7 +1138,7 @@ impl RedisQueue {
     ) -> Result<(Vec<Received>, Option<Duration>, bool), RedisError> {
         conn.set_response_timeout(COMMAND_TIMEOUT);
         let keys = &self.shard_keys[shard];
-        let (next, items, woke): (i64, Vec<Vec<u8>>, i64) = self
+        let (next, claimed, woke): (i64, Vec<u8>, i64) = self
             .scripts
             .receive
             .key(&keys.ready)
@@ -1152,34 +1152,12 @@ impl RedisQueue {
             .arg(MOVE_BATCH)
             .invoke_async(conn)
             .await?;
-        let mut got = Vec::with_capacity(items.len() / 3);
-        let mut items = items.into_iter();
-        while let (Some(token), Some(body), Some(count)) =
-            (items.next(), items.next(), items.next())
-        {
-            // A body that is not UTF-8 reaches the worker with its bytes
-            // (rather than failing every receive): the worker dead-letters it.
-            let (body, not_utf8) = match String::from_utf8(body) {
-                Ok(text) => (text, None),
-                Err(e) => {
-                    let bytes = e.into_bytes();
-                    (String::from_utf8_lossy(&bytes).into_owned(), Some(bytes))
-                }
-            };
-            let mut token = String::from_utf8_lossy(&token).into_owned();
-            if shard > 0 {
-                token = format!("{token}@{shard}");
-            }
-            got.push(Received {
-                handle: Handle(token),
-                body,
-                receive_count: std::str::from_utf8(&count)
-                    .ok()
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(1),
-                not_utf8,
-            });
-        }
+        let got = unpack_claimed(&claimed, shard).ok_or_else(|| {
+            RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "receive.lua returned claimed jobs in a form this worker cannot read",
+            ))
+        })?;
         let next = u64::try_from(next).ok().map(Duration::from_millis);
         Ok((got, next, woke == 1))
     }
@@ -1806,5 +1784,73 @@ impl DeadLetters for RedisQueue {
             total.dead += dead;
         }
         Ok(total)
+    }
+}
+
+/// The jobs of one claim, as `receive.lua` packs them: for each,
+/// `"<token> <receive count> <length>\n"` and then its body of `<length>`
+/// bytes. `None` when the text is not in that form. A token of a shard past
+/// the first carries `@<shard>`, so that acks and extensions find its keys.
+fn unpack_claimed(mut rest: &[u8], shard: usize) -> Option<Vec<Received>> {
+    let mut got = Vec::new();
+    while !rest.is_empty() {
+        let line = rest.iter().position(|b| *b == b'\n')?;
+        let head = std::str::from_utf8(&rest[..line]).ok()?;
+        let mut fields = head.split(' ');
+        let (token, count, len) = (fields.next()?, fields.next()?, fields.next()?);
+        let len: usize = len.parse().ok()?;
+        let body = rest.get(line + 1..line + 1 + len)?;
+        rest = &rest[line + 1 + len..];
+        // A body that is not UTF-8 reaches the worker with its bytes
+        // (rather than failing every receive): the worker dead-letters it.
+        let (body, not_utf8) = match std::str::from_utf8(body) {
+            Ok(text) => (text.to_string(), None),
+            Err(_) => (
+                String::from_utf8_lossy(body).into_owned(),
+                Some(body.to_vec()),
+            ),
+        };
+        let token = if shard > 0 {
+            format!("{token}@{shard}")
+        } else {
+            token.to_string()
+        };
+        got.push(Received {
+            handle: Handle(token),
+            body,
+            receive_count: count.parse().unwrap_or(1),
+            not_utf8,
+        });
+    }
+    Some(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claimed_jobs_are_unpacked_whatever_their_bytes() {
+        let mut packed = b"7-1700 1 7\n{\"a\":1}".to_vec();
+        packed.extend_from_slice(b"8-1700 3 5\na b\nc");
+        packed.extend_from_slice(b"9-1700 1 2\n\xff\n");
+        let got = unpack_claimed(&packed, 2).unwrap();
+        let seen: Vec<(&str, &str, u32)> = got
+            .iter()
+            .map(|r| (r.handle.0.as_str(), r.body.as_str(), r.receive_count))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("7-1700@2", "{\"a\":1}", 1),
+                ("8-1700@2", "a b\nc", 3),
+                ("9-1700@2", "\u{fffd}\n", 1)
+            ]
+        );
+        assert_eq!(got[2].not_utf8.as_deref(), Some(&b"\xff\n"[..]));
+        assert!(got[0].not_utf8.is_none());
+        assert_eq!(unpack_claimed(b"", 0).unwrap().len(), 0);
+        assert_eq!(unpack_claimed(b"7-1 1 7\n{}", 1).map(|g| g.len()), None);
+        assert_eq!(unpack_claimed(b"7-1 1\n{}", 1).map(|g| g.len()), None);
     }
 }

@@ -32,7 +32,11 @@ impl Deliverer {
         match &batch.endpoint().target {
             EndpointTarget::Http(url) => self.http.send(build_request(batch, url, time_ms)).await,
             #[cfg(feature = "lambda")]
-            EndpointTarget::Lambda(target) => self.lambda.deliver(target, batch, time_ms).await,
+            // Boxed: the AWS SDK's future is large (several KiB), and inline
+            // it would make every HTTP delivery's future as large.
+            EndpointTarget::Lambda(target) => {
+                Box::pin(self.lambda.deliver(target, batch, time_ms)).await
+            }
             #[cfg(not(feature = "lambda"))]
             EndpointTarget::Lambda(_) => Outcome::Reject {
                 failure: Failure::new("this hookq was built without the `lambda` feature"),

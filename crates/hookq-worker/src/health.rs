@@ -93,7 +93,7 @@ impl Policy {
 }
 
 /// Whether `ep` is tracked at all.
-fn tracked(ep: &Endpoint) -> bool {
+pub(crate) fn tracked(ep: &Endpoint) -> bool {
     ep.circuit_breaker.enabled || ep.disable_after.is_some()
 }
 

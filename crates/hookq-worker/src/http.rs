@@ -10,15 +10,16 @@
 use crate::batch::Batch;
 use crate::outcome::{EXCERPT_LEN, Failure, Outcome, classify_status};
 use hookq_core::envelope;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
 
 /// A request ready to send: method POST, to `url`, these headers and this body.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub struct Request<'a> {
     /// Where.
-    pub url: url::Url,
-    /// Headers in sending order: hookq's, then the endpoint's custom ones.
-    pub headers: Vec<(String, String)>,
+    pub url: &'a url::Url,
+    /// hookq's headers, then the endpoint's custom ones.
+    pub headers: HeaderMap,
     /// The exact bytes signed.
     pub body: Vec<u8>,
     /// Time allowed.
@@ -26,23 +27,33 @@ pub struct Request {
 }
 
 /// The signed request for one attempt of `batch` at `time_ms`.
-pub fn build_request(batch: &Batch, url: &url::Url, time_ms: u64) -> Request {
+///
+/// The header map is built once, in the form the client sends: hookq's
+/// names are static and their values are moved in, not copied (a request is
+/// built per delivery, and unbatched that is per event).
+pub fn build_request<'a>(batch: &Batch, url: &'a url::Url, time_ms: u64) -> Request<'a> {
     let ep = batch.endpoint();
     let body = batch.body(time_ms);
-    let mut headers: Vec<(String, String)> = batch
-        .signer(time_ms)
-        .headers(&body)
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    headers.extend(
-        ep.headers
-            .iter()
-            .filter(|(k, _)| !envelope::is_reserved(k))
-            .cloned(),
-    );
+    let ours = batch.signer(time_ms).headers(&body);
+    let mut headers = HeaderMap::with_capacity(ours.len() + ep.headers.len());
+    for (name, value) in ours {
+        // Signatures, ids, keys and numbers: always valid header text.
+        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+            headers.append(HeaderName::from_static(name), value);
+        }
+    }
+    for (name, value) in ep.headers.iter().filter(|(k, _)| !envelope::is_reserved(k)) {
+        // Checked when the config was read (config::apps); a name or value
+        // the HTTP crate still refuses is left out rather than failing the batch.
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
     Request {
-        url: url.clone(),
+        url,
         headers,
         body,
         timeout: ep.request_timeout,
@@ -62,6 +73,9 @@ impl HttpDeliverer {
         let client = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // hookq retries durably itself; the client's own retry would
+            // also clone every request's headers in case it retries.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
@@ -72,17 +86,16 @@ impl HttpDeliverer {
     }
 
     /// Sends one request and classifies the answer.
-    pub async fn send(&self, req: Request) -> Outcome {
+    pub async fn send(&self, req: Request<'_>) -> Outcome {
         let timeout_ms = req.timeout.as_millis();
-        let mut builder = self
+        let sent = self
             .client
-            .post(req.url)
+            .post(req.url.clone())
             .timeout(req.timeout)
-            .body(req.body);
-        for (k, v) in &req.headers {
-            builder = builder.header(k, v);
-        }
-        let mut resp = match builder.send().await {
+            .headers(req.headers)
+            .body(req.body)
+            .send();
+        let mut resp = match sent.await {
             Ok(resp) => resp,
             // The URL may hold credentials or tokens: the reason goes into logs and DLQ entries.
             Err(e) => {
@@ -156,8 +169,8 @@ mod tests {
         let url = url::Url::parse("http://user:s3cret@127.0.0.1:1/hook?token=t0ken").unwrap();
         let outcome = deliverer
             .send(Request {
-                url,
-                headers: Vec::new(),
+                url: &url,
+                headers: HeaderMap::new(),
                 body: Vec::new(),
                 timeout: Duration::from_secs(2),
             })
@@ -193,9 +206,9 @@ mod tests {
         );
         let values = |name: &str| -> Vec<&str> {
             req.headers
+                .get_all(name)
                 .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
+                .map(|v| v.to_str().unwrap())
                 .collect()
         };
         assert_eq!(

@@ -144,10 +144,7 @@ impl Worker {
             let (shared, deliveries) = (shared.clone(), deliveries.clone());
             tokio::spawn(async move {
                 while let Some(batch) = batch_rx.recv().await {
-                    // Boxed: the future is large, and spawning moves it into
-                    // its task; a pointer is cheaper to move (−7 % CPU per
-                    // unbatched delivery, docs/benchmark.md).
-                    deliveries.spawn(Box::pin(deliver(shared.clone(), batch)));
+                    deliveries.spawn(deliver(shared.clone(), batch));
                 }
             })
         };
@@ -293,7 +290,13 @@ async fn receive_loop(
                         }
                         ok
                     }
-                    Work::Batch(b) => batches.send(b).await.is_ok(),
+                    Work::Batches(list) => {
+                        let mut ok = true;
+                        for batch in list {
+                            ok &= batches.send(batch).await.is_ok();
+                        }
+                        ok
+                    }
                 };
                 if !sent {
                     return;
@@ -304,8 +307,11 @@ async fn receive_loop(
 }
 
 enum Work {
+    /// Events for the batcher.
     Items(Vec<Item>),
-    Batch(Batch),
+    /// Batches to send as they are: a retry job's, or with batching off
+    /// (every event a batch of its own) a new job's, one per endpoint.
+    Batches(Vec<Batch>),
 }
 
 /// Decides what one received message becomes ([`decide::accept`]), gives it
@@ -352,6 +358,18 @@ async fn accept(
             endpoints,
         } => {
             let event = Encoded::new(job.event, with_ids);
+            if !shared.config.webhooks.batching.enabled {
+                // What the batcher would make of each item at once: no hop through it.
+                let batches = endpoints
+                    .into_iter()
+                    .map(|endpoint| {
+                        let mut batch = Batch::new(app.clone(), endpoint);
+                        batch.add(event.clone(), &ticket);
+                        batch
+                    })
+                    .collect();
+                return Some(Work::Batches(batches));
+            }
             let items = endpoints
                 .into_iter()
                 .map(|endpoint| Item {
@@ -371,7 +389,7 @@ async fn accept(
             for e in job.events {
                 batch.add(Encoded::new(e, with_ids), &ticket);
             }
-            return Some(Work::Batch(batch));
+            return Some(Work::Batches(vec![batch]));
         }
         Accept::NotDue { job, wait } => Disposition::not_due(
             job,
@@ -567,21 +585,53 @@ async fn defer_for(shared: &Shared, mut batch: Batch, delay: Duration, reason: &
     }
 }
 
-/// One attempt of a batch, then what follows from its outcome. Events of
-/// jobs abandoned meanwhile (a lost hold) are neither sent nor retried here.
-async fn deliver(shared: Arc<Shared>, mut batch: Batch) {
-    let probe = match shared.health.gate(&batch).await {
-        decide::Gate::Send => false,
-        decide::Gate::Probe => true,
-        held => return crate::health::hold_back(&shared, batch, held).await,
+/// One attempt of a batch, then what follows from its outcome: its
+/// endpoint's circuit, a permit of its lane, then [`attempt`].
+///
+/// This is the future of a delivery task, and thousands of them can wait
+/// for their endpoint's permits at once: it is kept small (a few hundred
+/// bytes) by boxing what it awaits only sometimes — the circuit of an
+/// endpoint that has one, a deferral — and the attempt once it may go.
+/// (Each boxed future is bound to a name before it is awaited: a temporary
+/// of the awaiting statement would keep its room in this future's state.)
+async fn deliver(shared: Arc<Shared>, batch: Batch) {
+    let probe = if crate::health::tracked(batch.endpoint()) {
+        let gate = Box::pin(shared.health.gate(&batch));
+        match gate.await {
+            decide::Gate::Send => false,
+            decide::Gate::Probe => true,
+            held => {
+                let hold = Box::pin(crate::health::hold_back(&shared, batch, held));
+                return hold.await;
+            }
+        }
+    } else {
+        false
     };
     let waiting = Instant::now();
     let lane = shared.limit(&batch);
     let share = decide::endpoint_share(shared.config.worker.max_held_jobs);
     let permit = match lane.admit(batch.tickets.len(), share).await {
         Admit::Go(permit) => permit,
-        Admit::Defer(busy, why) => return defer(&shared, &lane, batch, busy, why).await,
+        Admit::Defer(busy, why) => {
+            let deferral = Box::pin(defer(&shared, &lane, batch, busy, why));
+            return deferral.await;
+        }
     };
+    let attempt = Box::pin(attempt(shared, batch, permit, probe, waiting));
+    attempt.await;
+}
+
+/// The attempt of a batch that holds its endpoint's `permit` (taken after
+/// waiting since `waiting`), then what follows from its outcome. Events of
+/// jobs abandoned meanwhile (a lost hold) are neither sent nor retried here.
+async fn attempt(
+    shared: Arc<Shared>,
+    mut batch: Batch,
+    permit: crate::lane::Permit,
+    probe: bool,
+    waiting: Instant,
+) {
     if waiting.elapsed() > shared.queue.hold() / 3 {
         // Waited for its endpoint past an extension period (or the process
         // was paused): make sure the jobs are still ours before sending.

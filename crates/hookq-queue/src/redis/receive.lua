@@ -5,10 +5,13 @@
 -- KEYS: 1 ready, 2 delayed, 3 held, 4 leases, 5 seq
 -- ARGV: 1 max jobs to claim, 2 lease ms, 3 most delayed jobs and most expired
 --       leases moved per call (bounds the script's run time)
--- Returns {next, {token, body, receive_count, ...}, woke} where next is the
--- number of ms until the earliest delayed job or lease deadline, -1 when
--- none, and woke is 1 when a wake marker was dropped (a push to another
--- shard may have brought a job: see RedisQueue::sweep), else 0.
+-- Returns {next, claimed, woke} where next is the number of ms until the
+-- earliest delayed job or lease deadline, -1 when none; claimed is one string
+-- holding every job claimed, each as "<token> <receive_count> <length>\n"
+-- followed by its body of <length> bytes (one bulk reply instead of three per
+-- job: the client's RESP parser costs more per element than per byte); and
+-- woke is 1 when a wake marker was dropped (a push to another shard may have
+-- brought a job: see RedisQueue::sweep), else 0.
 local ready, delayed, held, leases, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 -- The wake marker of push.lua: it only ends receivers' waits, and is dropped.
 local WAKE = '\0wake'
@@ -94,10 +97,8 @@ if items and #items > 0 then
     holds[k] = count .. '|' .. body
     deadlines[k - 1] = deadline
     deadlines[k] = token
-    k = 3 * i
-    out[k - 2] = token
-    out[k - 1] = body
-    out[k] = count
+    out[k - 1] = string.format('%s %s %d\n', token, count, #body)
+    out[k] = body
   end
   redis.call('HSET', held, unpack(holds))
   redis.call('ZADD', leases, unpack(deadlines))
@@ -112,4 +113,4 @@ end
 if next_at >= 0 then
   next_at = math.max(0, next_at - now)
 end
-return {next_at, out, woke}
+return {next_at, table.concat(out), woke}

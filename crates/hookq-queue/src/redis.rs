@@ -1138,7 +1138,7 @@ impl RedisQueue {
     ) -> Result<(Vec<Received>, Option<Duration>, bool), RedisError> {
         conn.set_response_timeout(COMMAND_TIMEOUT);
         let keys = &self.shard_keys[shard];
-        let (next, claimed, woke): (i64, Vec<u8>, i64) = self
+        let (next, first, stamp, bodies, recounts, woke): Claimed = self
             .scripts
             .receive
             .key(&keys.ready)
@@ -1152,12 +1152,7 @@ impl RedisQueue {
             .arg(MOVE_BATCH)
             .invoke_async(conn)
             .await?;
-        let got = unpack_claimed(&claimed, shard).ok_or_else(|| {
-            RedisError::from((
-                redis::ErrorKind::UnexpectedReturnType,
-                "receive.lua returned claimed jobs in a form this worker cannot read",
-            ))
-        })?;
+        let got = claimed(first, stamp, bodies, &recounts, shard);
         let next = u64::try_from(next).ok().map(Duration::from_millis);
         Ok((got, next, woke == 1))
     }
@@ -1787,42 +1782,57 @@ impl DeadLetters for RedisQueue {
     }
 }
 
-/// The jobs of one claim, as `receive.lua` packs them: for each,
-/// `"<token> <receive count> <length>\n"` and then its body of `<length>`
-/// bytes. `None` when the text is not in that form. A token of a shard past
+/// What `receive.lua` returns: (ms until something is ready by itself or -1,
+/// first, stamp, bodies, recounts, woke); see [`claimed`].
+type Claimed = (i64, i64, i64, Vec<Vec<u8>>, Vec<i64>, i64);
+
+/// The jobs of one claim from `receive.lua`'s answer: body number `i`,
+/// counted from one, is held under the token `"<first + i>-<stamp>"`, and
+/// `recounts` holds `(i, receive count)` pairs for the bodies received
+/// before (the others are on their first receive). A token of a shard past
 /// the first carries `@<shard>`, so that acks and extensions find its keys.
-fn unpack_claimed(mut rest: &[u8], shard: usize) -> Option<Vec<Received>> {
-    let mut got = Vec::new();
-    while !rest.is_empty() {
-        let line = rest.iter().position(|b| *b == b'\n')?;
-        let head = std::str::from_utf8(&rest[..line]).ok()?;
-        let mut fields = head.split(' ');
-        let (token, count, len) = (fields.next()?, fields.next()?, fields.next()?);
-        let len: usize = len.parse().ok()?;
-        let body = rest.get(line + 1..line + 1 + len)?;
-        rest = &rest[line + 1 + len..];
-        // A body that is not UTF-8 reaches the worker with its bytes
-        // (rather than failing every receive): the worker dead-letters it.
-        let (body, not_utf8) = match std::str::from_utf8(body) {
-            Ok(text) => (text.to_string(), None),
-            Err(_) => (
-                String::from_utf8_lossy(body).into_owned(),
-                Some(body.to_vec()),
-            ),
-        };
-        let token = if shard > 0 {
-            format!("{token}@{shard}")
-        } else {
-            token.to_string()
-        };
-        got.push(Received {
-            handle: Handle(token),
-            body,
-            receive_count: count.parse().unwrap_or(1),
-            not_utf8,
-        });
+fn claimed(
+    first: i64,
+    stamp: i64,
+    bodies: Vec<Vec<u8>>,
+    recounts: &[i64],
+    shard: usize,
+) -> Vec<Received> {
+    let mut got: Vec<Received> = bodies
+        .into_iter()
+        .zip(1..)
+        .map(|(body, i)| {
+            // A body that is not UTF-8 reaches the worker with its bytes
+            // (rather than failing every receive): the worker dead-letters it.
+            let (body, not_utf8) = match String::from_utf8(body) {
+                Ok(text) => (text, None),
+                Err(e) => {
+                    let bytes = e.into_bytes();
+                    (String::from_utf8_lossy(&bytes).into_owned(), Some(bytes))
+                }
+            };
+            let token = if shard > 0 {
+                format!("{}-{stamp}@{shard}", first + i)
+            } else {
+                format!("{}-{stamp}", first + i)
+            };
+            Received {
+                handle: Handle(token),
+                body,
+                receive_count: 1,
+                not_utf8,
+            }
+        })
+        .collect();
+    for pair in recounts.chunks_exact(2) {
+        if let Some(r) = usize::try_from(pair[0] - 1)
+            .ok()
+            .and_then(|i| got.get_mut(i))
+        {
+            r.receive_count = u32::try_from(pair[1]).unwrap_or(u32::MAX);
+        }
     }
-    Some(got)
+    got
 }
 
 #[cfg(test)]
@@ -1830,11 +1840,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn claimed_jobs_are_unpacked_whatever_their_bytes() {
-        let mut packed = b"7-1700 1 7\n{\"a\":1}".to_vec();
-        packed.extend_from_slice(b"8-1700 3 5\na b\nc");
-        packed.extend_from_slice(b"9-1700 1 2\n\xff\n");
-        let got = unpack_claimed(&packed, 2).unwrap();
+    fn claimed_jobs_get_their_tokens_and_counts() {
+        let bodies = vec![b"{}".to_vec(), b"\xffx".to_vec(), b"[1]".to_vec()];
+        let got = claimed(41, 1700, bodies, &[2, 3], 2);
         let seen: Vec<(&str, &str, u32)> = got
             .iter()
             .map(|r| (r.handle.0.as_str(), r.body.as_str(), r.receive_count))
@@ -1842,15 +1850,17 @@ mod tests {
         assert_eq!(
             seen,
             [
-                ("7-1700@2", "{\"a\":1}", 1),
-                ("8-1700@2", "a b\nc", 3),
-                ("9-1700@2", "\u{fffd}\n", 1)
+                ("42-1700@2", "{}", 1),
+                ("43-1700@2", "\u{fffd}x", 3),
+                ("44-1700@2", "[1]", 1)
             ]
         );
-        assert_eq!(got[2].not_utf8.as_deref(), Some(&b"\xff\n"[..]));
+        assert_eq!(got[1].not_utf8.as_deref(), Some(&b"\xffx"[..]));
         assert!(got[0].not_utf8.is_none());
-        assert_eq!(unpack_claimed(b"", 0).unwrap().len(), 0);
-        assert_eq!(unpack_claimed(b"7-1 1 7\n{}", 1).map(|g| g.len()), None);
-        assert_eq!(unpack_claimed(b"7-1 1\n{}", 1).map(|g| g.len()), None);
+        assert_eq!(claimed(0, 5, Vec::new(), &[], 0).len(), 0);
+        assert_eq!(
+            claimed(9, 5, vec![b"a".to_vec()], &[], 0)[0].handle.0,
+            "10-5"
+        );
     }
 }

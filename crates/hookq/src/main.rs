@@ -33,6 +33,13 @@ use cli::{Cli, Command};
 use hookq_core::Config;
 use std::path::Path;
 
+/// mimalloc, not the system's allocator: an unbatched delivery makes about a
+/// hundred small allocations across the runtime's two threads, where glibc
+/// spent a quarter of the worker's CPU (its arenas' locks and consolidation).
+/// Measured by alternating runs: docs/benchmark.md, "Unbatched delivery".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Writes to standard output; a closed pipe is not an error (the reader has
 /// all it wanted).
 fn write_out(text: std::fmt::Arguments) -> std::io::Result<()> {

@@ -5,13 +5,15 @@
 -- KEYS: 1 ready, 2 delayed, 3 held, 4 leases, 5 seq
 -- ARGV: 1 max jobs to claim, 2 lease ms, 3 most delayed jobs and most expired
 --       leases moved per call (bounds the script's run time)
--- Returns {next, claimed, woke} where next is the number of ms until the
--- earliest delayed job or lease deadline, -1 when none; claimed is one string
--- holding every job claimed, each as "<token> <receive_count> <length>\n"
--- followed by its body of <length> bytes (one bulk reply instead of three per
--- job: the client's RESP parser costs more per element than per byte); and
--- woke is 1 when a wake marker was dropped (a push to another shard may have
--- brought a job: see RedisQueue::sweep), else 0.
+-- Returns {next, first, stamp, bodies, recounts, woke} where next is the
+-- number of ms until the earliest delayed job or lease deadline, -1 when
+-- none; the i-th body (from 1) was claimed under the token
+-- "<first + i>-<stamp>"; recounts lists {i, receive_count, ...} for the jobs
+-- received before (every other one is on its first receive); and woke is 1
+-- when a wake marker was dropped (a push to another shard may have brought a
+-- job: see RedisQueue::sweep), else 0. One reply element per job, not three
+-- with the token and count: the client's RESP parser costs more per element
+-- than per byte.
 local ready, delayed, held, leases, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 -- The wake marker of push.lua: it only ends receivers' waits, and is dropped.
 local WAKE = '\0wake'
@@ -62,7 +64,8 @@ end
 -- delay, a replay) has been received 0 times so far. Numbers are turned into
 -- text once per call where they can be: Redis formats every number argument
 -- with "%.17g", which costs more than the rest of a claim.
-local out = {}
+local bodies, recounts = {}, {}
+local first, stamp = 0, 0
 local woke = 0
 local items = redis.call('RPOP', ready, max)
 if items then
@@ -75,7 +78,8 @@ if items then
   end
 end
 if items and #items > 0 then
-  local first = redis.call('INCRBY', seq, #items) - #items
+  first = redis.call('INCRBY', seq, #items) - #items
+  stamp = now
   local deadline = string.format('%d', now + lease)
   -- The server time in the token keeps tokens unique even when a Redis
   -- without persistence restarts and the counter starts again.
@@ -89,6 +93,8 @@ if items and #items > 0 then
       local n = bar and tonumber(string.sub(item, 2, bar - 1))
       if n then
         count, body = string.format('%d', n + 1), string.sub(item, bar + 1)
+        recounts[#recounts + 1] = i
+        recounts[#recounts + 1] = n + 1
       end
     end
     local token = string.format('%d', first + i) .. suffix
@@ -97,8 +103,7 @@ if items and #items > 0 then
     holds[k] = count .. '|' .. body
     deadlines[k - 1] = deadline
     deadlines[k] = token
-    out[k - 1] = string.format('%s %s %d\n', token, count, #body)
-    out[k] = body
+    bodies[i] = body
   end
   redis.call('HSET', held, unpack(holds))
   redis.call('ZADD', leases, unpack(deadlines))
@@ -113,4 +118,4 @@ end
 if next_at >= 0 then
   next_at = math.max(0, next_at - now)
 end
-return {next_at, table.concat(out), woke}
+return {next_at, first, stamp, bodies, recounts, woke}

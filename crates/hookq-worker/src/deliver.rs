@@ -4,9 +4,7 @@
 
 use crate::batch::Batch;
 use crate::http::{HttpDeliverer, build_request};
-#[cfg(not(feature = "lambda"))]
-use crate::outcome::Failure;
-use crate::outcome::Outcome;
+use crate::outcome::{Failure, Outcome};
 use hookq_core::endpoint::EndpointTarget;
 
 /// Every kind of deliverer, chosen per endpoint.
@@ -30,7 +28,12 @@ impl Deliverer {
     /// One attempt of `batch`, stamped `time_ms`.
     pub async fn deliver(&self, batch: &Batch, time_ms: u64) -> Outcome {
         match &batch.endpoint().target {
-            EndpointTarget::Http(url) => self.http.send(build_request(batch, url, time_ms)).await,
+            EndpointTarget::Http(url) => match build_request(batch, url, time_ms) {
+                Ok(request) => self.http.send(request).await,
+                Err(reason) => Outcome::Reject {
+                    failure: Failure::new(format!("request could not be built: {reason}")),
+                },
+            },
             #[cfg(feature = "lambda")]
             // Boxed: the AWS SDK's future is large (several KiB), and inline
             // it would make every HTTP delivery's future as large.

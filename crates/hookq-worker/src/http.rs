@@ -26,38 +26,40 @@ pub struct Request<'a> {
     pub timeout: Duration,
 }
 
-/// The signed request for one attempt of `batch` at `time_ms`.
+/// The signed request for one attempt of `batch` at `time_ms`, or why it
+/// cannot be sent: a header the HTTP crate refuses (the config check lets a
+/// value through with control characters other than line breaks, and an app
+/// key from a database is not checked at all), named in the reason.
 ///
 /// The header map is built once, in the form the client sends: hookq's
 /// names are static and their values are moved in, not copied (a request is
 /// built per delivery, and unbatched that is per event).
-pub fn build_request<'a>(batch: &Batch, url: &'a url::Url, time_ms: u64) -> Request<'a> {
+pub fn build_request<'a>(
+    batch: &Batch,
+    url: &'a url::Url,
+    time_ms: u64,
+) -> Result<Request<'a>, String> {
     let ep = batch.endpoint();
     let body = batch.body(time_ms);
     let ours = batch.signer(time_ms).headers(&body);
     let mut headers = HeaderMap::with_capacity(ours.len() + ep.headers.len());
     for (name, value) in ours {
-        // Signatures, ids, keys and numbers: always valid header text.
-        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
-            headers.append(HeaderName::from_static(name), value);
-        }
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
+            .map_err(|_| format!("the value of header {name} is not valid header text"))?;
+        headers.append(HeaderName::from_static(name), value);
     }
     for (name, value) in ep.headers.iter().filter(|(k, _)| !envelope::is_reserved(k)) {
-        // Checked when the config was read (config::apps); a name or value
-        // the HTTP crate still refuses is left out rather than failing the batch.
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.append(name, value);
-        }
+        let invalid = || format!("header {name} (the endpoint's headers) is not valid");
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
+        let value = HeaderValue::from_str(value).map_err(|_| invalid())?;
+        headers.append(name, value);
     }
-    Request {
+    Ok(Request {
         url,
         headers,
         body,
         timeout: ep.request_timeout,
-    }
+    })
 }
 
 /// Sends requests with one pooled client.
@@ -199,7 +201,7 @@ mod tests {
             &ticket(1),
         );
         let url = url::Url::parse("http://127.0.0.1:9/hook").unwrap();
-        let req = build_request(&batch, &url, 1_700_000_000_000);
+        let req = build_request(&batch, &url, 1_700_000_000_000).unwrap();
         assert_eq!(
             String::from_utf8(req.body.clone()).unwrap(),
             r#"{"time_ms":1700000000000,"events":[{"name":"member_added","channel":"presence-a","user_id":"u1"}]}"#
@@ -221,5 +223,29 @@ mod tests {
         assert_eq!(values("webhook-id"), [batch.webhook_id.as_str()]);
         assert_eq!(values("webhook-timestamp"), ["1700000000"]);
         assert!(values("webhook-signature").is_empty());
+    }
+
+    /// A header value the HTTP crate refuses (a control character passes the
+    /// config check) makes the request unbuildable, with the header named
+    /// and its value not shown: before, the client's builder refused it the
+    /// same way.
+    #[test]
+    fn a_header_the_http_crate_refuses_is_named() {
+        let (config, _) = Config::parse(
+            r#"{"app_manager": {"array": {"apps": [{"id": "a", "key": "k", "secret": "s",
+                "webhooks": [{"url": "http://127.0.0.1:9/hook", "event_types": ["member_added"],
+                  "headers": {"x-token": "t0ken\u0001"}}]}]}}}"#,
+            |_| None,
+        )
+        .unwrap();
+        let mut batch = Batch::new(config.apps[0].clone(), 0);
+        batch.add(
+            Encoded::new(Event::member_added("presence-a", "u1"), false),
+            &ticket(1),
+        );
+        let url = url::Url::parse("http://127.0.0.1:9/hook").unwrap();
+        let reason = build_request(&batch, &url, 1).unwrap_err();
+        assert!(reason.contains("x-token"), "{reason}");
+        assert!(!reason.contains("t0ken"), "{reason}");
     }
 }

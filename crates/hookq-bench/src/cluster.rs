@@ -4,7 +4,9 @@
 //! ports, joined by `redis-cli --cluster create`), the queue split into 16
 //! shards; once without replicas, once with a replica per primary, and once
 //! with replicas and `queue.redis.replicas_ack: 1`. Redis CPU is every
-//! node's, summed (and the primaries' alone).
+//! node's, summed (and the primaries' alone). The last beside its
+//! like-for-like single node: the benchmark's Redis with one replica and
+//! `replicas_ack: 1` ([`single_with_replica`]).
 
 use crate::procs::{Guarded, cpu_time};
 use crate::scenario::{Ctx, Latency, Throughput, Worker};
@@ -12,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use hookq_core::config::RedisSettings;
 use hookq_queue::redis::RedisQueue;
 use hookq_queue::{DeadLetters, Outgoing, QueuePush};
+use hookq_tests::redis_server::RedisServer;
 use serde_json::json;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -289,4 +292,38 @@ pub async fn throughput(
         },
         primaries_cpu: primaries1.saturating_sub(primaries0),
     })
+}
+
+/// The batched scenario on the benchmark's own Redis with one replica linked
+/// to it (`REPLICAOF`, waited for until the link is up) and
+/// `queue.redis.replicas_ack: 1`: the single node that the cluster's
+/// `replicas_ack` run compares with. The replica is stopped afterwards.
+/// `redis_cpu` is the primary's alone.
+pub async fn single_with_replica(ctx: &Ctx, events: usize, limit: Duration) -> Result<Throughput> {
+    let primary = ctx.redis.port();
+    let replica = tokio::task::spawn_blocking(move || -> Result<RedisServer> {
+        let replica = RedisServer::try_start()?;
+        replica.command(&["REPLICAOF", "127.0.0.1", &primary.to_string()])?;
+        let start = Instant::now();
+        loop {
+            let info = replica
+                .command(&["INFO", "replication"])?
+                .text()
+                .unwrap_or_default();
+            if info.contains("master_link_status:up") {
+                return Ok(replica);
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                bail!("the replica of 127.0.0.1:{primary} did not link within 20 s: {info}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await??;
+    let run = crate::scenario::throughput_with(ctx, "single-r1-a1", true, 1, events, limit, |c| {
+        c["queue"]["redis"]["replicas_ack"] = json!(1);
+    })
+    .await;
+    drop(replica);
+    run
 }

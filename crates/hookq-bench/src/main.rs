@@ -166,6 +166,8 @@ struct Results {
     idle: Option<Idle>,
     ingest: Option<ingest::IngestRun>,
     cluster: Vec<cluster::ClusterRun>,
+    /// One Redis with a replica and replicas_ack 1, beside the cluster's.
+    single_replica: Option<Throughput>,
     instructions: Option<instructions::Instructions>,
     errors: Vec<(String, String)>,
 }
@@ -390,6 +392,14 @@ async fn run(args: Args) -> Result<bool> {
                     .push(note(&format!("cluster r{replicas} a{ack}"), e)),
             }
         }
+        progress(&format!(
+            "one Redis with 1 replica, replicas_ack 1, {} events, 1 worker",
+            plan.events
+        ));
+        match cluster::single_with_replica(&ctx, plan.events, limit).await {
+            Ok(t) => r.single_replica = Some(t),
+            Err(e) => r.errors.push(note("one Redis r1 a1", e)),
+        }
     }
     drop(ctx);
     scenario::remove_dir(&dir);
@@ -514,6 +524,7 @@ fn results_json(r: &Results) -> Value {
         "idle": r.idle.as_ref().map(Idle::json),
         "ingest": r.ingest.as_ref().map(ingest::IngestRun::json),
         "cluster": r.cluster.iter().map(cluster::ClusterRun::json).collect::<Vec<_>>(),
+        "single_redis_replica_ack": r.single_replica.as_ref().map(Throughput::json),
         "callgrind_unbatched": r.instructions.as_ref().map(instructions::Instructions::json),
     })
 }
@@ -842,7 +853,25 @@ fn table(r: &Results, plan: &Plan) -> Table {
             cluster::SHARDS
         ));
         let single = r.batched.as_ref();
-        let single_us = single.map(|b| b.redis_cpu.as_secs_f64() * 1e6 / b.received.max(1) as f64);
+        let per_event = |b: &Throughput| b.redis_cpu.as_secs_f64() * 1e6 / b.received.max(1) as f64;
+        let single_us = single.map(per_event);
+        let acked_us = r.single_replica.as_ref().map(per_event);
+        if let Some(a) = &r.single_replica {
+            t.row(&[
+                s("events/s (one Redis, 1 replica, replicas_ack 1)"),
+                thousands(a.events_per_sec()),
+                none(),
+                none(),
+                none(),
+            ]);
+            t.row(&[
+                s("Redis CPU µs/event, primary (one Redis, 1 replica, replicas_ack 1)"),
+                format!("{:.2}", per_event(a)),
+                none(),
+                none(),
+                none(),
+            ]);
+        }
         for c in &r.cluster {
             let t0 = &c.throughput;
             let n = t0.received.max(1) as f64;
@@ -868,6 +897,17 @@ fn table(r: &Results, plan: &Plan) -> Table {
                 single_us.map_or_else(none, |u| ratio(primaries_us, u)),
                 if c.replicas == 0 {
                     single_us.map_or_else(none, |u| verdict(us <= 1.5 * u, "≤ 1.5× one Redis"))
+                } else if c.replicas_ack > 0 {
+                    acked_us.map_or_else(
+                        || s("replicas replay every write"),
+                        |u| {
+                            format!(
+                                "{:.2}× one Redis with a replica and replicas_ack: {}",
+                                primaries_us / u,
+                                verdict(primaries_us <= 1.5 * u, "≤ 1.5×")
+                            )
+                        },
+                    )
                 } else {
                     s("replicas replay every write")
                 },

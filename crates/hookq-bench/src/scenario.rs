@@ -285,10 +285,24 @@ pub async fn throughput(
     events: usize,
     limit: Duration,
 ) -> Result<Throughput> {
+    throughput_with(ctx, name, batching, workers, events, limit, |_| {}).await
+}
+
+/// [`throughput`] with the workers' config changed by `tweak` first.
+pub async fn throughput_with(
+    ctx: &Ctx,
+    name: &str,
+    batching: bool,
+    workers: usize,
+    events: usize,
+    limit: Duration,
+    tweak: impl Fn(&mut Value),
+) -> Result<Throughput> {
     let prefix = format!("bench-{name}");
     ctx.redis.flush().await?;
     ctx.redis.prefill(&prefix, &ctx.apps, events).await?;
-    let config = ctx.config(&prefix, batching);
+    let mut config = ctx.config(&prefix, batching);
+    tweak(&mut config);
     let redis_cpu0 = ctx.redis.cpu()?;
     let bench_cpu0 = own_cpu_time()?;
     let busy0 = system_busy()?;

@@ -9,7 +9,7 @@
 //! `replicas_ack: 1` ([`single_with_replica`]).
 
 use crate::procs::{Guarded, cpu_time};
-use crate::scenario::{Ctx, Latency, Throughput, Worker};
+use crate::scenario::{Ctx, Throughput, Worker};
 use anyhow::{Context, Result, bail};
 use hookq_core::config::RedisSettings;
 use hookq_queue::redis::RedisQueue;
@@ -271,24 +271,12 @@ pub async fn throughput(
         replicas,
         replicas_ack,
         throughput: Throughput {
-            batching: true,
-            workers: 1,
-            events: events as u64,
-            complete,
-            elapsed: seen.done_at.unwrap_or(limit),
-            first_request: seen.first_at,
-            received: seen.events,
-            requests: seen.requests,
-            body_bytes: seen.body_bytes,
-            connections: seen.connections,
-            bad_signatures: seen.bad_signatures,
-            latency: Latency::of(&seen.samples),
             worker_peak_rss: rss,
             worker_cpu,
             redis_cpu: cpu1.saturating_sub(cpu0),
             bench_cpu,
-            others_cpu: Duration::ZERO,
             left: (depth.ready, depth.held, depth.dead),
+            ..Throughput::seen(&seen, events, complete, limit)
         },
         primaries_cpu: primaries1.saturating_sub(primaries0),
     })

@@ -11,7 +11,7 @@
 
 use crate::procs::{Guarded, free_port, own_cpu_time, system_busy};
 use crate::producer;
-use crate::receiver::Receiver;
+use crate::receiver::{Receiver, Seen};
 use crate::redis_server::Redis;
 use anyhow::{Context, Result, bail};
 use hookq_core::Config;
@@ -230,6 +230,32 @@ pub struct Throughput {
 }
 
 impl Throughput {
+    /// What the receiver saw of a run of `events` pre-filled events that
+    /// ended (`complete` or not) within `limit`; the CPU, RSS and queue
+    /// figures zero, for the caller to fill in.
+    pub fn seen(seen: &Seen, events: usize, complete: bool, limit: Duration) -> Self {
+        Self {
+            batching: true,
+            workers: 1,
+            events: events as u64,
+            complete,
+            elapsed: seen.done_at.unwrap_or(limit),
+            first_request: seen.first_at,
+            received: seen.events,
+            requests: seen.requests,
+            body_bytes: seen.body_bytes,
+            connections: seen.connections,
+            bad_signatures: seen.bad_signatures,
+            latency: Latency::of(&seen.samples),
+            worker_peak_rss: 0,
+            worker_cpu: Duration::ZERO,
+            redis_cpu: Duration::ZERO,
+            bench_cpu: Duration::ZERO,
+            others_cpu: Duration::ZERO,
+            left: (0, 0, 0),
+        }
+    }
+
     /// Events per second.
     pub fn events_per_sec(&self) -> f64 {
         self.received as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -346,22 +372,13 @@ pub async fn throughput_with(
     Ok(Throughput {
         batching,
         workers,
-        events: events as u64,
-        complete,
-        elapsed: seen.done_at.unwrap_or(limit),
-        first_request: seen.first_at,
-        received: seen.events,
-        requests: seen.requests,
-        body_bytes: seen.body_bytes,
-        connections: seen.connections,
-        bad_signatures: seen.bad_signatures,
-        latency: Latency::of(&seen.samples),
         worker_peak_rss: rss,
         worker_cpu: cpu,
         redis_cpu,
         bench_cpu,
         others_cpu,
         left,
+        ..Throughput::seen(&seen, events, complete, limit)
     })
 }
 
